@@ -1,0 +1,219 @@
+"""Top-K retrieval benchmark: torch matmul+topk vs exact FAISS vs IVF / HNSW, on clustered synthetic vectors.
+
+Usage (the numbers in docs/retrieval.md come from the default call on a 2-core machine):
+
+    PYTHONPATH=. python bench/retrieval.py [--n-items 1000000] [--n-queries 10000] [--dim 64] [--threads 2]
+
+Vectors: item and user vectors are drawn around shared cluster centres with per-item norm variation, as trained
+embeddings have (popular items get larger norms); everything is seeded. For each method it reports the build time,
+the search throughput (queries per second, all queries in sensible batches), the peak resident memory above the
+pre-method baseline (sampled every 5 ms, so it includes the index itself) and recall@K against exact search.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def clustered_vectors(n_items, n_queries, dim, n_clusters, seed, noise=0.1):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    # Zipf-like cluster sizes: a few big genres, a long tail of small ones.
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.7
+    weights /= weights.sum()
+    item_cluster = rng.choice(n_clusters, size=n_items, p=weights)
+    items = centres[item_cluster] + noise * rng.standard_normal((n_items, dim)).astype(np.float32)
+    items *= rng.lognormal(0.0, 0.25, size=(n_items, 1)).astype(np.float32)
+    user_cluster = rng.choice(n_clusters, size=n_queries, p=weights)
+    # A user mixes a main taste with a second one.
+    second = rng.choice(n_clusters, size=n_queries, p=weights)
+    users = (centres[user_cluster] + 0.4 * centres[second]
+             + noise * rng.standard_normal((n_queries, dim)).astype(np.float32))
+    return np.ascontiguousarray(items, np.float32), np.ascontiguousarray(users, np.float32)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak RSS above the baseline at entry, sampled by a background thread."""
+
+    def __enter__(self):
+        gc.collect()
+        self.base = _rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def mib(self):
+        return (self.peak - self.base) / 2**20
+
+
+def torch_topk(items_t, users, k, query_batch, item_chunk):
+    """Exact top-k with bounded memory: [query_batch x item_chunk] score blocks, running top-k merge."""
+    import torch
+
+    out_scores = np.empty((len(users), k), np.float32)
+    out_ids = np.empty((len(users), k), np.int64)
+    n_items = items_t.shape[0]
+    with torch.no_grad():
+        for qs in range(0, len(users), query_batch):
+            q = torch.from_numpy(users[qs:qs + query_batch])
+            best_s = torch.full((len(q), k), -float("inf"))
+            best_i = torch.zeros((len(q), k), dtype=torch.long)
+            for cs in range(0, n_items, item_chunk):
+                block = q @ items_t[cs:cs + item_chunk].T
+                s, i = torch.topk(block, min(k, block.shape[1]), dim=1)
+                merged_s = torch.cat([best_s, s], 1)
+                merged_i = torch.cat([best_i, i + cs], 1)
+                best_s, pos = torch.topk(merged_s, k, dim=1)
+                best_i = torch.gather(merged_i, 1, pos)
+            out_scores[qs:qs + len(q)] = best_s.numpy()
+            out_ids[qs:qs + len(q)] = best_i.numpy()
+    return out_scores, out_ids
+
+
+def recall_at_k(approx_ids, exact_ids):
+    k = exact_ids.shape[1]
+    hits = [len(np.intersect1d(a, e, assume_unique=True)) for a, e in zip(approx_ids, exact_ids)]
+    return float(np.mean(hits)) / k
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-items", type=int, default=1_000_000)
+    parser.add_argument("--n-queries", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--noise", type=float, default=0.1,
+                        help="per-dimension std of the within-cluster noise (centres have unit norm)")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--ivf", default="IVF4096,Flat", help="IVF index_factory string")
+    parser.add_argument("--ivf-train-size", type=int, default=262144, help="k-means sample (64 per list)")
+    parser.add_argument("--nprobe", default="4,8,16,32,64")
+    parser.add_argument("--hnsw", default="HNSW32", help="HNSW index_factory string ('' to skip)")
+    parser.add_argument("--ef-search", default="16,32,64,128")
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--torch-query-batch", type=int, default=1024)
+    parser.add_argument("--torch-item-chunk", type=int, default=65536)
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from recbole_ext.retrieval.index import ItemIndex
+
+    t0 = time.perf_counter()
+    items, users = clustered_vectors(args.n_items, args.n_queries, args.dim, args.clusters, args.seed, args.noise)
+    # Row 0 is PAD (zeros) as in a model's item_vectors(); ItemIndex never indexes it.
+    items_with_pad = np.vstack([np.zeros((1, args.dim), np.float32), items])
+    print(f"data: {args.n_items} items x {args.dim}-d, {args.n_queries} queries, {args.clusters} clusters "
+          f"(noise {args.noise}), "
+          f"{time.perf_counter() - t0:.1f} s to generate; threads={args.threads}", flush=True)
+    rows = []
+
+    def report(method, setting, build_s, search_s, mem, ids, exact_ids):
+        row = {"method": method, "setting": setting, "build_s": round(build_s, 2), "search_s": round(search_s, 2),
+               "qps": round(args.n_queries / search_s), "peak_mib": round(mem, 0),
+               f"recall@{args.k}": round(recall_at_k(ids, exact_ids), 4) if exact_ids is not None else 1.0}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    # torch matmul + topk (the dense baseline); its ids are 0-based rows of `items`, +1 = item id.
+    items_t = torch.from_numpy(items)
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        _, torch_ids = torch_topk(items_t, users, args.k, args.torch_query_batch, args.torch_item_chunk)
+        torch_s = time.perf_counter() - t
+    torch_ids += 1
+    del items_t
+
+    with PeakMemory() as mem_flat_build:
+        t = time.perf_counter()
+        flat = ItemIndex.build(items_with_pad, "Flat")
+        flat_build = time.perf_counter() - t
+    with PeakMemory() as mem_flat:
+        t = time.perf_counter()
+        _, exact_ids = flat.search(users, args.k)
+        flat_s = time.perf_counter() - t
+    report("torch matmul+topk", f"q{args.torch_query_batch} x items{args.torch_item_chunk}", 0.0, torch_s,
+           mem.mib, torch_ids, exact_ids)
+    report("faiss exact", "Flat (IndexFlatIP)", flat_build, flat_s, max(mem_flat_build.mib, 0) + mem_flat.mib,
+           exact_ids, exact_ids)
+    del flat
+    gc.collect()
+
+    if args.ivf:
+        with PeakMemory() as mem_build:
+            t = time.perf_counter()
+            ivf = ItemIndex.build(items_with_pad, args.ivf, train_size=args.ivf_train_size, seed=args.seed)
+            ivf_build = time.perf_counter() - t
+        for nprobe in [int(x) for x in args.nprobe.split(",") if x]:
+            ivf.set_search_params(nprobe=nprobe)
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                _, ids = ivf.search(users, args.k)
+                s = time.perf_counter() - t
+            report("faiss IVF", f"{args.ivf} nprobe={nprobe}", ivf_build, s, mem_build.mib + mem.mib, ids,
+                   exact_ids)
+        del ivf
+        gc.collect()
+
+    if args.hnsw:
+        with PeakMemory() as mem_build:
+            t = time.perf_counter()
+            hnsw = ItemIndex.build(items_with_pad, args.hnsw, ef_construction=args.ef_construction)
+            hnsw_build = time.perf_counter() - t
+        for ef in [int(x) for x in args.ef_search.split(",") if x]:
+            hnsw.set_search_params(ef_search=ef)
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                _, ids = hnsw.search(users, args.k)
+                s = time.perf_counter() - t
+            report("faiss HNSW", f"{args.hnsw} efC={args.ef_construction} efSearch={ef}", hnsw_build, s,
+                   mem_build.mib + mem.mib, ids, exact_ids)
+
+    exact_qps = args.n_queries / flat_s
+    print()
+    print(f"| method | setting | build (s) | search (s) | queries/s | x exact | peak mem (MiB) | recall@{args.k} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['method']} | {r['setting']} | {r['build_s']:.1f} | {r['search_s']:.2f} | {r['qps']:,} | "
+              f"{r['qps'] / exact_qps:.1f} | {r['peak_mib']:.0f} | {r[f'recall@{args.k}']:.4f} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

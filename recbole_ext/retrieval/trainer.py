@@ -1,0 +1,95 @@
+"""Full-sort evaluation through a FAISS index (``retrieval: faiss``).
+
+``FaissEvalMixin`` overrides RecBole's ``Trainer._full_sort_batch_eval`` hook. At the first batch of each
+``evaluate`` (after the best checkpoint has been reloaded) it takes the model's final vectors once and builds the
+index; each batch then searches ``maxK`` + the longest history in the batch, scatters the results into the dense
+``-inf`` matrix RecBole's collector expects, and masks PAD and history by item id exactly as the dense path does.
+With the default exact index (``IndexFlatIP``) metrics equal dense scoring. Models without final vectors fall back
+to the dense path of the trainer it is mixed into, with one logged notice.
+
+Config keys: ``faiss_index`` (index_factory string, default Flat), ``faiss_nprobe``, ``faiss_ef_search``.
+"""
+from __future__ import annotations
+
+from logging import getLogger
+
+import numpy as np
+import torch
+
+from recbole_ext.retrieval.index import DEFAULT_FACTORY, ItemIndex
+from recbole_ext.retrieval.vectors import final_vectors
+
+
+def _config_get(config, key, default=None):
+    try:
+        value = config[key]
+    except KeyError:
+        return default
+    return default if value is None else value
+
+
+class FaissEvalMixin:
+    """Mix in before a RecBole ``Trainer`` subclass (``class T(FaissEvalMixin, SomeTrainer)``)."""
+
+    _faiss_state = None          # (FinalVectors, ItemIndex) for the evaluation in progress, or False if unsupported
+    _faiss_fallback_logged = False
+
+    def evaluate(self, eval_data, *args, **kwargs):
+        self._faiss_state = None  # the index is rebuilt lazily, after a best-model reload inside evaluate()
+        try:
+            return super().evaluate(eval_data, *args, **kwargs)
+        finally:
+            self._faiss_state = None
+
+    def _faiss_prepare(self):
+        vectors = final_vectors(self.model)
+        if vectors is None:
+            if not self._faiss_fallback_logged:
+                getLogger().warning(
+                    "retrieval: faiss -- %s does not expose user_vectors()/item_vectors() (its score is not a "
+                    "plain inner product); using dense full-sort scoring instead", type(self.model).__name__)
+                self._faiss_fallback_logged = True
+            return False
+        config = self.config
+        index = ItemIndex.build(
+            vectors.items.cpu(),
+            factory=_config_get(config, "faiss_index", DEFAULT_FACTORY),
+            nprobe=_config_get(config, "faiss_nprobe"),
+            ef_search=_config_get(config, "faiss_ef_search"),
+            seed=int(_config_get(config, "seed", 0)),
+        )
+        return vectors, index
+
+    def _full_sort_batch_eval(self, batched_data):
+        if self._faiss_state is None:
+            self._faiss_state = self._faiss_prepare()
+        if self._faiss_state is False:
+            return super()._full_sort_batch_eval(batched_data)
+        vectors, index = self._faiss_state
+        interaction, history_index, positive_u, positive_i = batched_data
+        users = interaction[self.config["USER_ID_FIELD"]]
+        n_rows = len(users)
+        max_k = max(self.config["topk"]) if isinstance(self.config["topk"], (list, tuple)) else int(
+            self.config["topk"])
+        longest = 0
+        if history_index is not None and len(history_index[0]):
+            longest = int(torch.bincount(history_index[0].cpu(), minlength=n_rows).max())
+        # +1: the PAD row is not indexed, but keep the spare slot so a K'-th tie cannot starve the top-K.
+        scores_k, ids_k = index.search_raw(vectors.user_rows(users.cpu()).cpu().numpy(), max_k + longest + 1)
+        scores = torch.full((n_rows, self.tot_item_num), -np.inf, device=self.device)
+        found = ids_k >= 0
+        rows = np.broadcast_to(np.arange(n_rows)[:, None], ids_k.shape)[found]
+        scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(ids_k[found]).to(self.device)] = \
+            torch.from_numpy(scores_k[found]).to(self.device)
+        scores[:, 0] = -np.inf
+        if history_index is not None:
+            scores[history_index] = -np.inf
+        return interaction, scores, positive_u, positive_i
+
+
+def with_faiss_eval(trainer_cls: type) -> type:
+    """``trainer_cls`` with FAISS full-sort evaluation mixed in (idempotent)."""
+    if issubclass(trainer_cls, FaissEvalMixin):
+        return trainer_cls
+    return type(f"Faiss{trainer_cls.__name__}", (FaissEvalMixin, trainer_cls),
+                {"__module__": __name__, "__doc__": f"{trainer_cls.__name__} evaluated through a FAISS index."})
