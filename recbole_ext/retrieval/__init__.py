@@ -7,8 +7,8 @@ _EXPORTS = {
     "recommend": "recbole_ext.retrieval.serving",
     "ItemIndex": "recbole_ext.retrieval.index",
     "History": "recbole_ext.retrieval.index",
-    "FaissEvalMixin": "recbole_ext.retrieval.trainer",
-    "with_faiss_eval": "recbole_ext.retrieval.trainer",
+    "FaissEvalMixin": "recbole_ext.retrieval.evaluation",
+    "with_faiss_eval": "recbole_ext.retrieval.evaluation",
     "final_vectors": "recbole_ext.retrieval.vectors",
 }
 

@@ -59,18 +59,17 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path) -> LoadedCheckpoint:
+    """Rebuild model (eval mode), dataset and training split from a recbole-ext checkpoint (weights_only)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist", fix="pass the checkpoint file of a finished run")
-    from recbole_ext import quick_start  # the foundation: weights_only load + plain-data config + dataset rebuild
+        raise UserError(f"checkpoint {path} does not exist", fix="pass the model.pth of a finished run")
+    from recbole_ext import quick_start
 
-    loaded = quick_start.load_run(path)
-    config = loaded.config
-    config = dict(config) if isinstance(config, dict) else {k: config[k] for k in config.final_config_dict}
-    task = str(config.get("task") or "general")
-    model = loaded.model
+    config, model, dataset, train_data, _, _ = quick_start.load_run(path)
+    plain = {key: config[key] for key in config.final_config_dict}
     model.eval()
-    return LoadedCheckpoint(path, model, loaded.dataset, getattr(loaded, "train_dataset", None), config, task)
+    return LoadedCheckpoint(path, model, dataset, getattr(train_data, "_dataset", None), plain,
+                            str(plain.get("task") or "general"))
 
 
 # ----------------------------------------------------------------------------------------------------- top-K

@@ -9,7 +9,7 @@ pytest.importorskip("recbole")
 from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.trainer import Trainer  # noqa: E402
 
-from recbole_ext.retrieval.trainer import FaissEvalMixin, with_faiss_eval  # noqa: E402
+from recbole_ext.retrieval.evaluation import FaissEvalMixin, with_faiss_eval  # noqa: E402
 
 N_USERS, N_ITEMS, DIM = 6, 40, 4
 
