@@ -205,3 +205,12 @@ def test_unknown_patient_codes_are_named():
 
 def test_history_rows_helper():
     assert History.from_pairs([1, 0, 1], [5, 6, 7], 3).rows().tolist() == [0, 1, 1]
+
+
+def test_asking_for_another_index_type_rebuilds_it(tmp_path):
+    loaded = _loaded(tmp_path)
+    rec.top_k_items(loaded, ["u1"], k=2)
+    [u1] = rec.top_k_items(loaded, ["u1"], k=2, index_options={"faiss_index": "HNSW8", "faiss_ef_search": 32})
+    assert u1.items == ["i20", "i30"]
+    meta = json.loads((rec.index_folder(loaded.path) / "meta.json").read_text())
+    assert meta["factory"] == "HNSW8" and meta["ef_search"] == 32

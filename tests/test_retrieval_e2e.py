@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -109,8 +110,12 @@ def test_recommend_python_api_and_run_py_route(runs, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RECBOLE_EXT_LONG_TESTS"),
+                    reason="about 40 CPU-seconds; set RECBOLE_EXT_LONG_TESTS=1 (result recorded in docs/retrieval.md)")
 def test_ml100k_bpr_faiss_metrics_equal_dense(tmp_path):
-    """The acceptance check of issue 5 on RecBole's bundled ml-100k: BPR, 3 epochs, every metric at every K."""
+    """The acceptance check of issue 5 on RecBole's bundled ml-100k: BPR, 3 epochs, every metric at every K.
+
+    Opt-in because it exceeds this track's test budget; the tiny-data tests above check the same equality."""
     result = run("BPR", "ml-100k", {"show_progress": False, "state": "WARNING", "epochs": 3, "eval_step": 3,
                                     "run_dir": str(tmp_path / "ml"), **ALL_METRICS})
     dense, faiss = _dense_and_faiss(result.checkpoint)

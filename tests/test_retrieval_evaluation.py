@@ -107,3 +107,22 @@ def test_mixin_composes_with_other_trainers_and_rebuilds_per_evaluate():
     assert trainer.evaluate(batched) == {"recall@5": 1.0}
     assert calls == ["protocol", "protocol"] and trainer.model.vector_calls == 2
     assert trainer._faiss_state is None
+
+
+def test_short_approximate_results_never_credit_an_unretrieved_positive():
+    from recbole_ext.retrieval.vectors import final_vectors
+
+    class OneResultIndex:  # an approximate index that found a single item per user
+        def search_raw(self, queries, fetch):
+            return np.full((len(queries), 1), 9.0, np.float32), np.full((len(queries), 1), 11, np.int64)
+
+    model = TinyIPModel()
+    trainer = _trainer(with_faiss_eval(Trainer), model)
+    trainer._faiss_state = (final_vectors(model), OneResultIndex())
+    interaction = Interaction({"user_id": torch.tensor([1, 2])})
+    positive_u, positive_i = torch.tensor([0, 0, 1]), torch.tensor([11, 12, 30])
+    _, scores, _, _ = trainer._full_sort_batch_eval((interaction, None, positive_u, positive_i))
+    top = torch.topk(scores, 5, dim=1).indices
+    assert top[:, 0].tolist() == [11, 11]
+    assert 12 not in top[0].tolist() and 30 not in top[1].tolist()
+    assert torch.isneginf(scores[0, 12]) and torch.isneginf(scores[1, 30]) and torch.isfinite(scores[0, 30])

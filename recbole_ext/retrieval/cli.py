@@ -1,6 +1,7 @@
 """``python run.py recommend``: top-K items for users, or a medication set for a patient.
 
     recommend --checkpoint PATH --user TOKEN [--user TOKEN ...] [--k 20] [--keep-seen] [--json]
+              [--index FACTORY] [--nprobe N] [--ef-search N] [--rebuild-index]
     recommend --checkpoint PATH --users-file FILE            (one user token per line, answered in one batch)
     recommend --checkpoint PATH --patient FILE.json          (medication models)
 """
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-seen", action="store_true", help="do not exclude the user's training items")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rebuild the FAISS index beside the checkpoint even if one exists")
+    parser.add_argument("--index", dest="faiss_index", help="FAISS index_factory string (default: the run's "
+                        "faiss_index, i.e. Flat = exact); e.g. IVF4096,Flat for catalogues over a million items")
+    parser.add_argument("--nprobe", type=int, help="IVF lists probed per query")
+    parser.add_argument("--ef-search", type=int, help="HNSW search beam width")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     users = args.user if args.user else read_users_file(args.users_file)
     results = recommend(args.checkpoint, users=users, k=args.k, keep_seen=args.keep_seen,
-                        rebuild_index=args.rebuild_index)
+                        rebuild_index=args.rebuild_index, faiss_index=args.faiss_index, nprobe=args.nprobe,
+                        ef_search=args.ef_search)
     for rec in results:
         if args.json:
             print(json.dumps(rec.as_dict()))

@@ -3,7 +3,7 @@
 ``FaissEvalMixin`` overrides RecBole's ``Trainer._full_sort_batch_eval`` hook. At the first batch of each
 ``evaluate`` (after the best checkpoint has been reloaded) it takes the model's final vectors once and builds the
 index; each batch then searches ``maxK`` + the longest history in the batch, scatters the results into the dense
-``-inf`` matrix RecBole's collector expects, and masks PAD and history by item id exactly as the dense path does.
+score matrix RecBole's collector expects, and masks PAD and history by item id exactly as the dense path does.
 With the default exact index (``IndexFlatIP``) metrics equal dense scoring. Models without final vectors fall back
 to the dense path of the trainer it is mixed into, with one logged notice.
 
@@ -76,11 +76,19 @@ class FaissEvalMixin:
             longest = int(torch.bincount(history_index[0].cpu(), minlength=n_rows).max())
         # +1: the PAD row is not indexed, but keep the spare slot so a K'-th tie cannot starve the top-K.
         scores_k, ids_k = index.search_raw(vectors.user_rows(users.cpu()).cpu().numpy(), max_k + longest + 1)
-        scores = torch.full((n_rows, self.tot_item_num), -np.inf, device=self.device)
+        # Items the index did not return get the lowest finite score, so they rank after every retrieved item but
+        # before masked ones; an unretrieved positive gets -inf so a short (approximate) result list can never
+        # be padded with a hit by torch.topk's tie order.
+        scores = torch.full((n_rows, self.tot_item_num), torch.finfo(torch.float32).min, device=self.device)
         found = ids_k >= 0
-        rows = np.broadcast_to(np.arange(n_rows)[:, None], ids_k.shape)[found]
-        scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(ids_k[found]).to(self.device)] = \
-            torch.from_numpy(scores_k[found]).to(self.device)
+        rows = torch.from_numpy(np.broadcast_to(np.arange(n_rows)[:, None], ids_k.shape)[found]).to(self.device)
+        items = torch.from_numpy(ids_k[found]).to(self.device)
+        scores[rows, items] = torch.from_numpy(scores_k[found]).to(self.device)
+        if positive_u is not None and len(positive_u):
+            retrieved = torch.zeros_like(scores, dtype=torch.bool)
+            retrieved[rows, items] = True
+            missed = ~retrieved[positive_u, positive_i]
+            scores[positive_u[missed], positive_i[missed]] = -np.inf
         scores[:, 0] = -np.inf
         if history_index is not None:
             scores[history_index] = -np.inf

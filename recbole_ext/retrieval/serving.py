@@ -81,13 +81,20 @@ def checkpoint_index(checkpoint, vectors: FinalVectors, item_tokens, config: dic
                      rebuild: bool = False) -> ItemIndex:
     """The FAISS index beside ``checkpoint``: loaded if its recorded hash matches, else built and saved.
 
-    A stale index (built from another checkpoint) is a UserError unless ``rebuild``.
+    ``config`` keys ``faiss_index`` / ``faiss_nprobe`` / ``faiss_ef_search`` choose the index. A stale index (built
+    from another checkpoint) is a UserError unless ``rebuild``; an index of another type is rebuilt.
     """
     config = config or {}
+    factory = config.get("faiss_index") or DEFAULT_FACTORY
     folder = index_folder(checkpoint)
     if folder.exists() and not rebuild:
-        index, _ = ItemIndex.load(folder, checkpoint=checkpoint, nprobe=config.get("faiss_nprobe"),
-                                  ef_search=config.get("faiss_ef_search"))
+        index, meta = ItemIndex.load(folder, checkpoint=checkpoint)
+        if meta.get("factory") != factory:
+            getLogger().info("index %s is %s, %s was asked for: rebuilding it", folder, meta.get("factory"), factory)
+            return checkpoint_index(checkpoint, vectors, item_tokens, config, rebuild=True)
+        if config.get("faiss_nprobe") is not None or config.get("faiss_ef_search") is not None:
+            index.set_search_params(nprobe=config.get("faiss_nprobe", index.nprobe),
+                                    ef_search=config.get("faiss_ef_search", index.ef_search))
         tokens_path = folder / ITEM_TOKENS_FILE
         try:
             stored_tokens = json.loads(tokens_path.read_text(encoding="utf-8"))
@@ -100,11 +107,10 @@ def checkpoint_index(checkpoint, vectors: FinalVectors, item_tokens, config: dic
             raise UserError(f"index {folder} has {index.dim} dims, the model {vectors.items.shape[1]}",
                             fix="rebuild the index (--rebuild-index)")
         return index
-    index = ItemIndex.build(vectors.items.cpu(), factory=config.get("faiss_index") or DEFAULT_FACTORY,
+    index = ItemIndex.build(vectors.items.cpu(), factory=factory,
                             nprobe=config.get("faiss_nprobe"), ef_search=config.get("faiss_ef_search"),
                             seed=int(config.get("seed") or 0))
     tokens = [str(t) for t in item_tokens]
-
     index.save(folder, checkpoint=checkpoint, extra={"n_items": len(tokens)},
                files={ITEM_TOKENS_FILE: json.dumps(tokens)})
     return index
@@ -180,7 +186,7 @@ def _dense_scores(model, dataset, user_ids: np.ndarray) -> torch.Tensor:
 
 
 def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: bool = False,
-                rebuild_index: bool = False) -> list[UserRecommendation]:
+                rebuild_index: bool = False, index_options: dict | None = None) -> list[UserRecommendation]:
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
     dataset = loaded.dataset
@@ -196,7 +202,8 @@ def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: b
                             "items densely", type(loaded.model).__name__)
         scores, ids = dense_top_k(_dense_scores(loaded.model, dataset, user_ids), k, history)
     else:
-        index = checkpoint_index(loaded.path, vectors, item_tokens, loaded.config, rebuild=rebuild_index)
+        settings = {**loaded.config, **{key: val for key, val in (index_options or {}).items() if val is not None}}
+        index = checkpoint_index(loaded.path, vectors, item_tokens, settings, rebuild=rebuild_index)
         scores, ids = index.search(vectors.user_rows(user_ids).cpu().numpy(), k, history)
     results = []
     for token, row_ids, row_scores in zip(user_tokens, ids, scores):
@@ -234,8 +241,12 @@ def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendatio
 
 # ----------------------------------------------------------------------------------------------------- API
 def recommend(checkpoint, users=None, k: int = 20, keep_seen: bool = False, patient=None,
-              rebuild_index: bool = False):
+              rebuild_index: bool = False, faiss_index: str | None = None, nprobe: int | None = None,
+              ef_search: int | None = None):
     """Top-``k`` items for ``users`` (external tokens) or the medication set for ``patient`` (JSON path/str/obj).
+
+    ``faiss_index`` / ``nprobe`` / ``ef_search`` override the run's ``faiss_index`` / ``faiss_nprobe`` /
+    ``faiss_ef_search``; the index is kept beside the checkpoint and reused while it matches.
 
     Returns a list of :class:`UserRecommendation` or one :class:`MedicationRecommendation`.
     """
@@ -252,4 +263,6 @@ def recommend(checkpoint, users=None, k: int = 20, keep_seen: bool = False, pati
     if loaded.task == "medrec":
         raise UserError(f"{Path(checkpoint).name} is a medication-recommendation checkpoint",
                         fix="use --patient FILE.json with it")
-    return top_k_items(loaded, users, k=k, keep_seen=keep_seen, rebuild_index=rebuild_index)
+    return top_k_items(loaded, users, k=k, keep_seen=keep_seen, rebuild_index=rebuild_index,
+                       index_options={"faiss_index": faiss_index, "faiss_nprobe": nprobe,
+                                      "faiss_ef_search": ef_search})
