@@ -150,59 +150,48 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    def timed(fn):
+        """(result, (wall s, process CPU s), peak MiB) of ``fn()``."""
+        with PeakMemory() as mem:
+            t, c = time.perf_counter(), time.process_time()
+            result = fn()
+            spent = (time.perf_counter() - t, time.process_time() - c)
+        return result, spent, mem.mib
+
+    def sweep(method, factory, param, values, **build_kwargs):
+        """Build ``factory`` once, then search at each value of the search-time ``param``."""
+        index, (build_s, _), build_mib = timed(lambda: ItemIndex.build(items_with_pad, factory, **build_kwargs))
+        for value in values:
+            index.set_search_params(**{param: value})
+            (_, ids), spent, mib = timed(lambda: index.search(users, args.k))
+            label = {"nprobe": "nprobe", "ef_search": "efSearch"}[param]
+            extra = f" efC={args.ef_construction}" if param == "ef_search" else ""
+            report(method, f"{factory}{extra} {label}={value}", build_s, spent, build_mib + mib, ids, exact_ids)
+        del index
+        gc.collect()
+
     # torch matmul + topk (the dense baseline); its ids are 0-based rows of `items`, +1 = item id.
     items_t = torch.from_numpy(items)
-    with PeakMemory() as mem:
-        t, c = time.perf_counter(), time.process_time()
-        _, torch_ids = torch_topk(items_t, users, args.k, args.torch_query_batch, args.torch_item_chunk)
-        torch_s = (time.perf_counter() - t, time.process_time() - c)
+    (_, torch_ids), torch_spent, torch_mib = timed(
+        lambda: torch_topk(items_t, users, args.k, args.torch_query_batch, args.torch_item_chunk))
     torch_ids += 1
     del items_t
 
-    with PeakMemory() as mem_flat_build:
-        t = time.perf_counter()
-        flat = ItemIndex.build(items_with_pad, "Flat")
-        flat_build = time.perf_counter() - t
-    with PeakMemory() as mem_flat:
-        t, c = time.perf_counter(), time.process_time()
-        _, exact_ids = flat.search(users, args.k)
-        flat_s = (time.perf_counter() - t, time.process_time() - c)
-    report("torch matmul+topk", f"q{args.torch_query_batch} x items{args.torch_item_chunk}", 0.0, torch_s,
-           mem.mib, torch_ids, exact_ids)
-    report("faiss exact", "Flat (IndexFlatIP)", flat_build, flat_s, max(mem_flat_build.mib, 0) + mem_flat.mib,
-           exact_ids, exact_ids)
+    flat, (flat_build, _), flat_build_mib = timed(lambda: ItemIndex.build(items_with_pad, "Flat"))
+    (_, exact_ids), flat_spent, flat_mib = timed(lambda: flat.search(users, args.k))
+    report("torch matmul+topk", f"q{args.torch_query_batch} x items{args.torch_item_chunk}", 0.0, torch_spent,
+           torch_mib, torch_ids, exact_ids)
+    report("faiss exact", "Flat (IndexFlatIP)", flat_build, flat_spent, flat_build_mib + flat_mib, exact_ids,
+           exact_ids)
     del flat
     gc.collect()
 
     if args.ivf:
-        with PeakMemory() as mem_build:
-            t = time.perf_counter()
-            ivf = ItemIndex.build(items_with_pad, args.ivf, train_size=args.ivf_train_size, seed=args.seed)
-            ivf_build = time.perf_counter() - t
-        for nprobe in [int(x) for x in args.nprobe.split(",") if x]:
-            ivf.set_search_params(nprobe=nprobe)
-            with PeakMemory() as mem:
-                t, c = time.perf_counter(), time.process_time()
-                _, ids = ivf.search(users, args.k)
-                s = (time.perf_counter() - t, time.process_time() - c)
-            report("faiss IVF", f"{args.ivf} nprobe={nprobe}", ivf_build, s, mem_build.mib + mem.mib, ids,
-                   exact_ids)
-        del ivf
-        gc.collect()
-
+        sweep("faiss IVF", args.ivf, "nprobe", [int(x) for x in args.nprobe.split(",") if x],
+              train_size=args.ivf_train_size, seed=args.seed)
     if args.hnsw:
-        with PeakMemory() as mem_build:
-            t = time.perf_counter()
-            hnsw = ItemIndex.build(items_with_pad, args.hnsw, ef_construction=args.ef_construction)
-            hnsw_build = time.perf_counter() - t
-        for ef in [int(x) for x in args.ef_search.split(",") if x]:
-            hnsw.set_search_params(ef_search=ef)
-            with PeakMemory() as mem:
-                t, c = time.perf_counter(), time.process_time()
-                _, ids = hnsw.search(users, args.k)
-                s = (time.perf_counter() - t, time.process_time() - c)
-            report("faiss HNSW", f"{args.hnsw} efC={args.ef_construction} efSearch={ef}", hnsw_build, s,
-                   mem_build.mib + mem.mib, ids, exact_ids)
+        sweep("faiss HNSW", args.hnsw, "ef_search", [int(x) for x in args.ef_search.split(",") if x],
+              ef_construction=args.ef_construction)
 
     exact = next(r for r in rows if r["method"] == "faiss exact")
     print()

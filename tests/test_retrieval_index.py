@@ -132,3 +132,13 @@ def test_corrupt_index_folder_is_a_user_error(tmp_path):
         ItemIndex.load(folder)
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
     assert meta["n_indexed"] == 5
+
+
+def test_exact_index_over_a_million_items_suggests_the_benchmarked_ann_setting(caplog):
+    import logging
+
+    items = np.ones((1_000_001, 2), dtype=np.float32)
+    with caplog.at_level(logging.INFO):
+        index = ItemIndex.build(items)
+    assert index.n_indexed == 1_000_000
+    assert "faiss_index: IVF4096,Flat and faiss_nprobe: 64" in caplog.text
