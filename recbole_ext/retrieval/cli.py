@@ -20,20 +20,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="run.py recommend", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file of a finished run")
+    parser = _Parser(prog="run.py recommend",
+                     description="Top-K items for users, or a medication set for a patient, from a checkpoint.")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file of a finished run")
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", action="append", help="external user token (repeatable)")
-    who.add_argument("--users-file", help="text file, one user token per line")
-    who.add_argument("--patient", help="JSON file of a patient's visits (medication models)")
-    parser.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    who.add_argument("--user", action="append", metavar="TOKEN", help="external user token (repeatable)")
+    who.add_argument("--users-file", metavar="FILE", help="text file, one user token per line")
+    who.add_argument("--patient", metavar="FILE.json", help="JSON file of a patient's visits (medication models)")
+    parser.add_argument("--k", type=int, default=20, metavar="K", help="items per user (default 20)")
     parser.add_argument("--keep-seen", action="store_true", help="do not exclude the user's training items")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rebuild the FAISS index beside the checkpoint even if one exists")
-    parser.add_argument("--index", dest="faiss_index", help="FAISS index_factory string (default: the run's "
+    parser.add_argument("--index", dest="faiss_index", metavar="FACTORY", help="FAISS index_factory string (default: the run's "
                         "faiss_index, i.e. Flat = exact); e.g. IVF4096,Flat for catalogues over a million items")
-    parser.add_argument("--nprobe", type=int, help="IVF lists probed per query")
-    parser.add_argument("--ef-search", type=int, help="HNSW search beam width")
+    parser.add_argument("--nprobe", type=int, metavar="N", help="IVF lists probed per query")
+    parser.add_argument("--ef-search", type=int, metavar="N", help="HNSW search beam width")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
