@@ -227,7 +227,8 @@ def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendatio
         raise ValueError(f"{type(loaded.model).__name__}.forward returned {tuple(logits.shape)}, "
                          f"expected [1, {visits.n_visits}, {n_med}]")
     probs = torch.sigmoid(logits[0, visits.n_visits - 1].float()).cpu().numpy()
-    threshold = float(loaded.config.get("med_threshold") or 0.5)
+    threshold = loaded.config.get("medrec_threshold")
+    threshold = 0.5 if threshold is None else float(threshold)
     names = id_to_token(dataset.med_tokens, n_med)
     chosen = np.flatnonzero(probs >= threshold)
     chosen = chosen[np.argsort(-probs[chosen], kind="stable")]
