@@ -24,8 +24,12 @@ def runs(tmp_path_factory, tiny_data):
     folder = tmp_path_factory.mktemp("retrieval_runs")
     base = {"show_progress": False, "state": "WARNING", "data_path": str(tiny_data), "train_batch_size": 256,
             **ALL_METRICS}
-    return {name: run(name, "tiny", {**base, "epochs": epochs, "run_dir": str(folder / name)})
+    runs = {name: run(name, "tiny", {**base, "epochs": epochs, "run_dir": str(folder / name)})
             for name, epochs in (("BPR", 3), ("LightGCN", 2))}
+    # The same BPR run again, evaluated (valid every epoch, then test) through the index by quick_start itself.
+    runs["BPR-faiss"] = run("BPR", "tiny", {**base, "epochs": 3, "retrieval": "faiss",
+                                            "run_dir": str(folder / "BPR-faiss")})
+    return runs
 
 
 def _dense_and_faiss(checkpoint, config_overrides=None):
@@ -42,6 +46,13 @@ def test_exact_faiss_evaluation_equals_dense_on_every_metric_and_k(runs, name):
     dense, faiss = _dense_and_faiss(runs[name].checkpoint)
     assert len(dense) == 6 * 4
     assert faiss == dense
+
+
+def test_a_run_with_retrieval_faiss_reports_the_dense_runs_numbers(runs):
+    dense, faiss = runs["BPR"], runs["BPR-faiss"]
+    assert faiss.config["retrieval"] == "faiss"
+    assert [h["valid"] for h in faiss.history] == [h["valid"] for h in dense.history]
+    assert faiss.test_result == dense.test_result and len(faiss.test_result) == 24
 
 
 def test_retrieval_faiss_in_the_config_uses_the_faiss_trainer(runs, tmp_path, tiny_data):

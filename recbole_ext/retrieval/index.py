@@ -49,6 +49,8 @@ class History:
         items = np.asarray(items, dtype=np.int64).ravel()
         if rows.shape != items.shape:
             raise ValueError("history rows and items differ in length")
+        if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+            raise ValueError(f"history rows must lie in [0, {n_rows})")
         order = np.argsort(rows, kind="stable")
         counts = np.bincount(rows, minlength=n_rows) if rows.size else np.zeros(n_rows, dtype=np.int64)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
