@@ -126,3 +126,17 @@ def test_short_approximate_results_never_credit_an_unretrieved_positive():
     assert top[:, 0].tolist() == [11, 11]
     assert 12 not in top[0].tolist() and 30 not in top[1].tolist()
     assert torch.isneginf(scores[0, 12]) and torch.isneginf(scores[1, 30]) and torch.isfinite(scores[0, 30])
+
+
+def test_vectors_that_do_not_reproduce_the_models_scores_fall_back_to_dense(caplog):
+    class BiasedModel(TinyIPModel):  # breaks the contract: its score has an item bias the vectors lack
+        def full_sort_predict(self, interaction):
+            return (super().full_sort_predict(interaction).view(-1, N_ITEMS) + torch.arange(N_ITEMS)).view(-1)
+
+    batched, _ = _batch()
+    trainer = _trainer(with_faiss_eval(Trainer), BiasedModel())
+    with caplog.at_level(logging.WARNING):
+        _, scores, _, _ = trainer._full_sort_batch_eval(batched)
+    assert "differs from user_vectors" in caplog.text and trainer._faiss_state is False
+    _, dense, _, _ = Trainer._full_sort_batch_eval(_trainer(Trainer, BiasedModel()), batched)
+    assert torch.equal(scores, dense)

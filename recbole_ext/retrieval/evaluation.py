@@ -60,13 +60,32 @@ class FaissEvalMixin:
         )
         return vectors, index
 
+    def _vectors_reproduce_scores(self, vectors, interaction) -> bool:
+        """Check the contract on the batch's first user: ``full_sort_predict == user . items``."""
+        first = interaction[:1].to(self.device)
+        try:
+            dense = self.model.full_sort_predict(first).view(-1).float().cpu()
+        except NotImplementedError:
+            return True  # nothing to compare with; the model's vectors are its only full-sort scorer
+        user = first[self.config["USER_ID_FIELD"]].cpu()
+        from_vectors = (vectors.user_rows(user) @ vectors.items.T).view(-1).float().cpu()
+        scale = float(dense.abs().max()) or 1.0
+        if dense.shape == from_vectors.shape and torch.allclose(dense, from_vectors, rtol=1e-4, atol=1e-5 * scale):
+            return True
+        getLogger().warning("retrieval: faiss -- %s.full_sort_predict differs from user_vectors() . item_vectors(); "
+                            "using dense full-sort scoring for this evaluation", type(self.model).__name__)
+        return False
+
+    @torch.no_grad()
     def _full_sort_batch_eval(self, batched_data):
+        interaction, history_index, positive_u, positive_i = batched_data
         if self._faiss_state is None:
             self._faiss_state = self._faiss_prepare()
+            if self._faiss_state and not self._vectors_reproduce_scores(self._faiss_state[0], interaction):
+                self._faiss_state = False
         if self._faiss_state is False:
             return super()._full_sort_batch_eval(batched_data)
         vectors, index = self._faiss_state
-        interaction, history_index, positive_u, positive_i = batched_data
         users = interaction[self.config["USER_ID_FIELD"]]
         n_rows = len(users)
         max_k = max(self.config["topk"]) if isinstance(self.config["topk"], (list, tuple)) else int(
