@@ -148,7 +148,8 @@ def _med_dataset():
     ddi[0, 2] = ddi[2, 0] = 1  # M1 x M3 interact
     ddi[1, 3] = ddi[3, 1] = 1  # M2 x M4 interact (M4 will not be recommended)
     return MedDataset(n_diag=2, n_proc=1, n_med=4, ddi_adj=ddi, diag_tokens=["[PAD]", "d1", "d2"],
-                      proc_tokens=["[PAD]", "p1"], med_tokens=["[PAD]", "M1", "M2", "M3", "M4"])
+                      proc_tokens=["[PAD]", "p1"], med_tokens=["[PAD]", "M1", "M2", "M3", "M4"],
+                      med_names=["", "aspirin", "", "warfarin", "x"])
 
 
 class FixedMedModel(torch.nn.Module):
@@ -178,7 +179,8 @@ def test_patient_json_to_visit_batch_and_ddi_flags(fake_load, tmp_path, capsys):
     assert batch.target[0, 0].tolist() == [0, 1, 0, 1]
     assert cli.main(["--checkpoint", str(loaded.path), "--patient", str(patient)]) == 0
     out = capsys.readouterr().out
-    assert "M1\t0.8808" in out and "DDI\tM1\tM3" in out and "M4" not in out
+    assert "M1\t0.8808\taspirin\n" in out and "M2\t0.6225\n" in out
+    assert "DDI\tM1\tM3" in out and "M4" not in out
 
 
 @pytest.mark.parametrize("text,match", [

@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result.as_dict()))
             return 0
         print(f"recommended medications (probability >= {result.threshold:g}): {len(result.medications)}")
-        for name, prob in zip(result.medications, result.probabilities):
-            print(f"{name}\t{prob:.4f}")
+        for code, prob, name in zip(result.medications, result.probabilities,
+                                    result.names or [""] * len(result.medications)):
+            print(f"{code}\t{prob:.4f}" + (f"\t{name}" if name else ""))
         if result.ddi_pairs:
             print(f"WARNING: {len(result.ddi_pairs)} drug-drug interaction pair(s) in this set:")
             for a, b in result.ddi_pairs:

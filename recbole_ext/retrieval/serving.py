@@ -41,9 +41,10 @@ class MedicationRecommendation:
     ddi_pairs: list[tuple[str, str]]  # every interacting pair inside the recommended set
     threshold: float
     all_probabilities: dict[str, float] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # human-readable name of each recommended code ('' if unknown)
 
     def as_dict(self) -> dict:
-        return {"medications": self.medications, "probabilities": self.probabilities,
+        return {"medications": self.medications, "probabilities": self.probabilities, "names": self.names,
                 "ddi_pairs": [list(p) for p in self.ddi_pairs], "threshold": self.threshold}
 
 
@@ -236,8 +237,10 @@ def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendatio
     sub = ddi[np.ix_(chosen, chosen)]
     a, b = np.nonzero(np.triu(sub, k=1))
     pairs = [(names[chosen[i]], names[chosen[j]]) for i, j in zip(a, b)]
+    labels = id_to_token(getattr(dataset, "med_names", None) or [""] * (n_med + 1), n_med)
     return MedicationRecommendation([names[i] for i in chosen], [float(probs[i]) for i in chosen], pairs, threshold,
-                                    {names[i]: float(p) for i, p in enumerate(probs)})
+                                    {names[i]: float(p) for i, p in enumerate(probs)},
+                                    [labels[i] for i in chosen])
 
 
 # ----------------------------------------------------------------------------------------------------- API
