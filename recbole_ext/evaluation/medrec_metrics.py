@@ -111,30 +111,37 @@ def bootstrap_samples(n_patients: int, rounds: int = 10, frac: float = 0.8, seed
     return [rng.choice(np.arange(n_patients), size, replace=True) for _ in range(rounds)]
 
 
-def bootstrap_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, ddi_adj: np.ndarray,
-                     rounds: int = 10, frac: float = 0.8, seed: int = 0, threshold: float = THRESHOLD,
-                     which: tuple[str, ...] = METRIC_KEYS) -> dict[str, float]:
-    """Mean and std (``<metric>_std``, numpy's population std as in the published code) over bootstrap rounds.
+def bootstrap_rows(patient: np.ndarray, rounds: int = 10, frac: float = 0.8, seed: int = 0):
+    """Yield ``(rows, groups)`` per bootstrap round: the visit rows of the sampled patients and their group ids.
 
-    ``patient`` must hold 0..n_patients-1; a patient drawn twice counts as two patients (distinct groups).
+    ``patient`` holds 0..n_patients-1 per visit; a patient drawn twice contributes its visits twice, as two groups.
     """
     patient = np.asarray(patient, dtype=np.int64)
     n_pat = int(patient.max()) + 1 if len(patient) else 0
     order = np.argsort(patient, kind="stable")
     ptr = np.concatenate([[0], np.cumsum(np.bincount(patient, minlength=n_pat))])
-    per_round = []
     for sample in bootstrap_samples(n_pat, rounds, frac, seed):
         lens = ptr[sample + 1] - ptr[sample]
         within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        rows = order[np.repeat(ptr[sample], lens) + within]
-        groups = np.repeat(np.arange(len(sample)), lens)
-        per_round.append(medrec_scores(prob[rows], target[rows], groups, ddi_adj, threshold, which))
+        yield order[np.repeat(ptr[sample], lens) + within], np.repeat(np.arange(len(sample)), lens)
+
+
+def summarise_rounds(rounds: list[dict]) -> dict[str, float]:
+    """``<metric>`` = mean and ``<metric>_std`` = population std (numpy default, as published) over rounds."""
     out: dict[str, float] = {}
-    for key in which:
-        vals = np.array([r[key] for r in per_round])
+    for key in rounds[0] if rounds else []:
+        vals = np.array([r[key] for r in rounds], dtype=np.float64)
         out[key] = float(vals.mean())
         out[f"{key}_std"] = float(vals.std())
     return out
+
+
+def bootstrap_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, ddi_adj: np.ndarray,
+                     rounds: int = 10, frac: float = 0.8, seed: int = 0, threshold: float = THRESHOLD,
+                     which: tuple[str, ...] = METRIC_KEYS) -> dict[str, float]:
+    """Bootstrap mean and std of every metric (see ``bootstrap_rows``)."""
+    return summarise_rounds([medrec_scores(prob[rows], target[rows], groups, ddi_adj, threshold, which)
+                             for rows, groups in bootstrap_rows(patient, rounds, frac, seed)])
 
 
 def config_value(config, key: str, default):

@@ -344,8 +344,12 @@ def prepare(version: int, argv: list[str]) -> int:
     with atomic_dir(target, overwrite=opts.overwrite) as tmp:
         write_medrec_files(tmp, opts.name, visits, vocabs, pairs, report)
         licence = next((p for p in (src / "LICENSE.txt", src.parent / "LICENSE.txt") if p.is_file()), None)
-        if licence is not None:
+        if licence is not None:  # the demos are ODbL: derived databases keep the licence (share-alike)
             shutil.copy(licence, tmp / "LICENSE.txt")
+            (tmp / "NOTICE.txt").write_text(
+                f"{opts.name} is derived from {report['source']} tables in {src.name}/ by recbole-ext "
+                f"(prepare mimic{version}). The source's licence (LICENSE.txt, here ODbL 1.0 for the PhysioNet "
+                "demos) applies to these files; see raw/README.md for attribution when present.\n")
         if (target / "raw").is_dir():  # bundled demos keep their raw tables inside the dataset folder
             shutil.copytree(target / "raw", tmp / "raw")
     print_report(report, target)
