@@ -30,6 +30,7 @@ from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.evaluation.medrec_metrics import THRESHOLD, bootstrap_rows, config_value, summarise_rounds
+from recbole_ext.training.tasks import Task
 from recbole_ext.utils.paths import dataset_root
 
 PHASES = ("train", "valid", "test")
@@ -93,6 +94,10 @@ class MedRecDataset:
         return (f"MedRecDataset({self.dataset_name}: {self.data.n_patients} patients {sizes}, "
                 f"{self.data.n_visits} visits, n_diag={self.n_diag}, n_proc={self.n_proc}, n_med={self.n_med}, "
                 f"{len(self.data.ddi_pairs)} DDI pairs)")
+
+    def ext_id_maps(self) -> dict[str, list[str]]:
+        """Vocabularies stored in checkpoints, so a model is never loaded onto differently indexed codes."""
+        return {"diag": self.diag_tokens, "proc": self.proc_tokens, "med": self.med_tokens}
 
     def split_patients(self, phase: str) -> np.ndarray:
         """Dataset patient indices of a phase; ``VisitBatch.patient_ids`` index into this array."""
@@ -288,26 +293,27 @@ class MedRecTrainer(Trainer):
         return OrderedDict(summarise_rounds(rounds))
 
     def _load_best(self, model_file):
-        if model_file is None and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
-            return
+        """The selected weights: from the checkpoint file when one was written, else from memory."""
+        from recbole_ext import checkpoint
+
         path = model_file or self.saved_model_file
-        try:
-            checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        except FileNotFoundError:
-            raise UserError(f"checkpoint {path} not found", fix="train first or pass an existing model file") from None
-        except Exception as exc:
-            raise UserError(f"cannot load checkpoint {path} safely: {exc}",
-                            fix="load checkpoints written by recbole-ext") from None
-        self.model.load_state_dict(checkpoint["state_dict"])
-        if "other_parameter" in checkpoint:
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        if model_file is not None or (path and Path(path).is_file()):
+            state = checkpoint.load(path, map_location=self.device)
+            self.model.load_state_dict(state["state_dict"])
+            self.model.load_other_parameter(state.get("other_parameter"))
+        elif self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        else:
+            raise UserError("no trained weights to evaluate", fix="call fit() first or pass model_file")
 
 
-class MedRecTask:
+class MedRecTask(Task):
     """Task object for ``task: medrec`` (interface in docs/CONTRACTS.md)."""
 
     name = "medrec"
+
+    def check_data(self, config) -> None:
+        dataset_folder(config)
 
     def create_dataset(self, config) -> MedRecDataset:
         return MedRecDataset(config)
