@@ -296,7 +296,7 @@ def test_twosides_builder_keeps_rarest_side_effects(tmp_path):
 
     cid = dr._cid_atc3()
     first = cid.drop_duplicates("cid").head(6).reset_index(drop=True)  # six CIDs with known ATC3 classes
-    c, a = first["cid"].tolist(), first["atc3"].tolist()
+    c = first["cid"].tolist()
     rows = [(c[0], c[1], "C_common", "x")] * 5 + [(c[2], c[3], "C_rare", "y")] + [(c[4], c[5], "C_mid", "z")] * 2
     path = tmp_path / "drug-DDI.csv"
     pd.DataFrame(rows, columns=["STITCH 1", "STITCH 2", "Polypharmacy Side Effect", "Side Effect Name"]).to_csv(
@@ -309,126 +309,8 @@ def test_twosides_builder_keeps_rarest_side_effects(tmp_path):
         return {tuple(sorted((p, q))) for p in cid[cid.cid == x].atc3 for q in cid[cid.cid == y].atc3 if p != q}
 
     assert pairs == combos(c[2], c[3]) | combos(c[4], c[5])  # the 2 rarest types: C_rare and C_mid, not C_common
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match="lacks columns"):
-        load_medrec(d)
-    d = _copy_dataset(tmp_path / "e")
-    (d / "mimic3-demo.ddi").unlink()
-    with pytest.raises(UserError, match="missing file .*mimic3-demo.ddi"):
-        load_medrec(d)
-
-
-def test_synthetic_generator_is_deterministic_and_planted(tmp_path):
-    args = ["--patients", "120", "--diagnoses", "150", "--procedures", "60", "--medications", "40",
-            "--conditions", "12", "--seed", "3", "--out", str(tmp_path)]
-    synthetic_ehr.main(["--name", "a", *args])
-    synthetic_ehr.main(["--name", "b", *args])
-    synthetic_ehr.main(["--name", "c", *args[:-3], "4", "--out", str(tmp_path)])
-    ta, tb, tc = ((tmp_path / n / f"{n}.visit").read_text() for n in "abc")
-    assert ta == tb and ta != tc
-    np.testing.assert_array_equal(np.load(tmp_path / "a" / "diag_med_effect.npy"),
-                                  np.load(tmp_path / "b" / "diag_med_effect.npy"))
-    data = load_medrec(tmp_path / "a")
-    assert data.n_codes("diag") == 150 and data.n_codes("med") == 40
-    meta = json.loads((tmp_path / "a" / "a.json").read_text())
-    assert meta["statistics"]["ground_truth_ddi_rate"] > 0
-
-
-def test_synthetic_planted_effects_are_recoverable_from_training_data():
-    """Risk differences estimated on the training split correlate with the planted diagnosis effects."""
-    ds = MedRecDataset({"dataset": "synth-ehr-small", "data_path": str(ROOT / "synth-ehr-small"), "seed": 0})
-    mh = ds.train_multi_hot()
-    d, m = mh["diag"], mh["med"]
-    n_d = d.sum(0)
-    seen = n_d >= 5
-    p_m_d = (d.T @ m)[seen] / n_d[seen, None]
-    p_m_not = ((1 - d).T @ m)[seen] / (len(d) - n_d[seen])[:, None]
-    rd = (p_m_d - p_m_not).ravel()
-    planted = np.load(ROOT / "synth-ehr-small" / "diag_med_effect.npy")[seen].ravel()
-    assert np.corrcoef(rd, planted)[0, 1] > 0.5
-    assert rd[planted > 0].mean() > 0.2 > rd[planted == 0].mean()
-
-
-def test_synthetic_bad_options():
-    with pytest.raises(UserError, match="--patients must be"):
-        synthetic_ehr.main(["--patients", "2"])
-
-
-def test_split_by_patient_published_proportions():
-    s = split_patients(6350)
-    assert [len(s[p]) for p in ("train", "test", "valid")] == [4233, 1058, 1059]
-    assert s["train"][0] == 0 and s["test"][0] == 4233 and s["valid"][0] == 4233 + 1058
-    r = split_patients(100, "random", seed=5)
-    allp = np.concatenate([r["train"], r["valid"], r["test"]])
-    assert sorted(allp) == list(range(100))
-    assert len(set(r["train"]) & set(r["test"])) == 0 and len(set(r["valid"]) & set(r["test"])) == 0
-    np.testing.assert_array_equal(r["train"], split_patients(100, "random", seed=5)["train"])
-    assert not np.array_equal(r["train"], split_patients(100, "random", seed=6)["train"])
-    with pytest.raises(UserError):
-        split_patients(2)
-
-
-def test_dataset_attributes_and_collation():
-    ds = MedRecDataset({"dataset": "mimic3-demo", "data_path": str(ROOT / "mimic3-demo"), "seed": 0})
-    d = ds.data
-    assert (ds.n_diag, ds.n_proc, ds.n_med) == (d.n_codes("diag"), d.n_codes("proc"), d.n_codes("med"))
-    assert ds.ddi_adj.shape == (ds.n_med, ds.n_med) and (ds.ddi_adj == ds.ddi_adj.T).all()
-    assert ds.ddi_adj.diagonal().sum() == 0 and int(ds.ddi_adj.sum()) == 2 * len(d.ddi_pairs)
-    assert ds.med_tokens[0] == "[PAD]" and len(ds.med_tokens) == ds.n_med + 1
-    # phases partition the patients
-    parts = [set(ds.split_patients(p)) for p in ("train", "valid", "test")]
-    assert sum(map(len, parts)) == d.n_patients and not (parts[0] & parts[1] or parts[0] & parts[2])
-
-    rows = np.array([2, 0, 5])
-    b = ds.collate("train", rows)
-    pats = ds.split_patients("train")[rows]
-    lens = d.patient_visit_ptr[pats + 1] - d.patient_visit_ptr[pats]
-    assert b.visit_mask.sum(1).tolist() == lens.tolist()
-    assert b.diag.shape[:2] == b.visit_mask.shape == (3, lens.max())
-    for i, p in enumerate(pats):
-        for t in range(lens[i]):
-            v = d.patient_visit_ptr[p] + t
-            for kind, tensor in (("diag", b.diag), ("proc", b.proc), ("med", b.med)):
-                csr = d.codes[kind]
-                want = csr.indices[csr.indptr[v]:csr.indptr[v + 1]]
-                got = tensor[i, t][tensor[i, t] > 0].numpy()
-                np.testing.assert_array_equal(got, want)
-            assert set(np.flatnonzero(b.target[i, t].numpy()) + 1) == set(
-                d.codes["med"].indices[d.codes["med"].indptr[v]:d.codes["med"].indptr[v + 1]])
-    assert (b.target[~b.visit_mask] == 0).all() and (b.diag[~b.visit_mask] == 0).all()
-    assert b.patient_ids.tolist() == rows.tolist()
-    assert b.flat_target().shape == (int(lens.sum()), ds.n_med)
-
-    dg, pr, md = ds.train_visits()
-    assert len(dg) == len(ds.phase_visits("train")) and all(x.min() >= 1 for x in md)
-    adj = ds.ehr_adj()
-    assert adj.shape == (ds.n_med, ds.n_med) and adj.diagonal().sum() == 0
-
-
-def test_missing_dataset_is_a_user_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
-    with pytest.raises(UserError, match="prepare it"):
-        MedRecDataset({"dataset": "nope", "seed": 0})
-
-
-def test_twosides_builder_keeps_rarest_side_effects(tmp_path):
-    from recbole_ext.data.prepare import drug_resources as dr
-
-    cid = dr._cid_atc3()
-    first = cid.drop_duplicates("cid").head(6).reset_index(drop=True)  # six CIDs with known ATC3 classes
-    c, a = first["cid"].tolist(), first["atc3"].tolist()
-    rows = [(c[0], c[1], "C_common", "x")] * 5 + [(c[2], c[3], "C_rare", "y")] + [(c[4], c[5], "C_mid", "z")] * 2
-    path = tmp_path / "drug-DDI.csv"
-    pd.DataFrame(rows, columns=["STITCH 1", "STITCH 2", "Polypharmacy Side Effect", "Side Effect Name"]).to_csv(
-        path, index=False)
-    vocab = set(cid["atc3"])
-    two = dr.ddi_pairs_from_twosides(path, vocab, n_rarest_side_effects=2)
-    pairs = {tuple(sorted(p)) for p in two[["atc3_a", "atc3_b"]].itertuples(index=False)}
-    rare = {tuple(sorted((x, y))) for x in cid[cid.cid == c[2]].atc3 for y in cid[cid.cid == c[3]].atc3 if x != y}
-    common = {tuple(sorted((x, y))) for x in cid[cid.cid == c[0]].atc3 for y in cid[cid.cid == c[1]].atc3 if x != y}
-    assert rare <= pairs and not (common - rare - {tuple(sorted((x, y))) for x in cid[cid.cid == c[4]].atc3
-                                                     for y in cid[cid.cid == c[5]].atc3}) & pairs
-    with pytest.raises(UserError, match="lacks columns"):
-        pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
         dr.ddi_pairs_from_twosides(tmp_path / "bad.csv", vocab)
 
 

@@ -128,7 +128,7 @@ def process_medications(med: pd.DataFrame, version: int, opts, report: dict) -> 
         steps["after_smiles_filter"] = len(med)
     if opts.top_med > 0:
         med = med[med["ATC3"].isin(_top_codes(med["ATC3"], opts.top_med))]
-        steps[f"after_top_{opts.top_med}_meds"] = len(med)
+        steps[f"after_top_{opts.top_med}"] = len(med)
     return med[[S, H, "ATC3"]].reset_index(drop=True)
 
 
@@ -172,38 +172,36 @@ def _versioned(df: pd.DataFrame, opts) -> pd.Series:
     return code
 
 
+def _icd_rows(df: pd.DataFrame, version: int, opts, report: dict, table: str) -> pd.DataFrame:
+    """Shared first steps of the diagnosis and procedure tables: ids checked, NaNs dropped, codes normalised."""
+    df = df.rename(columns={"ICD9_CODE" if version == 3 else "ICD_CODE": "CODE"})
+    df = _numeric_ids(df.dropna(subset=[S, H, "CODE"]), [S, H], table, report)
+    return df.assign(CODE=_versioned(df, opts))
+
+
+def _keep_top(df: pd.DataFrame, n: int, steps: dict) -> pd.DataFrame:
+    if n > 0:
+        df = df[df["CODE"].isin(_top_codes(df["CODE"], n))]
+        steps[f"after_top_{n}"] = len(df)
+    return df.reset_index(drop=True)
+
+
 def process_diagnoses(diag: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
-    code_col = "ICD9_CODE" if version == 3 else "ICD_CODE"
-    diag = diag.rename(columns={code_col: "CODE"})
-    n0 = len(diag)
-    diag = diag.dropna(subset=[S, H, "CODE"])
-    diag = _numeric_ids(diag, [S, H], "diagnoses", report)
-    diag = diag.assign(CODE=_versioned(diag, opts))[[S, H, "CODE"]].drop_duplicates()
+    steps = report.setdefault("diagnosis_steps", {"rows_read": len(diag)})
+    diag = _icd_rows(diag, version, opts, report, "diagnoses")[[S, H, "CODE"]].drop_duplicates()
     diag = diag.sort_values([S, H], kind="stable")
-    steps = {"rows_read": n0, "after_dropna_dedup": len(diag)}
-    if opts.top_diag > 0:
-        diag = diag[diag["CODE"].isin(_top_codes(diag["CODE"], opts.top_diag))]
-        steps[f"after_top_{opts.top_diag}"] = len(diag)
-    report["diagnosis_steps"] = steps
-    return diag.reset_index(drop=True)
+    steps["after_dropna_dedup"] = len(diag)
+    return _keep_top(diag, opts.top_diag, steps)
 
 
 def process_procedures(proc: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
-    code_col = "ICD9_CODE" if version == 3 else "ICD_CODE"
-    proc = proc.rename(columns={code_col: "CODE"})
-    n0 = len(proc)
-    proc = proc.dropna(subset=[S, H, "CODE"])
-    proc = _numeric_ids(proc, [S, H], "procedures", report)
-    proc = proc.assign(CODE=_versioned(proc, opts), SEQ_NUM=pd.to_numeric(proc["SEQ_NUM"], errors="coerce"))
-    proc = proc[[S, H, "SEQ_NUM", "CODE"]].drop_duplicates()
-    proc = proc.sort_values([S, H, "SEQ_NUM"], kind="stable", na_position="last").drop(columns="SEQ_NUM")
-    proc = proc.drop_duplicates()
-    steps = {"rows_read": n0, "after_dedup": len(proc)}
-    if opts.top_proc > 0:
-        proc = proc[proc["CODE"].isin(_top_codes(proc["CODE"], opts.top_proc))]
-        steps[f"after_top_{opts.top_proc}"] = len(proc)
-    report["procedure_steps"] = steps
-    return proc.reset_index(drop=True)
+    steps = report.setdefault("procedure_steps", {"rows_read": len(proc)})
+    proc = _icd_rows(proc, version, opts, report, "procedures")
+    proc = proc.assign(SEQ_NUM=pd.to_numeric(proc["SEQ_NUM"], errors="coerce"))[[S, H, "SEQ_NUM", "CODE"]]
+    proc = proc.drop_duplicates().sort_values([S, H, "SEQ_NUM"], kind="stable", na_position="last")
+    proc = proc.drop(columns="SEQ_NUM").drop_duplicates()
+    steps["after_dedup"] = len(proc)
+    return _keep_top(proc, opts.top_proc, steps)
 
 
 # -------------------------------------------------------------------------------------------------------- combining
