@@ -182,6 +182,13 @@ def test_reader_rejects_vocabulary_mismatch_empty_visits_and_bad_ddi(tmp_path):
     with pytest.raises(UserError, match="1 visit\\(s\\) have no medication"):
         load_medrec(d)
 
+    d = _copy_dataset(tmp_path / "b2")
+    visit = pd.read_csv(d / "mimic3-demo.visit", sep="\t", dtype=str, keep_default_na=False)
+    visit.loc[5, ["diag:token_seq", "proc:token_seq"]] = ""
+    visit.to_csv(d / "mimic3-demo.visit", sep="\t", index=False)
+    with pytest.raises(UserError, match="neither diagnoses nor procedures"):
+        load_medrec(d)
+
     d = _copy_dataset(tmp_path / "c")
     with open(d / "mimic3-demo.ddi", "a") as fh:
         fh.write("ZZZZ\tA01A\n")

@@ -61,3 +61,11 @@ def test_demo_runs_out_of_the_box(tmp_path):
     r = quick_start.run("MedLogReg", "mimic3-demo", config_dict={"epochs": 1, "runs_root": str(tmp_path),
                                                                  "show_progress": False})
     assert 0 <= r.test_result["jaccard"] <= 1 and "ddi_rate_std" in r.test_result
+
+
+@pytest.mark.parametrize("key,value", [("patients_per_batch", 0), ("patients_per_batch", "many"),
+                                       ("medrec_split", "sideways")])
+def test_bad_task_options_are_user_errors(tmp_path, key, value):
+    with pytest.raises(UserError, match=key if key != "medrec_split" else "medrec_split must be"):
+        quick_start.run("MedLogReg", "mimic3-demo", config_dict={key: value, "epochs": 1, "runs_root": str(tmp_path)})
+    assert not any(tmp_path.iterdir())  # nothing half-written

@@ -185,6 +185,10 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     if med_empty.any():
         raise UserError(f"{vpath}: {int(med_empty.sum())} visit(s) have no medication, e.g. visit "
                         f"{vid[med_empty].iloc[0]!r}", fix="drop visits without medications when preparing")
+    no_input = (df[VISIT_HEADER[3]].str.strip() == "") & (df[VISIT_HEADER[4]].str.strip() == "")
+    if no_input.any():
+        raise UserError(f"{vpath}: {int(no_input.sum())} visit(s) have neither diagnoses nor procedures, e.g. visit "
+                        f"{vid[no_input].iloc[0]!r}", fix="drop visits without any input code when preparing")
     pid = df[VISIT_HEADER[1]].str.strip()
     patient_codes, patient_tokens = pd.factorize(pid, sort=False)  # order of first appearance
     sort = np.lexsort((order.to_numpy(), patient_codes))  # stable by patient, then visit order

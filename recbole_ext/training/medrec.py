@@ -36,6 +36,21 @@ from recbole_ext.utils.paths import dataset_root
 PHASES = ("train", "valid", "test")
 
 
+def number_key(config, key: str, default, kind=int, minimum=None, maximum=None):
+    """A numeric config value, checked: a bad value is a one-line UserError naming the key."""
+    value = config_value(config, key, default)
+    try:
+        if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):
+            raise ValueError
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+                        fix=f"set {key} (default {default})") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise UserError(f"config key '{key}' = {value} is outside [{minimum}, {maximum}]", fix=f"default is {default}")
+    return value
+
+
 def dataset_folder(config) -> Path:
     """``config['data_path']`` when it holds the dataset, else ``dataset_root()/<dataset>``."""
     name = config["dataset"]
@@ -85,7 +100,7 @@ class MedRecDataset:
             setattr(self, f"{kind}_tokens", ["[PAD]"] + d.vocab[kind]["code"].tolist())
             setattr(self, f"{kind}_names", [""] + d.vocab[kind]["name"].tolist())
         mode = str(config_value(config, "medrec_split", "ordered"))
-        seed = int(config_value(config, "medrec_split_seed", config_value(config, "seed", 0)))
+        seed = number_key(config, "medrec_split_seed", config_value(config, "seed", 0))
         self.split = split_patients(d.n_patients, mode, seed)
 
     # ----------------------------------------------------------------------------------------------- introspection
@@ -208,10 +223,10 @@ class MedRecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self._best_state = None
-        self.threshold = float(config_value(config, "medrec_threshold", THRESHOLD))
-        self.bootstrap_rounds = int(config_value(config, "medrec_bootstrap_rounds", 10))
-        self.bootstrap_frac = float(config_value(config, "medrec_bootstrap_frac", 0.8))
-        self.bootstrap_seed = int(config_value(config, "medrec_bootstrap_seed", 0))
+        self.threshold = number_key(config, "medrec_threshold", THRESHOLD, float, 0.0, 1.0)
+        self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, 1)
+        self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float, 0.0, 1.0)
+        self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
@@ -319,8 +334,8 @@ class MedRecTask(Task):
         return MedRecDataset(config)
 
     def data_preparation(self, config, dataset: MedRecDataset):
-        train_bs = int(config_value(config, "patients_per_batch", 16))
-        eval_bs = int(config_value(config, "eval_patients_per_batch", 64))
+        train_bs = number_key(config, "patients_per_batch", 1, int, 1)  # published loops: one patient per step
+        eval_bs = number_key(config, "eval_patients_per_batch", 64, int, 1)
         shuffle = bool(config_value(config, "medrec_shuffle", False))
         return (MedRecDataLoader(config, dataset, "train", train_bs, shuffle),
                 MedRecDataLoader(config, dataset, "valid", eval_bs, False),
