@@ -331,3 +331,22 @@ def test_rxcui_atc_route(tmp_path, raw3_copy):
     pd.DataFrame({"RXCUI": ["1"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match="need RXCUI and one of ATC4/ATC5/ATC"):
         dr.ndc_to_atc3(tmp_path / "bad.csv")
+
+
+def test_planted_probabilities_are_the_reference(capsys):
+    from recbole_ext.evaluation.medrec_metrics import medrec_scores
+
+    ds = MedRecDataset({"dataset": "synth-ehr-small", "data_path": str(ROOT / "synth-ehr-small"), "seed": 0})
+    prob, target, patient = synthetic_ehr.planted_probabilities(ds, "test")
+    assert prob.shape == target.shape == (len(ds.phase_visits("test")), ds.n_med)
+    adj = ds.ddi_adj.numpy()
+    oracle = medrec_scores(prob, target, patient, adj)
+    popularity = np.broadcast_to(ds.train_multi_hot()["med"].mean(0), prob.shape)  # a history-free baseline
+    base = medrec_scores(popularity + 0.5 - np.sort(popularity[0])[-5], target, patient, adj)  # its top-5 drugs
+    assert oracle["jaccard"] > 0.3 and oracle["prauc"] > base["prauc"] + 0.2 and oracle["jaccard"] > base["jaccard"]
+    synthetic_ehr.main(["--name", "synth-ehr-small", "--out", str(ROOT), "--oracle"])
+    printed = {ln.split()[0]: float(ln.split()[1]) for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert set(printed) == {"jaccard", "prauc", "f1", "ddi_rate", "avg_med"}
+    assert abs(printed["jaccard"] - oracle["jaccard"]) < 0.05  # bootstrap mean near the full-split value
+    with pytest.raises(UserError, match="not a synthetic-ehr dataset"):
+        synthetic_ehr.main(["--name", "mimic3-demo", "--out", str(ROOT), "--oracle"])

@@ -130,16 +130,18 @@ class MedRecDataset:
         rows = self.phase_visits("train")
         return tuple(self.data.codes[k].take(rows).as_lists() for k in ("diag", "proc", "med"))
 
+    def multi_hot(self, kind: str, visit_rows: np.ndarray) -> np.ndarray:
+        """Dense float32 multi-hot [len(visit_rows), n_kind] of some visits; column j = id j+1."""
+        n = {"diag": self.n_diag, "proc": self.n_proc, "med": self.n_med}[kind]
+        csr = self.data.codes[kind].take(np.asarray(visit_rows, dtype=np.int64))
+        out = np.zeros((len(visit_rows), n), dtype=np.float32)
+        out[np.repeat(np.arange(len(visit_rows)), csr.lengths()), csr.indices - 1] = 1.0
+        return out
+
     def train_multi_hot(self) -> dict[str, np.ndarray]:
         """Dense float32 multi-hot matrices of the training visits: kind -> [V_train, n_kind], column j = id j+1."""
         rows = self.phase_visits("train")
-        out = {}
-        for kind, n in (("diag", self.n_diag), ("proc", self.n_proc), ("med", self.n_med)):
-            csr = self.data.codes[kind].take(rows)
-            mat = np.zeros((len(rows), n), dtype=np.float32)
-            mat[np.repeat(np.arange(len(rows)), csr.lengths()), csr.indices - 1] = 1.0
-            out[kind] = mat
-        return out
+        return {kind: self.multi_hot(kind, rows) for kind in ("diag", "proc", "med")}
 
     def ehr_adj(self) -> torch.Tensor:
         """Co-prescription graph of the training visits (GAMENet's EHR graph): [n_med, n_med] 0/1, zero diagonal."""

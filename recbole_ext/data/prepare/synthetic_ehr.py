@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddi-density", type=float, default=0.05, help="share of medication pairs that interact")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--oracle", action="store_true",
+                   help="do not generate: score the existing dataset --name's test split with its planted "
+                        "probabilities (the reference any model can approach) and print the bootstrap metrics")
     return p
 
 
@@ -180,8 +183,56 @@ def generate(opts) -> dict:
     return {"visits": visits, "vocabs": vocabs, "pairs": pairs, "w_d": w_d, "w_p": w_p, "base": base}
 
 
+def planted_probabilities(dataset, phase: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities of the generating model for every visit of ``phase`` (a MedRecDataset of a synthetic folder).
+
+    Returns (prob [N, n_med], target [N, n_med] bool, patient row [N]) in (patient, visit) order.
+    """
+    from recbole_ext.training.medrec import dataset_folder
+
+    folder = dataset_folder(dataset.config)
+    missing = [f for f in EFFECT_FILES if not (folder / f).is_file()]
+    if missing or dataset.data.meta.get("source") != "synthetic-ehr":
+        raise UserError(f"{folder} is not a synthetic-ehr dataset (missing {missing or 'its synthetic-ehr report'})",
+                        fix="generate it with: python run.py prepare synthetic-ehr --name NAME")
+    w_d, w_p, base = (np.load(folder / f, allow_pickle=False) for f in EFFECT_FILES)
+    if w_d.shape != (dataset.n_diag, dataset.n_med) or w_p.shape != (dataset.n_proc, dataset.n_med):
+        raise UserError(f"planted effect shapes {w_d.shape}/{w_p.shape} do not match the vocabularies of {folder}",
+                        fix="regenerate the dataset with --overwrite")
+    data = dataset.data
+    rows = dataset.phase_visits(phase)
+    prev = np.maximum(rows - 1, 0)
+    first = (rows == 0) | (data.visit_patient[prev] != data.visit_patient[rows])
+
+    prev_med = dataset.multi_hot("med", prev)
+    prev_med[first] = 0.0
+    persistence = float(data.meta.get("planted", {}).get("persistence", 0.0))
+    logit = (base + dataset.multi_hot("diag", rows) @ w_d + dataset.multi_hot("proc", rows) @ w_p
+             + persistence * prev_med)
+    target = dataset.multi_hot("med", rows) > 0
+    pos = np.empty(data.n_patients, dtype=np.int64)
+    pos[dataset.split_patients(phase)] = np.arange(len(dataset.split_patients(phase)))
+    return 1.0 / (1.0 + np.exp(-logit)), target, pos[data.visit_patient[rows]]
+
+
+def print_oracle(opts) -> int:
+    from recbole_ext.evaluation.medrec_metrics import bootstrap_scores
+    from recbole_ext.training.medrec import MedRecDataset
+
+    root = Path(opts.out).expanduser() if opts.out else dataset_root()
+    ds = MedRecDataset({"dataset": opts.name, "data_path": str(root / opts.name), "seed": opts.seed})
+    prob, target, patient = planted_probabilities(ds, "test")
+    res = bootstrap_scores(prob, target, patient, ds.ddi_adj.numpy())
+    print(f"{opts.name} test split scored with the planted probabilities (published split and bootstrap):")
+    for key in ("jaccard", "prauc", "f1", "ddi_rate", "avg_med"):
+        print(f"  {key:<9} {res[key]:.4f} ± {res[key + '_std']:.4f}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     opts = build_parser().parse_args(argv)
+    if opts.oracle:
+        return print_oracle(opts)
     _check(opts)
     out = generate(opts)
     stats = visit_statistics(out["visits"], out["pairs"])
