@@ -251,8 +251,9 @@ def test_split_by_patient_published_proportions():
     assert len(set(r["train"]) & set(r["test"])) == 0 and len(set(r["valid"]) & set(r["test"])) == 0
     np.testing.assert_array_equal(r["train"], split_patients(100, "random", seed=5)["train"])
     assert not np.array_equal(r["train"], split_patients(100, "random", seed=6)["train"])
-    with pytest.raises(UserError):
-        split_patients(2)
+    assert [len(split_patients(4)[p]) for p in ("train", "test", "valid")] == [2, 1, 1]
+    with pytest.raises(UserError, match="at least 4"):
+        split_patients(3)
 
 
 def test_dataset_attributes_and_collation():

@@ -65,8 +65,8 @@ def dataset_folder(config) -> Path:
 
 def split_patients(n: int, mode: str = "ordered", seed: int = 0) -> dict[str, np.ndarray]:
     """Patient indices per phase: 2/3 train, then floor(rest/2) test, then the rest validation."""
-    if n < 3:
-        raise UserError(f"the dataset has {n} patient(s); the patient split needs at least 3",
+    if n < 4:
+        raise UserError(f"the dataset has {n} patient(s); the patient split needs at least 4 (one per split)",
                         fix="prepare a larger dataset (relax --min-admissions)")
     if mode == "ordered":
         order = np.arange(n)
