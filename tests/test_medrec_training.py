@@ -64,8 +64,9 @@ def test_demo_runs_out_of_the_box(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("patients_per_batch", 0), ("patients_per_batch", "many"),
-                                       ("medrec_split", "sideways")])
+                                       ("medrec_split", "sideways"), ("metrics", ["Recall", "Jaccard"])])
 def test_bad_task_options_are_user_errors(tmp_path, key, value):
-    with pytest.raises(UserError, match=key if key != "medrec_split" else "medrec_split must be"):
+    match = {"medrec_split": "medrec_split must be", "metrics": r"metrics \['Recall'\] cannot score"}.get(key, key)
+    with pytest.raises(UserError, match=match):
         quick_start.run("MedLogReg", "mimic3-demo", config_dict={key: value, "epochs": 1, "runs_root": str(tmp_path)})
     assert not any(tmp_path.iterdir())  # nothing half-written

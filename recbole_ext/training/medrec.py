@@ -330,6 +330,13 @@ class MedRecTask(Task):
     name = "medrec"
 
     def check_data(self, config) -> None:
+        from recbole_ext.evaluation.medrec_metrics import METRICS
+
+        known = {cls.__name__.lower(): cls.__name__ for cls in METRICS}
+        other = [m for m in config_value(config, "metrics", []) if str(m).lower() not in known]
+        if other:
+            raise UserError(f"metrics {other} cannot score medication sets (task: medrec)",
+                            fix=f"use metrics from {sorted(known.values())}")
         dataset_folder(config)
 
     def create_dataset(self, config) -> MedRecDataset:
