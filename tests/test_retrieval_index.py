@@ -97,6 +97,8 @@ def test_bad_index_settings_are_user_errors():
         ItemIndex.build(ITEMS, "Flat", nprobe=3)
     with pytest.raises(UserError, match="no HNSW part"):
         ItemIndex.build(ITEMS, "Flat", ef_search=3)
+    with pytest.raises(UserError, match="training faiss_index 'IVF16,Flat' on 5 item vectors failed"):
+        ItemIndex.build(ITEMS, "IVF16,Flat")  # more lists than items
     bad = ITEMS.copy()
     bad[2, 0] = np.nan
     with pytest.raises(UserError, match="NaN"):
