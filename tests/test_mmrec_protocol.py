@@ -233,3 +233,22 @@ def test_builtin_models_run_through_the_protocol(tiny_synth, model):
     assert len(result.history) == 2 and all(h["valid"] for h in result.history)
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
     assert result.best_valid_score == result.best_valid_result["recall@20"]
+
+
+def test_model_yaml_overrides_dataset_yaml_like_mmrec(tmp_path, monkeypatch):
+    """MMRec loads the model YAML after the dataset YAML (MambaRec's stopping_step 10 beats overall's 20)."""
+    from recbole_ext.config import build_config
+    from recbole_ext.data.prepare.synthetic_mm import main
+    from recbole_ext.utils import paths
+
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    assert main(["--name", "synth-mm", "--users", "30", "--items", "20", "--interactions", "300"]) == 0
+    config, _ = build_config("BPR", "synth-mm", {"state": "WARNING"})
+    assert config["stopping_step"] == 20 and config["learning_rate_scheduler"] == [1.0, 50]  # dataset YAML
+    (tmp_path / "props" / "model").mkdir(parents=True)
+    (tmp_path / "props" / "model" / "BPR.yaml").write_text("stopping_step: 7\nlearning_rate_scheduler: [0.9, 10]\n")
+    monkeypatch.setattr(paths, "PROPERTIES_DIR", tmp_path / "props")
+    config, _ = build_config("BPR", "synth-mm", {"state": "WARNING"})
+    assert config["stopping_step"] == 7 and config["learning_rate_scheduler"] == [0.9, 10]
+    config, _ = build_config("BPR", "synth-mm", {"state": "WARNING", "stopping_step": 3})
+    assert config["stopping_step"] == 3  # the user still wins
