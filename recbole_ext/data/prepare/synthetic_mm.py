@@ -41,7 +41,7 @@ MIN_PER_USER = 5  # MMRec datasets are 5-core
 class SyntheticMMSpec:
     users: int = 1500
     items: int = 1000
-    interactions: int = 15000
+    interactions: int = 9000
     seed: int = 2024
     latent_dim: int = 32
     n_clusters: int = 20
