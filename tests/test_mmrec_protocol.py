@@ -82,9 +82,21 @@ def toy_protocol(tmp_path, monkeypatch):
     return make
 
 
+_OPEN_TRAINERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_tensorboard():
+    """RecBole's Trainer opens a tensorboard writer in the (temporary) working directory: flush it in time."""
+    yield
+    while _OPEN_TRAINERS:
+        _OPEN_TRAINERS.pop().tensorboard.close()
+
+
 def _evaluate(config, train, data):
     model = FixedScores(config, train._dataset)
     trainer = MMRecTrainer(config, model)
+    _OPEN_TRAINERS.append(trainer)
     return {k: float(v) for k, v in trainer.evaluate(data, load_best_model=False).items()}
 
 
@@ -161,6 +173,7 @@ class _ScriptedTrainer(MMRecTrainer):
     def __init__(self, config, model, scores, nan_epoch=None):
         super().__init__(config, model)
         self.scores, self.nan_epoch, self.saved_epochs, self.lrs = list(scores), nan_epoch, [], []
+        _OPEN_TRAINERS.append(self)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.lrs.append(self.optimizer.param_groups[0]["lr"])
