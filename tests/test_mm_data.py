@@ -233,6 +233,7 @@ def test_dataset_rejects_nan_feature_row_at_load(tmp_path, monkeypatch):
         task.create_dataset(config)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_float64_overflowing_float32_is_caught(tmp_path, monkeypatch):
     image = np.random.default_rng(0).random((6, 8))
     image[4, 0] = 1e300  # finite in float64, inf once cast to float32
