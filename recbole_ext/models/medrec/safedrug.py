@@ -97,7 +97,8 @@ def molecule_graphs(smiles_lists: list[list[str]]):
             mol_med.append(med)
             n_atoms += len(labels)
     adj = torch.sparse_coo_tensor(torch.tensor([edges_i, edges_j], dtype=torch.long),
-                                  torch.ones(len(edges_i)), (n_atoms, n_atoms)).coalesce()
+                                  torch.ones(len(edges_i)), (n_atoms, n_atoms),
+                                  check_invariants=True).coalesce()
     mol_med = np.asarray(mol_med, np.int64)
     counts = np.bincount(mol_med, minlength=len(smiles_lists)).astype(np.float32)
     average = torch.zeros(len(smiles_lists), len(mol_med))

@@ -127,7 +127,7 @@ def fit(model, batches, epochs: int, lr: float = 1e-3, seed: int = 0):
             loss = model.calculate_loss(batch)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         losses.append(total / len(batches))
     return losses
 
