@@ -103,14 +103,17 @@ class CausalWeightGenerator(nn.Module):
         pair = mask_x.unsqueeze(-1) & mask_m.unsqueeze(-2)
         if self.threshold is not None:
             pair = pair & (c > self.threshold)
+        # Gates are only needed where a weight can be non-zero, so they are computed on the list of kept pairs
+        # (a few percent of the padded [N, Lx, Lm] grid on MIMIC-like data) and scattered back.
+        n, i, j = pair.nonzero(as_tuple=True)
+        c_pair = c[n, i, j]
         if self.dynamic:
-            pre = (mods["code"](h_x).unsqueeze(2) + mods["med"](h_m).unsqueeze(1)
-                   + mods["state"](state)[:, None, None, :] + mods["effect"](c.unsqueeze(-1)))
-            gate = torch.sigmoid(mods["score"](torch.tanh(pre)).squeeze(-1))
-            omega = 2 * gate * c
+            pre = (mods["code"](h_x)[n, i] + mods["med"](h_m)[n, j] + mods["state"](state)[n]
+                   + mods["effect"](c_pair.unsqueeze(-1)))
+            weight = 2 * torch.sigmoid(mods["score"](torch.tanh(pre)).squeeze(-1)) * c_pair
         else:
-            omega = c
-        omega = omega * pair
+            weight = c_pair
+        omega = torch.zeros_like(c).index_put((n, i, j), weight)
         omega = omega / (omega.abs().sum(-1, keepdim=True) + 1e-8)
         h_new = mods["norm"](h_x + omega @ mods["value"](h_m))
         to_med = omega.transpose(1, 2) @ mods["back"](h_x)
