@@ -61,15 +61,21 @@ class StaticRelationalGraph(nn.Module):
         onehot = F.one_hot(level, N_LEVELS).float() * (edge | placeholder).unsqueeze(-1).float()
         return onehot / onehot.sum(-2, keepdim=True).clamp(min=1.0)  # mean over neighbours of each relation
 
+    @staticmethod
+    def _messages(adj, h_m, weights):
+        n, n_codes, n_meds, n_rel = adj.shape
+        agg = adj.permute(0, 1, 3, 2).reshape(n, n_codes * n_rel, n_meds) @ h_m       # [N, Lx * R, d]
+        return agg.reshape(n, n_codes, n_rel * h_m.shape[-1]) @ weights.reshape(-1, weights.shape[-1])
+
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m, c_d, c_p, first):
         adj_d = self._adjacency(c_d, mask_d, mask_m, first)
         adj_p = self._adjacency(c_p, mask_p, mask_m, first)
         for layer, (root, rel) in enumerate(zip(self.roots, self.relations)):
             if layer:
                 h_d, h_p, h_m = F.relu(h_d), F.relu(h_p), F.relu(h_m)
-            m_rel = torch.einsum("njd,rde->njre", h_m, rel)
-            msg_d = torch.einsum("nijr,njre->nie", adj_d, m_rel[:, :, :N_LEVELS])
-            msg_p = torch.einsum("nijr,njre->nie", adj_p, m_rel[:, :, N_LEVELS:])
+            # mean_r(x_j) W_r == mean_r(x_j W_r): aggregate per relation first, then one matmul for all relations.
+            msg_d = self._messages(adj_d, h_m, rel[:N_LEVELS])
+            msg_p = self._messages(adj_p, h_m, rel[N_LEVELS:])
             h_d, h_p, h_m = root(h_d) + msg_d, root(h_p) + msg_p, root(h_m)
         return h_d, h_p, h_m
 

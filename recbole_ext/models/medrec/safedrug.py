@@ -20,6 +20,7 @@ the released code computes them once in ``__init__``; medications without SMILES
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum
+from recbole_ext.utils.cache import cache_dir
+from recbole_ext.utils.io import atomic_file
 from recbole_ext.utils.paths import RESOURCES_DIR
 
 MOLEREC_DIR = RESOURCES_DIR / "drug_maps" / "molerec"
@@ -106,6 +109,21 @@ def molecule_graphs(smiles_lists: list[list[str]]):
     return (torch.tensor(atom_fp), adj, torch.tensor(atom_mol), average, len(fingerprint_ids))
 
 
+def cached_substructure_mask(smiles_lists: list[list[str]], substructures: list[str]) -> torch.Tensor:
+    """``substructure_mask`` cached on disk (BRICS decomposition takes seconds), keyed by its inputs' content."""
+    key = hashlib.sha256(json.dumps([smiles_lists, substructures]).encode()).hexdigest()[:32]
+    path = cache_dir("safedrug") / f"brics-mask-{key}.npy"
+    expected = (len(smiles_lists), len(substructures))
+    if path.exists():
+        mask = np.load(path, allow_pickle=False)
+        if mask.shape == expected and np.isin(mask, (0.0, 1.0)).all():
+            return torch.from_numpy(mask.astype(np.float32))
+    mask = substructure_mask(smiles_lists, substructures)
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, mask.numpy())
+    return mask
+
+
 def substructure_mask(smiles_lists: list[list[str]], substructures: list[str]) -> torch.Tensor:
     """``[n_med, n_sub]`` 1 where a BRICS fragment of one of the medication's molecules is a listed substructure."""
     from rdkit import Chem, RDLogger
@@ -168,7 +186,7 @@ class SafeDrug(MedRecModel):
                                           int(config_value(config, "mpnn_layers", 2)))
         self.mpnn_output = nn.Linear(self.n_med, self.n_med)
         self.mpnn_norm = nn.LayerNorm(self.n_med)
-        mask = substructure_mask(smiles_lists, substructures)
+        mask = cached_substructure_mask(smiles_lists, substructures)
         self.register_buffer("sub_mask", mask, persistent=False)
         self.bipartite_transform = nn.Linear(d, len(substructures))
         self.bipartite_weight = nn.Parameter(torch.empty(len(substructures), self.n_med))
