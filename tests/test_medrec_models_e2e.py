@@ -1,8 +1,10 @@
 """The medication models through recbole_ext.quick_start.run on the bundled datasets (needs the medication task)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
-import torch
 
 pytest.importorskip("recbole_ext.training.medrec", reason="the medication task (meddata) is not merged yet")
 
@@ -12,12 +14,8 @@ FAST = {"epochs": 1, "show_progress": False, "state": "WARNING", "embedding_size
         "medrec_bootstrap_rounds": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_medrec_models import _one_thread  # noqa: E402,F401  (autouse fixture: one intra-op thread)
 
 
 @pytest.mark.parametrize("model", ["CafeMed", "MedDeepFM"])

@@ -148,3 +148,23 @@ class MedRecModel(AbstractRecommender):
 def embedding_bag_sum(table: torch.nn.Embedding, codes: torch.Tensor) -> torch.Tensor:
     """Sum of embeddings of ``[..., L]`` ids ignoring id 0 -> ``[..., d]``."""
     return (table(codes) * (codes > 0).unsqueeze(-1)).sum(-2)
+
+
+class DiagProcHistory(torch.nn.Module):
+    """GAMENet/SafeDrug patient encoder: per-visit diagnosis and procedure embedding sums, one GRU each over the
+    visits; returns ``[o_d; o_p]`` at every visit, ``[P, T, 2 * hidden]`` (the prefix encoding of each visit)."""
+
+    def __init__(self, n_diag: int, n_proc: int, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.diag_emb = torch.nn.Embedding(n_diag + 1, dim, padding_idx=0)
+        self.proc_emb = torch.nn.Embedding(n_proc + 1, dim, padding_idx=0)
+        for emb in (self.diag_emb, self.proc_emb):
+            torch.nn.init.uniform_(emb.weight, -0.1, 0.1)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.diag_gru = torch.nn.GRU(dim, hidden, batch_first=True)
+        self.proc_gru = torch.nn.GRU(dim, hidden, batch_first=True)
+
+    def forward(self, batch: VisitBatch) -> torch.Tensor:
+        o_d, _ = self.diag_gru(self.dropout(embedding_bag_sum(self.diag_emb, batch.diag)))
+        o_p, _ = self.proc_gru(self.dropout(embedding_bag_sum(self.proc_emb, batch.proc)))
+        return torch.cat([o_d, o_p], -1)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.data.visit_batch import VisitBatch
-from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum
+from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_value
 from recbole_ext.models.medrec.causal import visits_to_csr
 
 
@@ -56,11 +56,8 @@ class GAMENet(MedRecModel):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size
-        self.diag_emb = nn.Embedding(self.n_diag + 1, d, padding_idx=0)
-        self.proc_emb = nn.Embedding(self.n_proc + 1, d, padding_idx=0)
-        self.dropout = nn.Dropout(float(config_value(config, "dropout_prob", 0.5)))
-        self.diag_gru = nn.GRU(d, 2 * d, batch_first=True)
-        self.proc_gru = nn.GRU(d, 2 * d, batch_first=True)
+        self.history = DiagProcHistory(self.n_diag, self.n_proc, d, 2 * d,
+                                       float(config_value(config, "dropout_prob", 0.5)))
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * d, d))
         ehr = co_prescription_graph(dataset.train_visits()[2], self.n_med)
         gcn_dropout = float(config_value(config, "gcn_dropout_prob", 0.3))
@@ -70,13 +67,9 @@ class GAMENet(MedRecModel):
             self.ddi_gcn = GraphMemory(self.ddi_adj.cpu(), d, gcn_dropout)
             self.ddi_weight = nn.Parameter(torch.zeros(1))  # lambda, learned as in GAMENet
         self.output = nn.Sequential(nn.ReLU(), nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.n_med))
-        for emb in (self.diag_emb, self.proc_emb):
-            nn.init.uniform_(emb.weight, -0.1, 0.1)
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
-        o_d, _ = self.diag_gru(self.dropout(embedding_bag_sum(self.diag_emb, batch.diag)))
-        o_p, _ = self.proc_gru(self.dropout(embedding_bag_sum(self.proc_emb, batch.proc)))
-        q = self.query(torch.cat([o_d, o_p], -1))                        # [P, T, d]
+        q = self.query(self.history(batch))                                # [P, T, d]
         memory = self.ehr_gcn()
         if self.use_ddi_graph:
             memory = memory - self.ddi_weight * self.ddi_gcn()             # [M, d]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum
+from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_value
 from recbole_ext.utils.cache import cache_dir
 from recbole_ext.utils.io import atomic_file
 from recbole_ext.utils.paths import RESOURCES_DIR
@@ -176,11 +176,7 @@ class SafeDrug(MedRecModel):
         if missing:
             warnings.warn(f"SafeDrug: {len(missing)} medications have no SMILES (zero molecular embedding): "
                           f"{', '.join(missing[:5])}")
-        self.diag_emb = nn.Embedding(self.n_diag + 1, d, padding_idx=0)
-        self.proc_emb = nn.Embedding(self.n_proc + 1, d, padding_idx=0)
-        self.dropout = nn.Dropout(float(config_value(config, "dropout_prob", 0.5)))
-        self.diag_gru = nn.GRU(d, d, batch_first=True)
-        self.proc_gru = nn.GRU(d, d, batch_first=True)
+        self.history = DiagProcHistory(self.n_diag, self.n_proc, d, d, float(config_value(config, "dropout_prob", 0.5)))
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(2 * d, d))
         self.molecules = MolecularEncoder(*molecule_graphs(smiles_lists), d,
                                           int(config_value(config, "mpnn_layers", 2)))
@@ -193,13 +189,9 @@ class SafeDrug(MedRecModel):
         self.bipartite_bias = nn.Parameter(torch.zeros(self.n_med))
         bound = 1.0 / np.sqrt(len(substructures))
         nn.init.uniform_(self.bipartite_weight, -bound, bound)
-        for emb in (self.diag_emb, self.proc_emb):
-            nn.init.uniform_(emb.weight, -0.1, 0.1)
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
-        o_d, _ = self.diag_gru(self.dropout(embedding_bag_sum(self.diag_emb, batch.diag)))
-        o_p, _ = self.proc_gru(self.dropout(embedding_bag_sum(self.proc_emb, batch.proc)))
-        q = self.query(torch.cat([o_d, o_p], -1))                               # [P, T, d]
+        q = self.query(self.history(batch))                                     # [P, T, d]
         match = torch.sigmoid(q @ self.molecules().T)                            # [P, T, M]
         mpnn_att = self.mpnn_norm(match + self.mpnn_output(match))
         local = torch.sigmoid(self.bipartite_transform(q))                       # [P, T, n_sub]
