@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads),
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue

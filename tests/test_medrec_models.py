@@ -154,6 +154,10 @@ def test_ablation_switches_select_modules(tiny):
     assert isinstance(linear.graph, CausalWeightGenerator) and not linear.graph.dynamic
     with pytest.raises(UserError, match="static_graph"):
         build(CafeMed, tiny, static_graph="gnn")
+    from_cli = build(CafeMed, tiny, use_cwg="False", use_charm="false")  # command-line strings
+    assert isinstance(from_cli.graph, StaticRelationalGraph) and not isinstance(from_cli.pool, CHARM)
+    with pytest.raises(UserError, match="not a boolean"):
+        build(CafeMed, tiny, use_cwg="maybe")
 
 
 def test_both_switches_off_is_the_causalmed_backbone(tiny):

@@ -37,6 +37,19 @@ def config_value(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def config_flag(config: Any, key: str, default: bool) -> bool:
+    """A boolean option; accepts real booleans and the strings a command line gives (true/false, 1/0, yes/no)."""
+    value = config_value(config, key, default)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"{key}={value!r} is not a boolean", fix=f"set {key} to True or False")
+    return bool(value)
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}", fix=f"set {name} to one of {choices}")
@@ -97,7 +110,7 @@ class MedRecModel(AbstractRecommender):
         self.embedding_size = int(config_value(config, "embedding_size", 64))
         self.bce_weight = float(config_value(config, "loss_bce_weight", 0.95))
         self.margin_weight = float(config_value(config, "loss_margin_weight", 0.05))
-        self.use_ddi_loss = bool(config_value(config, "use_ddi_loss", True))
+        self.use_ddi_loss = config_flag(config, "use_ddi_loss", True)
         self.ddi_loss_scale = float(config_value(config, "ddi_loss_scale", 0.0005))
         self.target_ddi = float(config_value(config, "target_ddi", 0.06))
         self.ddi_anneal_coef = float(config_value(config, "ddi_anneal_coef", 2.5))

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.data.visit_batch import VisitBatch
-from recbole_ext.models.medrec.base import MedRecModel, check_choice, config_value, previous_visit
+from recbole_ext.models.medrec.base import MedRecModel, check_choice, config_flag, config_value, previous_visit
 from recbole_ext.models.medrec.causal import causal_effects
 
 N_LEVELS = 6  # relation levels 0..5 per side; level 0 = first-visit placeholder edges, level 5 never occurs
@@ -189,8 +189,8 @@ class CafeMed(MedRecModel):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size
-        self.use_cwg = bool(config_value(config, "use_cwg", True))
-        self.use_charm = bool(config_value(config, "use_charm", True))
+        self.use_cwg = config_flag(config, "use_cwg", True)
+        self.use_charm = config_flag(config, "use_charm", True)
         self.static_graph = check_choice("static_graph", config_value(config, "static_graph", "rgcn"),
                                          ("rgcn", "linear"))
         self.head_input = check_choice("head_input", config_value(config, "head_input", "duplicated"),
@@ -209,14 +209,16 @@ class CafeMed(MedRecModel):
 
         if self.use_cwg:
             self.graph = CausalWeightGenerator(d, int(config_value(config, "cwg_gate_size", 64)), cwg_threshold,
-                                               dynamic=True, node_gate=bool(config_value(config, "cwg_node_gate", False)))
+                                               dynamic=True, node_gate=config_flag(config, "cwg_node_gate", False))
         elif self.static_graph == "linear":
             self.graph = CausalWeightGenerator(d, 1, cwg_threshold, dynamic=False)
         else:
             self.graph = StaticRelationalGraph(d, threshold)
-        self.pool = (CHARM(d, int(config_value(config, "charm_heads", 4)), int(config_value(config, "charm_reduction", 3)),
-                           bool(config_value(config, "charm_attend_med", False)))
-                     if self.use_charm else SumPooling())
+        self.pool = SumPooling()
+        if self.use_charm:
+            self.pool = CHARM(d, int(config_value(config, "charm_heads", 4)),
+                              int(config_value(config, "charm_reduction", 3)),
+                              config_flag(config, "charm_attend_med", False))
         self.fusion = nn.Parameter(torch.ones(3, 2))  # rho: embedding vs graph output, per modality
         self.grus = nn.ModuleList(nn.GRU(d, d, batch_first=True) for _ in range(3))
         self.head = nn.Linear((6 if self.head_input == "duplicated" else 3) * d, self.n_med)

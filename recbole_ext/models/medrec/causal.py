@@ -28,7 +28,8 @@ _CACHE_VERSION = "risk-difference-v1"
 def visits_to_csr(code_lists: Sequence[Sequence[int]], n_codes: int, what: str = "codes") -> sp.csr_matrix:
     """Visits as a binary ``[n_visits, n_codes]`` matrix; ids are 1-based (column j = id j+1)."""
     lengths = np.fromiter((len(c) for c in code_lists), dtype=np.int64, count=len(code_lists))
-    ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in code_lists]) if lengths.sum() else np.zeros(0, np.int64)
+    ids = (np.concatenate([np.asarray(c, dtype=np.int64) for c in code_lists]) if lengths.sum()
+           else np.zeros(0, np.int64))
     if ids.size and (ids.min() < 1 or ids.max() > n_codes):
         raise UserError(f"training {what} ids must lie in 1..{n_codes}, found {ids.min()}..{ids.max()}",
                         fix="re-prepare the dataset; its vocabulary and visit files disagree")

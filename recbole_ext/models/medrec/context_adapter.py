@@ -48,8 +48,8 @@ class VisitFeatureSchema:
         self.uid_field, self.iid_field, self.label_field = None, "med_id", LABEL
 
     def fields(self, ftype=None, source=None):
-        return [f for f in self.field2type
-                if (source is None or self.field2source[f] in source) and (ftype is None or self.field2type[f] in ftype)]
+        return [f for f in self.field2type if (source is None or self.field2source[f] in source)
+                and (ftype is None or self.field2type[f] in ftype)]
 
     def num(self, field):
         return self._sizes[field]

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.data.visit_batch import VisitBatch
-from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_value
+from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_flag, config_value
 from recbole_ext.models.medrec.causal import visits_to_csr
 
 
@@ -62,7 +62,7 @@ class GAMENet(MedRecModel):
         ehr = co_prescription_graph(dataset.train_visits()[2], self.n_med)
         gcn_dropout = float(config_value(config, "gcn_dropout_prob", 0.3))
         self.ehr_gcn = GraphMemory(ehr, d, gcn_dropout)
-        self.use_ddi_graph = bool(config_value(config, "use_ddi_graph", True))
+        self.use_ddi_graph = config_flag(config, "use_ddi_graph", True)
         if self.use_ddi_graph:
             self.ddi_gcn = GraphMemory(self.ddi_adj.cpu(), d, gcn_dropout)
             self.ddi_weight = nn.Parameter(torch.zeros(1))  # lambda, learned as in GAMENet
