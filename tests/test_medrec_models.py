@@ -8,7 +8,7 @@ import torch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec import MODELS
 from recbole_ext.models.medrec import causal
-from recbole_ext.models.medrec.base import MedRecModel, margin_targets, set_ddi_rate
+from recbole_ext.models.medrec.base import MedRecModel, margin_targets, multihot, set_ddi_rate
 from recbole_ext.models.medrec.cafemed import CHARM, CafeMed, CausalMed, CausalWeightGenerator, StaticRelationalGraph
 from recbole_ext.models.medrec.context_adapter import MedDeepFM, MedFM, MedWideDeep
 from recbole_ext.models.medrec.gamenet import GAMENet
@@ -35,7 +35,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return make_synthetic(n_patients=24, n_diag=15, n_proc=8, n_med=10, seed=5)
+    # enough medications for a sparse co-prescription graph (GAMENet memory rows must differ)
+    return make_synthetic(n_patients=24, n_diag=30, n_proc=8, n_med=40, effects_per_diag=1, seed=5)
 
 
 def build(cls, dataset, seed=0, **cfg):
@@ -107,6 +108,8 @@ def test_no_peeking_at_current_or_future_visits(cls, tiny):
         changed = type(batch)(**{k: v.clone() for k, v in batch.__dict__.items()})
         changed.med[:, t:] = torch.where(changed.med[:, t:] > 0, changed.med[:, t:] % tiny.n_med + 1, 0)
         changed.diag[:, t + 1:] = torch.where(changed.diag[:, t + 1:] > 0, 1, 0)
+        changed.target = multihot(changed.med, tiny.n_med)  # models may read earlier targets as history
+        assert not torch.equal(changed.target[:, t], batch.target[:, t])
         after = model.forward(changed)
     keep = batch.visit_mask.clone()
     keep[:, t + 1:] = False
