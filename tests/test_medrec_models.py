@@ -79,6 +79,16 @@ def test_effects_cached_by_content(data, tmp_path, monkeypatch):
         causal.causal_effects((d[1:], p[1:], m[1:]), data.n_diag, data.n_proc, data.n_med)
 
 
+def test_corrupt_cache_entry_is_recomputed(data, tmp_path):
+    first = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    (entry,) = (tmp_path / ".cache" / "causal_effects").glob("*.npz")
+    entry.write_bytes(b"not an npz file")
+    again = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    np.testing.assert_array_equal(first[1], again[1])
+    with np.load(entry) as z:  # and the entry was rewritten
+        np.testing.assert_array_equal(z["c_dm"], first[0])
+
+
 def test_effects_reject_out_of_range_ids(data):
     d, p, m = data.train_visits()
     with pytest.raises(UserError, match="diagnosis ids"):

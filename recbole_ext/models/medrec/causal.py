@@ -71,8 +71,11 @@ def causal_effects(train_visits, n_diag: int, n_proc: int, n_med: int, use_cache
     key = visits_hash(diag_lists, proc_lists, med_lists, (n_diag, n_proc, n_med))
     path = cache_dir("causal_effects") / f"{_CACHE_VERSION}-{key[:32]}.npz"
     if use_cache and path.exists():
-        with np.load(path) as z:
-            c_dm, c_pm = z["c_dm"], z["c_pm"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                c_dm, c_pm = z["c_dm"], z["c_pm"]
+        except (OSError, ValueError, KeyError):  # unreadable cache entry: recompute and overwrite it
+            c_dm = c_pm = np.zeros(0)
         if c_dm.shape == (n_diag, n_med) and c_pm.shape == (n_proc, n_med) and np.isfinite(c_dm).all() \
                 and np.isfinite(c_pm).all():
             return c_dm, c_pm
