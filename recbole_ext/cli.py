@@ -25,7 +25,7 @@ PREPARERS = {
     "mimic4": "recbole_ext.data.prepare.mimic:main_mimic4",
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
 }
-USAGE = __doc__.split("\n\n")[1]
+USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 
 
 def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
