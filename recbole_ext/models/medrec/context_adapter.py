@@ -118,12 +118,18 @@ class _DictConfig(dict):
 
 
 class MedFM(MedContext):
+    """RecBole's FM (Rendle, ICDM 2010) on visit context features."""
+
     context_model = "FM"
 
 
 class MedDeepFM(MedContext):
+    """RecBole's DeepFM (Guo et al., IJCAI 2017) on visit context features."""
+
     context_model = "DeepFM"
 
 
 class MedWideDeep(MedContext):
+    """RecBole's WideDeep (Cheng et al., DLRS 2016) on visit context features."""
+
     context_model = "WideDeep"
