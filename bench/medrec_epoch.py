@@ -1,0 +1,140 @@
+"""Seconds per training epoch and peak memory of every medication model on MIMIC-III-scale synthetic visits.
+
+    PYTHONPATH=. python bench/medrec_epoch.py [--threads 2] [--batch-size 32] [--models CafeMed,RETAIN,...]
+                                             [--data task|inprocess]
+
+Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 procedures, 131 medications):
+``--data task`` (default) prepares the medication task's ``synth-ehr`` dataset once in a temporary folder
+(``prepare synthetic-ehr`` defaults) and reads it through ``MedRecDataset`` / ``MedRecDataLoader`` exactly as
+training does; ``--data inprocess`` uses ``recbole_ext.models.medrec.testing.make_synthetic`` (planted
+diagnosis->medication effects, 448 DDI pairs). The training split is the first 2/3 of the patients. Each model runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own;
+the epoch is one pass over the training patients with Adam, after one warm-up batch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import recbole_ext  # noqa: F401  (compat shims and registry before any RecBole import)
+
+MODELS = ["RETAIN", "CafeMed", "CausalMed", "GAMENet", "SafeDrug", "MedFM", "MedDeepFM", "MedWideDeep"]
+SCALE = dict(n_patients=6350, n_diag=2000, n_proc=1400, n_med=131, mean_extra_visits=1.37, diag_per_visit=14,
+             proc_per_visit=4, effects_per_diag=2, n_ddi_pairs=448, seed=0)
+
+
+def load_data(source: str, folder: str | None, batch_size: int):
+    """``(dataset, training batches)`` for the chosen data source."""
+    if source == "inprocess":
+        from recbole_ext.models.medrec.testing import make_synthetic
+
+        data = make_synthetic(**SCALE)
+        return data, data.batches("train", batch_size)
+    from recbole_ext.training.medrec import MedRecDataLoader, MedRecDataset
+
+    config = {"dataset": "synth-ehr", "data_path": folder}
+    dataset = MedRecDataset(config)
+    return dataset, list(MedRecDataLoader(config, dataset, "train", batch_size, shuffle=False))
+
+
+def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None) -> dict:
+    import torch
+
+    import yaml
+
+    from recbole_ext.models.medrec import MODELS as SPECS
+    from recbole_ext.registry import load_object
+    from recbole_ext.utils.paths import PROPERTIES_DIR
+
+    t0 = time.perf_counter()
+    data, batches = load_data(source, folder, batch_size)
+    gen_s = time.perf_counter() - t0
+    config = yaml.safe_load((PROPERTIES_DIR / "model" / f"{name}.yaml").read_text()) or {}
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = load_object(SPECS[name])(config, data)
+    init_s = time.perf_counter() - t0
+    opt = torch.optim.Adam(model.parameters(), lr=float(config.get("learning_rate", 1e-3)))
+    model.train()
+
+    def step(batch):
+        opt.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        opt.step()
+
+    step(batches[0])
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for batch in batches:
+            step(batch)
+        times.append(time.perf_counter() - t0)
+    n_visits = sum(b.n_visits for b in batches)
+    return {"model": name, "epoch_s": min(times), "epoch_s_all": times, "init_s": init_s, "data_s": gen_s,
+            "train_patients": sum(len(b.patient_ids) for b in batches), "train_visits": n_visits,
+            "batches": len(batches), "data": source,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32, help="patients per batch")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs (the minimum is reported)")
+    parser.add_argument("--data", choices=("task", "inprocess"), default="task")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(one_model(args.one, args.batch_size, args.epochs, args.data, args.folder)))
+        return 0
+    tmp = tempfile.TemporaryDirectory(prefix="medrec-bench-")
+    if args.data == "task":
+        from recbole_ext.data.prepare.synthetic_ehr import main as prepare_synthetic
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            prepare_synthetic(["--out", tmp.name, "--name", "synth-ehr"])
+    rows = []
+    for name in args.models.split(","):
+        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--data", args.data,
+               "--folder", str(Path(tmp.name) / "synth-ehr"),
+               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{name:12s} epoch {row['epoch_s']:7.2f} s   peak RSS {row['peak_rss_mb']:7.0f} MB   "
+              f"init {row['init_s']:5.2f} s   ({row['train_patients']} patients, {row['train_visits']} visits, "
+              f"{row['batches']} batches, {row['threads']} threads, data {row['data']})", flush=True)
+    by_name = {r["model"]: r for r in rows}
+    if "CafeMed" in by_name and "RETAIN" in by_name:
+        ratio = by_name["CafeMed"]["epoch_s"] / by_name["RETAIN"]["epoch_s"]
+        print(f"CafeMed / RETAIN epoch time: {ratio:.2f}x (target <= 2x); CafeMed < 60 s: "
+              f"{by_name['CafeMed']['epoch_s'] < 60}")
+    print(f"load average: {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rows": rows, "load_average": os.getloadavg(), "args": vars(args)}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""RETAIN: An Interpretable Predictive Model for Healthcare using Reverse Time Attention Mechanism.
+
+Reference: Edward Choi et al., NeurIPS 2016; used as a medication-recommendation baseline by GAMENet (AAAI 2019),
+SafeDrug (IJCAI 2021) and CausalMed (CIKM 2024).
+
+Visit k is embedded as the sum of the embeddings of its diagnoses, procedures and the previous visit's medications
+(one shared table with offsets). Two GRUs give visit-level attention ``alpha`` (softmax over visits 1..t) and
+feature-level gates ``beta = tanh(W h)``; the context ``c_t = sum_k alpha_tk * beta_k * v_k`` is mapped to
+medication logits. Every target visit t is scored in one pass with a causal (lower-triangular) attention mask; the
+GRUs run forward in time as in the baselines' medication-recommendation code, so the prefix outputs are exact.
+
+Deviation: the GAMENet/SafeDrug baseline code feeds the medications of every visit in the prefix, including the
+target visit, into RETAIN's input; here visit t only sees medications up to t-1 (the task's leak-free contract).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from recbole_ext.data.visit_batch import VisitBatch
+from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum, previous_visit
+
+
+class RETAIN(MedRecModel):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = self.embedding_size
+        self.code_emb = nn.Embedding(self.n_diag + self.n_proc + self.n_med + 1, d, padding_idx=0)
+        self.dropout = nn.Dropout(float(config_value(config, "dropout_prob", 0.5)))
+        self.alpha_gru = nn.GRU(d, d, batch_first=True)
+        self.beta_gru = nn.GRU(d, d, batch_first=True)
+        self.alpha_li = nn.Linear(d, 1)
+        self.beta_li = nn.Linear(d, d)
+        self.output = nn.Linear(d, self.n_med)
+
+    def forward(self, batch: VisitBatch) -> torch.Tensor:
+        prev = previous_visit(batch.med)
+        codes = torch.cat([batch.diag,
+                           torch.where(batch.proc > 0, batch.proc + self.n_diag, 0),
+                           torch.where(prev > 0, prev + self.n_diag + self.n_proc, 0)], -1)
+        v = self.dropout(embedding_bag_sum(self.code_emb, codes))          # [P, T, d]
+        g, _ = self.alpha_gru(v)
+        h, _ = self.beta_gru(v)
+        e = self.alpha_li(g).squeeze(-1)                                    # [P, T]
+        n_t = v.shape[1]
+        causal = torch.ones(n_t, n_t, dtype=torch.bool, device=v.device).tril()
+        causal = causal & batch.visit_mask.unsqueeze(1)                     # [P, t, k]
+        scores = e.unsqueeze(1).expand(-1, n_t, -1).masked_fill(~causal, float("-inf"))
+        alpha = torch.softmax(scores, -1)                                   # [P, t, k]
+        context = alpha @ (torch.tanh(self.beta_li(h)) * v)                 # [P, t, d]
+        return self.output(context)

@@ -1,0 +1,386 @@
+"""Medication models on synthetic visits with planted diagnosis->medication effects (no medication task needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_ext.errors import UserError
+from recbole_ext.models.medrec import MODELS
+from recbole_ext.models.medrec import causal
+from recbole_ext.models.medrec.base import MedRecModel, margin_targets, multihot, set_ddi_rate
+from recbole_ext.models.medrec.cafemed import CHARM, CafeMed, CausalMed, CausalWeightGenerator, StaticRelationalGraph
+from recbole_ext.models.medrec.context_adapter import MedDeepFM, MedFM, MedWideDeep
+from recbole_ext.models.medrec.gamenet import GAMENet
+from recbole_ext.models.medrec.retain import RETAIN
+from recbole_ext.models.medrec.safedrug import SafeDrug
+from recbole_ext.models.medrec.testing import evaluate, fit, make_synthetic
+
+ALL_MODELS = [CafeMed, CausalMed, RETAIN, GAMENet, SafeDrug, MedFM, MedDeepFM, MedWideDeep]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two busy cores make intra-op threading spin; one thread is faster and deterministic.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(n_patients=240, n_diag=50, n_proc=20, n_med=20, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # enough medications for a sparse co-prescription graph (GAMENet memory rows must differ)
+    return make_synthetic(n_patients=24, n_diag=30, n_proc=8, n_med=40, effects_per_diag=1, seed=5)
+
+
+def build(cls, dataset, seed=0, **cfg):
+    torch.manual_seed(seed)
+    return cls(cfg, dataset)
+
+
+# -- causal effects --------------------------------------------------------------------------------------------
+def test_risk_difference_matches_direct_probabilities():
+    rng = np.random.default_rng(0)
+    x = (rng.random((200, 7)) < 0.3).astype(float)
+    y = (rng.random((200, 5)) < 0.4).astype(float)
+    x[:, 6] = 0  # never seen -> 0
+    got = causal.risk_difference(causal.sp.csr_matrix(x), causal.sp.csr_matrix(y))
+    for a in range(6):
+        on = x[:, a] == 1
+        np.testing.assert_allclose(got[a], y[on].mean(0) - y[~on].mean(0), atol=1e-12)
+    assert not got[6].any()
+
+
+def test_effects_recover_planted_structure(data):
+    c_dm, c_pm = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    assert c_dm.shape == (data.n_diag, data.n_med) and c_pm.shape == (data.n_proc, data.n_med)
+    seen = np.zeros(data.n_diag, bool)
+    seen[np.concatenate(data.train_visits()[0]) - 1] = True
+    corr = np.corrcoef(c_dm[seen].ravel(), data.planted_dm[seen].ravel())[0, 1]
+    assert corr > 0.6, corr
+    assert np.all(c_dm[~seen] == 0)
+
+
+def test_effects_cached_by_content(data, tmp_path, monkeypatch):
+    first = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    files = list((tmp_path / ".cache" / "causal_effects").glob("*.npz"))
+    assert len(files) == 1
+    monkeypatch.setattr(causal, "risk_difference", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    np.testing.assert_array_equal(first[0], again[0])
+    d, p, m = data.train_visits()
+    with pytest.raises(AssertionError, match="recomputed"):  # other visits -> other key
+        causal.causal_effects((d[1:], p[1:], m[1:]), data.n_diag, data.n_proc, data.n_med)
+
+
+def test_corrupt_cache_entry_is_recomputed(data, tmp_path):
+    first = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    (entry,) = (tmp_path / ".cache" / "causal_effects").glob("*.npz")
+    entry.write_bytes(b"not an npz file")
+    again = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    np.testing.assert_array_equal(first[1], again[1])
+    with np.load(entry) as z:  # and the entry was rewritten
+        np.testing.assert_array_equal(z["c_dm"], first[0])
+
+
+def test_effects_reject_out_of_range_ids(data):
+    d, p, m = data.train_visits()
+    with pytest.raises(UserError, match="diagnosis ids"):
+        causal.causal_effects(([np.array([data.n_diag + 1])] + d[1:], p, m), data.n_diag, data.n_proc, data.n_med)
+
+
+def test_cafemed_uses_training_visits_only(data):
+    model = build(CafeMed, data)
+    c_train, _ = causal.causal_effects(data.train_visits(), data.n_diag, data.n_proc, data.n_med)
+    np.testing.assert_array_equal(model.c_dm[1:, 1:].numpy(), c_train)
+    everyone = [v for p in data.patients for v in p]
+    c_all, _ = causal.causal_effects(([v[0] for v in everyone], [v[1] for v in everyone], [v[2] for v in everyone]),
+                                     data.n_diag, data.n_proc, data.n_med)
+    assert not np.allclose(c_all, c_train)
+
+
+# -- contract shared by every model --------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ALL_MODELS, ids=lambda c: c.__name__)
+def test_no_peeking_at_current_or_future_visits(cls, tiny):
+    """Logits of visit t depend on diag/proc of visits <= t and medications of visits < t only."""
+    model = build(cls, tiny).eval()
+    batch = tiny.batches("train", 8)[0]
+    assert batch.visit_mask.sum(1).max() >= 2
+    with torch.no_grad():
+        base = model.forward(batch)
+        t = 1
+        changed = type(batch)(**{k: v.clone() for k, v in batch.__dict__.items()})
+        changed.med[:, t:] = torch.where(changed.med[:, t:] > 0, changed.med[:, t:] % tiny.n_med + 1, 0)
+        changed.diag[:, t + 1:] = torch.where(changed.diag[:, t + 1:] > 0, 1, 0)
+        changed.target = multihot(changed.med, tiny.n_med)  # models may read earlier targets as history
+        assert not torch.equal(changed.target[:, t], batch.target[:, t])
+        after = model.forward(changed)
+    keep = batch.visit_mask.clone()
+    keep[:, t + 1:] = False
+    assert torch.allclose(base[keep], after[keep], atol=1e-6)
+    later = batch.visit_mask.clone()
+    later[:, :t + 1] = False
+    assert not torch.allclose(base[later], after[later])  # and the history does matter
+
+
+@pytest.mark.parametrize("cls", ALL_MODELS, ids=lambda c: c.__name__)
+def test_shapes_probabilities_and_gradients(cls, tiny):
+    model = build(cls, tiny)
+    batch = tiny.batches("train", 8)[0]
+    loss = model.calculate_loss(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is None or torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    model.eval()
+    prob = model.predict_visits(batch)
+    assert prob.shape == (*batch.visit_mask.shape, tiny.n_med)
+    assert ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_registry_names_and_recbole_attributes():
+    import recbole_ext  # noqa: F401
+    from recbole.config import Config
+
+    for name, spec in MODELS.items():
+        module, _, attr = spec.partition(":")
+        cls = getattr(__import__(module, fromlist=[attr]), attr)
+        assert issubclass(cls, MedRecModel) and hasattr(cls, "type") and hasattr(cls, "input_type")
+    config = Config(model="CafeMed", dataset="no_such_dataset", config_dict={"data_path": "."})
+    assert config["use_cwg"] is True and config["target_ddi"] == 0.06 and config["dropout_prob"] == 0.7
+
+
+# -- CafeMed: switches and reconstruction invariants ----------------------------------------------------------
+def test_ablation_switches_select_modules(tiny):
+    full = build(CafeMed, tiny)
+    assert isinstance(full.graph, CausalWeightGenerator) and full.graph.dynamic and isinstance(full.pool, CHARM)
+    backbone = build(CafeMed, tiny, use_cwg=False, use_charm=False)
+    assert isinstance(backbone.graph, StaticRelationalGraph) and not isinstance(backbone.pool, CHARM)
+    linear = build(CafeMed, tiny, use_cwg=False, static_graph="linear")
+    assert isinstance(linear.graph, CausalWeightGenerator) and not linear.graph.dynamic
+    with pytest.raises(UserError, match="static_graph"):
+        build(CafeMed, tiny, static_graph="gnn")
+    from_cli = build(CafeMed, tiny, use_cwg="False", use_charm="false")  # command-line strings
+    assert isinstance(from_cli.graph, StaticRelationalGraph) and not isinstance(from_cli.pool, CHARM)
+    with pytest.raises(UserError, match="not a boolean"):
+        build(CafeMed, tiny, use_cwg="maybe")
+
+
+def test_both_switches_off_is_the_causalmed_backbone(tiny):
+    a = build(CafeMed, tiny, seed=7, use_cwg=False, use_charm=False).eval()
+    b = build(CausalMed, tiny, seed=7, use_cwg=True, use_charm=True).eval()  # CausalMed forces both off
+    assert a.state_dict().keys() == b.state_dict().keys()
+    batch = tiny.batches("test", 16)[0]
+    with torch.no_grad():
+        assert torch.equal(a(batch), b(batch))
+
+
+def test_switches_change_the_computation(tiny):
+    batch = tiny.batches("test", 16)[0]
+    outs = {}
+    for cwg in (False, True):
+        for charm in (False, True):
+            with torch.no_grad():
+                outs[cwg, charm] = build(CafeMed, tiny, seed=1, use_cwg=cwg, use_charm=charm).eval()(batch)
+    keys = list(outs)
+    for i in range(len(keys)):
+        for j in range(i + 1, len(keys)):
+            assert not torch.allclose(outs[keys[i]], outs[keys[j]])
+    # effects reach the output through the graph: zeroing them changes CafeMed's prediction
+    model = build(CafeMed, tiny, seed=1).eval()
+    with torch.no_grad():
+        before = model(batch)
+        model.c_dm.zero_()
+        model.c_pm.zero_()
+        assert not torch.allclose(before, model(batch))
+
+
+def test_cwg_with_neutral_gate_equals_static_effects():
+    """g = 1/2 gives omega = C: the "w/o CWG" (linear) variant is the CWG with its gate switched off."""
+    torch.manual_seed(0)
+    dyn = CausalWeightGenerator(8, 4, threshold=None, dynamic=True)
+    static = CausalWeightGenerator(8, 1, threshold=None, dynamic=False)
+    static.load_state_dict({k: v for k, v in dyn.state_dict().items() if k in static.state_dict()
+                            and static.state_dict()[k].shape == v.shape}, strict=False)
+    for side in ("diag", "proc"):
+        for name in ("value", "back", "norm"):
+            static.sides[side][name].load_state_dict(dyn.sides[side][name].state_dict())
+        torch.nn.init.zeros_(dyn.sides[side]["score"].weight)
+    static.state.load_state_dict(dyn.state.state_dict())
+    static.med_norm.load_state_dict(dyn.med_norm.state_dict())
+    n, ld, lp, lm = 3, 4, 2, 5
+    args = (torch.randn(n, ld, 8), torch.randn(n, lp, 8), torch.randn(n, lm, 8), torch.ones(n, ld, dtype=torch.bool),
+            torch.ones(n, lp, dtype=torch.bool), torch.ones(n, lm, dtype=torch.bool), torch.rand(n, ld, lm),
+            torch.rand(n, lp, lm), torch.tensor([False, False, True]))
+    for got, want in zip(dyn(*args), static(*args)):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(dyn(*args)[0][2], args[0][2])  # first visit: nothing propagated
+
+
+def test_rgcn_relation_levels_follow_causalmed_bucketing():
+    graph = StaticRelationalGraph(4, threshold=0.2)
+    c = torch.tensor([[[0.1, 0.3, 0.45, 0.85, 1.0]]])
+    adj = graph._adjacency(c, torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool),
+                           torch.tensor([False]))
+    levels = adj[0, 0].argmax(-1).tolist()
+    present = adj[0, 0].sum(-1) > 0
+    assert present.tolist() == [False, True, True, True, True]
+    assert levels[1:] == [1, 2, 4, 4]
+    first = graph._adjacency(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool),
+                             torch.tensor([[True, False, False]]), torch.tensor([True]))
+    assert first[0, :, 0, 0].tolist() == [1.0, 1.0] and first[0, :, 1:].sum() == 0  # placeholder level-0 edges
+
+
+# -- losses ------------------------------------------------------------------------------------------------------
+def test_margin_targets_and_ddi_rate():
+    target = torch.tensor([[0, 1, 0, 1.0], [1, 0, 0, 0]])
+    assert margin_targets(target).tolist() == [[1, 3, -1, -1], [0, -1, -1, -1]]
+    adj = torch.zeros(4, 4)
+    adj[0, 1] = adj[1, 0] = 1
+    sets = torch.tensor([[1, 1, 1, 0.0], [1, 0, 0, 0]])
+    assert set_ddi_rate(sets, adj).tolist() == pytest.approx([1 / 3, 0.0])
+
+
+def test_ddi_controlled_loss_schedule(tiny):
+    model = build(CafeMed, tiny, target_ddi=0.06, ddi_anneal_coef=2.5)
+    model.ddi_adj.zero_()
+    model.ddi_adj[0, 1] = model.ddi_adj[1, 0] = 1
+    logits = torch.full((2, tiny.n_med), -5.0)
+    logits[0, :3] = 5.0  # predicted {0,1,2}: DDI rate 1/3 > target
+    target = torch.zeros(2, tiny.n_med)
+    target[:, 0] = 1
+    got = model.visit_losses(logits, target)
+    model.use_ddi_loss = False
+    task = model.visit_losses(logits, target)
+    prob = torch.sigmoid(logits[0])
+    ddi = 0.0005 * 2 * prob[0] * prob[1]
+    beta = min(np.exp(2.5 * (1 - (1 / 3) / 0.06)), 1.0)
+    assert float(got[0]) == pytest.approx(beta * float(task[0]) + (1 - beta) * float(ddi), rel=1e-5)
+    assert float(got[1]) == pytest.approx(float(task[1]), rel=1e-6)  # safe set: plain task loss
+    model.ddi_beta = "linear"
+    model.use_ddi_loss = True
+    assert float(model.visit_losses(logits, target)[0]) == pytest.approx(float(ddi), rel=1e-5)  # beta clamps at 0
+
+
+def test_task_loss_gradient_matches_finite_differences(tiny):
+    model = build(CafeMed, tiny, use_ddi_loss=False, margin_on="logit").double()
+    target = (torch.rand(3, tiny.n_med) < 0.3).double()
+    target[:, 0] = 1
+    logits = torch.randn(3, tiny.n_med, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: model.visit_losses(z, target).sum(), (logits,))
+
+
+def test_margin_on_probabilities_is_the_published_default(tiny):
+    logits = torch.randn(2, tiny.n_med)
+    target = (torch.rand(2, tiny.n_med) < 0.3).float()
+    target[:, 0] = 1
+    faithful = build(CafeMed, tiny, use_ddi_loss=False)
+    corrected = build(CafeMed, tiny, use_ddi_loss=False, margin_on="logit")
+    assert faithful.margin_on == "prob"
+    assert not torch.allclose(faithful.visit_losses(logits, target), corrected.visit_losses(logits, target))
+
+
+# -- training behaviour ---------------------------------------------------------------------------------------
+def test_same_seed_same_numbers(tiny):
+    results = []
+    for _ in range(2):
+        model = build(CafeMed, tiny, seed=11)
+        losses = fit(model, tiny.batches("train", 8), epochs=2, seed=11)
+        results.append((losses, evaluate(model, tiny.batches("test", 16), tiny.ddi_adj)))
+    assert results[0] == results[1]
+
+
+def test_cafemed_beats_retain_and_recbole_context_models(data):
+    train, test = data.batches("train", 32), data.batches("test", 64)
+    scores = {}
+    for cls, cfg in ((CafeMed, {"dropout_prob": 0.3}), (RETAIN, {}), (MedFM, {}), (MedDeepFM, {}), (MedWideDeep, {})):
+        model = build(cls, data, seed=0, **cfg)
+        fit(model, train, epochs=12, lr=3e-3, seed=0)
+        scores[cls.__name__] = evaluate(model, test, data.ddi_adj)
+    cafe, retain = scores["CafeMed"], scores["RETAIN"]
+    assert cafe["jaccard"] > retain["jaccard"] + 0.02, scores
+    for name in ("MedFM", "MedDeepFM", "MedWideDeep"):
+        assert cafe["jaccard"] > scores[name]["jaccard"], scores
+    assert cafe["ddi"] <= cafe["data_ddi"], scores
+
+
+# -- baselines ------------------------------------------------------------------------------------------------
+def test_context_adapter_uses_recbole_classes_unchanged(tiny):
+    from recbole.model.context_aware_recommender import FM, DeepFM, WideDeep
+
+    for cls, inner in ((MedFM, FM), (MedDeepFM, DeepFM), (MedWideDeep, WideDeep)):
+        model = build(cls, tiny)
+        assert type(model.inner) is inner
+        assert model.inner.token_seq_field_names == ["diag", "proc", "prev_med"]
+        assert model.inner.token_field_names == ["med_id"]
+    batch = tiny.batches("train", 4)[0]
+    interaction, n_visits = build(MedFM, tiny).pair_interaction(batch)
+    assert len(interaction) == n_visits * tiny.n_med
+    assert torch.equal(interaction["label"].reshape(n_visits, -1), batch.target[batch.visit_mask])
+    with pytest.raises(UserError, match="context-aware"):
+        build(__import__("recbole_ext.models.medrec.context_adapter", fromlist=["MedContext"]).MedContext, tiny,
+              context_model="BPR")
+
+
+def test_safedrug_molecular_resources(tiny):
+    model = build(SafeDrug, tiny)
+    assert model.sub_mask.shape == (tiny.n_med, 491) and model.sub_mask.sum() > 0
+    assert model.molecules().shape == (tiny.n_med, model.embedding_size)
+
+    class NoSmiles:
+        n_diag, n_proc, n_med, ddi_adj = tiny.n_diag, tiny.n_proc, 2, torch.zeros(2, 2)
+        med_tokens = ["XXXX", "YYYY"]
+
+        def train_visits(self):
+            return tiny.train_visits()
+
+    with pytest.raises(UserError, match="SMILES"):
+        SafeDrug({}, NoSmiles())
+
+
+def test_gamenet_co_prescription_graph_from_training(data):
+    model = build(GAMENet, data)
+    adj = model.ehr_gcn.adj
+    assert adj.shape == (data.n_med, data.n_med) and torch.allclose(adj.sum(-1), torch.ones(data.n_med))
+
+
+def test_bad_dataset_is_a_user_error():
+    class NotMedical:
+        n_items = 3
+
+    with pytest.raises(UserError, match="medication dataset"):
+        RETAIN({}, NotMedical())
+
+
+def test_rgcn_matches_per_edge_reference():
+    """The batched relational layers equal RGCN written edge by edge (mean per relation, root weight, ReLU)."""
+    from recbole_ext.models.medrec.cafemed import N_LEVELS
+
+    torch.manual_seed(0)
+    graph = StaticRelationalGraph(8)
+    n, ld, lp, lm = 3, 4, 2, 5
+    args = (torch.randn(n, ld, 8), torch.randn(n, lp, 8), torch.randn(n, lm, 8), torch.rand(n, ld) > 0.2,
+            torch.rand(n, lp) > 0.2, torch.rand(n, lm) > 0.2, torch.rand(n, ld, lm), torch.rand(n, lp, lm),
+            torch.tensor([True, False, False]))
+    adj = [graph._adjacency(args[6], args[3], args[5], args[8]), graph._adjacency(args[7], args[4], args[5], args[8])]
+    hd, hp, hm = args[:3]
+    for layer, (root, rel) in enumerate(zip(graph.roots, graph.relations)):
+        if layer:
+            hd, hp, hm = hd.relu(), hp.relu(), hm.relu()
+        new = [root(hd).clone(), root(hp).clone()]
+        for side, h in enumerate((hd, hp)):
+            for b in range(n):
+                for i in range(h.shape[1]):
+                    for j in range(lm):
+                        for r in range(N_LEVELS):
+                            new[side][b, i] += adj[side][b, i, j, r] * (hm[b, j] @ rel[side * N_LEVELS + r])
+        hd, hp, hm = new[0], new[1], root(hm)
+    for got, want in zip(graph(*args), (hd, hp, hm)):
+        assert torch.allclose(got, want, atol=1e-5)
