@@ -34,7 +34,7 @@ def start_cli(spec: Path, out: Path, env: dict, *args) -> subprocess.Popen:
     """The leaderboard as a separate process (its own session, so a kill can target it or its whole group)."""
     cmd = [sys.executable, "-m", "recbole_ext.leaderboard.cli", str(spec), "--out", str(out), "--run-fn", FAKE,
            "--no-progress", *args]
-    return subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, cwd=str(out.parent), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 

@@ -41,10 +41,20 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+def worker_payload(request, runs_dir: Path | None) -> dict:
+    """The request plus where this attempt writes: its run folder (quick_start's run_dir) and its log."""
+    payload = request.to_payload()
+    if runs_dir is not None:
+        payload["extra"] = {**payload.get("extra", {}), "run_dir": str(runs_dir / request.run_key)}
+        payload["log_file"] = str(runs_dir / f"{request.run_key}.log")
+    return payload
+
+
 class LocalBackend:
     name = "local"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, runs_dir: Path | None = None):
+        self.runs_dir = runs_dir
         self.workers = max(1, int(workers))
         self.threads = threads_per_worker(self.workers)
         self.ctx = mp.get_context("spawn")
@@ -58,7 +68,8 @@ class LocalBackend:
                     request = pending.popleft()
                     receiver, sender = self.ctx.Pipe(duplex=False)
                     process = self.ctx.Process(target=worker.process_main, name=f"lb-{request.run_key}",
-                                               args=(request.to_payload(), sender, os.getpid(), self.threads))
+                                               args=(worker_payload(request, self.runs_dir), sender, os.getpid(),
+                                                     self.threads))
                     process.start()
                     sender.close()
                     running[process.sentinel] = [process, receiver, request, None]
@@ -114,7 +125,8 @@ def _ray_task(payload: dict, threads: int) -> dict:
 class RayBackend:
     name = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None):
+    def __init__(self, workers: int | None = None, address: str | None = None, runs_dir: Path | None = None):
+        self.runs_dir = runs_dir
         self.ray = _import_ray()
         pythonpath = os.pathsep.join([str(RAY_SITE_DIR), str(PROJECT_ROOT)]
                                      + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -144,7 +156,9 @@ class RayBackend:
             while pending or running:
                 while pending and len(running) < self.workers:
                     request = pending.popleft()
-                    running[self.remote.remote(request.to_payload(), self.threads)] = request
+                    payload = worker_payload(request, self.runs_dir)
+                    payload.pop("log_file", None)  # Ray keeps worker logs itself
+                    running[self.remote.remote(payload, self.threads)] = request
                     on_start(request)
                 done, _ = self.ray.wait(list(running), num_returns=1, timeout=1.0)
                 for ref in done:
@@ -164,11 +178,11 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def make_backend(name: str, workers: int | None, address: str | None):
+def make_backend(name: str, workers: int | None, address: str | None, runs_dir: Path | None = None):
     if name == "local":
         if address:
             raise UserError("--address only applies to --backend ray", fix="drop --address or add --backend ray")
-        return LocalBackend(workers or 1)
+        return LocalBackend(workers or 1, runs_dir)
     if name == "ray":
-        return RayBackend(workers, address)
+        return RayBackend(workers, address, runs_dir)
     raise UserError(f"unknown backend {name!r}", fix="use --backend local or --backend ray")

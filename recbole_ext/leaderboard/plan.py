@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from recbole_ext.leaderboard.spec import LeaderboardSpec, ModelSpec
 from recbole_ext.utils.hashing import dir_sha256, files_sha256
@@ -31,8 +32,9 @@ class DatasetHashes:
     ddi: str | None    # sha256 over files whose name mentions "ddi"; None for datasets without a DDI matrix
 
 
-def dataset_hashes(dataset: str) -> DatasetHashes:
-    folder = dataset_root() / dataset
+def dataset_hashes(dataset: str, data_path: str | None = None) -> DatasetHashes:
+    """Hashes of ``<data_path>/<dataset>/`` (default: the bundled dataset root, as quick_start reads it)."""
+    folder = Path(data_path or dataset_root()) / dataset
     if not folder.is_dir():
         return DatasetHashes(None, None)
     ddi_files = [p for p in folder.iterdir() if p.is_file() and "ddi" in p.name.lower()]

@@ -191,7 +191,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
 
     for metric in metrics:  # bars with error bars: datasets on x, one bar per model
         shown = [t for t in tables if metric in t.metrics]
-        names = list(dict.fromkeys(m for t in shown for m in t.models))
+        names = list(dict.fromkeys(m for t in shown for m in t.models if (m, metric) in t.cells))
         fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * len(names) * len(shown)), 3.4))
         width = 0.8 / max(1, len(names))
         for i, model in enumerate(names):

@@ -75,7 +75,8 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
     """Execute what is missing (unless ``execute_runs`` is False: report-only) and return the plan."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hashes = {d: dataset_hashes(d) for d in spec.datasets}
+    hashes = {d: dataset_hashes(d, spec.dataset_config.get(d, {}).get("data_path", spec.config.get("data_path")))
+              for d in spec.datasets}
     outcome = Outcome(store_path=out_dir / STORE_NAME)
     store = ResultStore(outcome.store_path)
     runner = None
@@ -101,7 +102,7 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
             if not requests:
                 return
             if runner is None:
-                runner = make_backend(backend, workers, address)
+                runner = make_backend(backend, workers, address, (out_dir / "runs").resolve())
 
             def on_result(row):
                 store.record(row)  # one transaction per finished run

@@ -158,7 +158,7 @@ def build_tables(datasets, models, requests, rows, chosen, metrics=None) -> list
             best = max(present, key=lambda m: direction * table.cells[(m, metric)].mean)
             table.best[metric] = best
             for m in present:
-                if math.isclose(table.cells[(m, metric)].mean, table.cells[(best, metric)].mean, rel_tol=0,
+                if len(present) > 1 and math.isclose(table.cells[(m, metric)].mean, table.cells[(best, metric)].mean, rel_tol=0,
                                 abs_tol=1e-12):
                     table.cells[(m, metric)].best = True
                 if m != best:

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,6 +107,8 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
     row.update(started_at=now_iso(), backend=backend, host=socket.gethostname(), code_version=code_version())
     config = dict(payload["config_dict"])
     config.update(payload.get("extra") or {})
+    if config.get("run_dir"):  # a killed earlier attempt may have left a partial run folder: start clean
+        shutil.rmtree(config["run_dir"], ignore_errors=True)
     try:
         run_fn = load_run_fn(payload["run_fn"])
         if threads and "torch" in sys.modules:  # OMP_NUM_THREADS covers a torch imported later
@@ -126,6 +129,12 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
             run_wall_time_s=result.get("wall_time_s"),
             run_peak_rss_mb=result.get("peak_rss_mb"),
         )
+        if row["dataset_sha256"] is None and effective.get("data_path"):  # data found only once the run resolved it
+            folder = os.path.join(str(effective["data_path"]), payload["dataset"])
+            if os.path.isdir(folder):
+                from recbole_ext.utils.hashing import dir_sha256
+
+                row["dataset_sha256"] = dir_sha256(folder)
         protocol_ddi = row["protocol"].get("ddi_sha256") if isinstance(row["protocol"], dict) else None
         if protocol_ddi:
             row["ddi_sha256"] = protocol_ddi
@@ -163,6 +172,14 @@ def process_main(payload: dict, conn, parent_pid: int, threads: int | None):
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+    if payload.get("log_file"):  # RecBole logs and progress bars go to the run's log, not the leaderboard's console
+        os.makedirs(os.path.dirname(payload["log_file"]), exist_ok=True)
+        fd = os.open(payload["log_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     row = execute(payload, backend="local", threads=threads)
     conn.send(row)
     conn.close()
