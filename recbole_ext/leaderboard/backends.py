@@ -138,7 +138,7 @@ class RayBackend:
                 self.ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
             else:
                 self.ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                              log_to_driver=False)
+                              log_to_driver=False, _node_ip_address="127.0.0.1")  # a private instance
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"could not connect to Ray at {address or 'a new local instance'}: "
                             f"{' '.join(str(exc).split())[:300]}",
