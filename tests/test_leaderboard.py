@@ -78,7 +78,7 @@ def test_shipped_specs_are_valid():
     assert set(mm.datasets) == {"baby", "sports", "clothing"} and len(mm.seeds) == 5
     assert {m.name for m in mm.models} == {"BPR", "LightGCN", "VBPR", "FREEDOM", "MGCN", "MambaRec"}
     assert set(med.datasets) == {"mimic3", "mimic4"} and len(med.seeds) == 5
-    assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "FM", "DeepFM", "WideDeep"}
+    assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MedFM", "MedDeepFM", "MedWideDeep"}
 
 
 def test_run_keys_are_content_defined(tmp_path, monkeypatch):
@@ -250,3 +250,7 @@ def test_cli_report_only_and_bad_arguments(tmp_path, monkeypatch, capsys):
         cli.main([str(spec), "--address", "x:1"])
     with pytest.raises(UserError, match="invalid choice"):
         cli.main([str(spec), "--backend", "slurm"])
+    typo = write_spec(tmp_path / "typo.yaml", models=["BRP"], seeds=1)
+    with pytest.raises(UserError, match="unknown model 'BRP'"):  # checked before any run starts
+        cli.main([str(typo), "--out", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()

@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and args.backend != "ray":
         raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
     spec = load_spec(args.spec)
+    if args.run_fn == DEFAULT_RUN_FN:  # an unknown model name fails now, not in every worker
+        from recbole_ext.registry import model_class
+
+        for model in spec.models:
+            model_class(model.name)
     out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
     outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,
                        run_fn=args.run_fn, retry_failed=not args.no_retry_failed, progress=not args.no_progress,
