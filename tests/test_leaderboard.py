@@ -65,7 +65,7 @@ def test_spec_missing_key_and_bad_yaml(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_spec(tmp_path / "none.yaml")
     bad.write_text("- 1\n- 2\n")
-    with pytest.raises(UserError, match="must be a YAML mapping, got list"):
+    with pytest.raises(UserError, match="must hold a mapping"):
         load_spec(bad)
 
 

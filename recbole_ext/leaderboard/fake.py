@@ -16,28 +16,12 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from recbole_ext.quick_start import RunResult
+
 MEDREC_HINTS = ("ehr", "mimic")
-
-
-@dataclass
-class FakeRunResult:
-    model: str
-    dataset: str
-    task: str
-    run_dir: str | None
-    checkpoint: str | None
-    config: dict
-    best_valid_score: float
-    best_valid_result: dict
-    test_result: dict
-    history: list = field(default_factory=list)
-    wall_time_s: float = 0.0
-    peak_rss_mb: float = 0.0
-    protocol: dict = field(default_factory=dict)
 
 
 def _unit(*parts) -> float:
@@ -45,7 +29,7 @@ def _unit(*parts) -> float:
     return int.from_bytes(digest[:8], "little") / 2 ** 64
 
 
-def run(model: str, dataset: str, config_dict: dict | None = None, config_files=None) -> FakeRunResult:
+def run(model: str, dataset: str, config_dict: dict | None = None, config_files=None) -> RunResult:
     config = dict(config_dict or {})
     started = time.time()
     markers = os.environ.get("RECBOLE_EXT_FAKE_MARKERS")
@@ -78,7 +62,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     test = metrics(-0.01)
     if markers:
         open(os.path.join(markers, tag + ".done"), "w").close()
-    return FakeRunResult(
+    return RunResult(
         model=model, dataset=dataset, task="medrec" if medrec else "general", run_dir=None, checkpoint=None,
         config={**config, "valid_metric": valid_key.upper(), "valid_metric_bigger": True},
         best_valid_score=valid[valid_key], best_valid_result=valid, test_result=test, history=history,

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from recbole_ext.errors import UserError
 
 TASKS = ("general", "mmrec", "medrec", "mixed")
@@ -246,13 +244,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> LeaderboardSpec:
 
 
 def load_spec(path: str | Path) -> LeaderboardSpec:
+    from recbole_ext.config import read_yaml_file
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"leaderboard spec {path} does not exist", fix="give the path of a YAML spec")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}", fix="fix the syntax") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text", fix="save the spec as UTF-8") from None
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml_file(path), str(path))
