@@ -20,6 +20,9 @@ from recbole_ext.utils.paths import PROJECT_ROOT
 RAY_SITE_DIR = Path(__file__).resolve().parent / "ray_site"
 
 
+_NO_ROW = object()
+
+
 def crashed_row(request, reason: str, backend: str) -> dict:
     return {**{k: v for k, v in request.to_payload().items() if k != "extra"},
             "status": "failed", "error": reason, "backend": backend, "library_versions": worker.library_versions(),
@@ -74,18 +77,19 @@ class LocalBackend:
                     sender.close()
                     running[process.sentinel] = [process, receiver, request, None]
                     on_start(request)
-                by_conn = {entry[1]: entry for entry in running.values()}
+                by_conn = {entry[1]: entry for entry in running.values() if entry[3] is None}  # still to answer
                 ready = mp.connection.wait(list(running) + list(by_conn), timeout=1.0)
                 for obj in ready:
                     if obj in by_conn:
                         entry = by_conn[obj]
                         try:
                             entry[3] = obj.recv()
-                        except (EOFError, OSError):
-                            pass
+                        except (EOFError, OSError):  # died without answering: wait for its exit code only
+                            entry[3] = _NO_ROW
                 for obj in ready:
                     if obj in running:
                         process, receiver, request, row = running.pop(obj)
+                        row = None if row is _NO_ROW else row
                         if row is None and receiver.poll():
                             try:
                                 row = receiver.recv()
