@@ -149,6 +149,8 @@ def test_aggregation_best_marks_and_paired_tests():
     chosen = {("good", "d"): {}, ("bad", "d"): {}}
     [table] = stats.build_tables(["d"], ["good", "bad"], reqs, rows, chosen)
     assert table.metrics == ["jaccard", "ddi_rate"]  # bootstrap '_std' entries are not columns
+    [listed] = stats.build_tables(["d"], ["good", "bad"], reqs, rows, chosen, ["recall@20", "ddi_rate", "jaccard"])
+    assert listed.metrics == ["ddi_rate", "jaccard"]  # the spec's order, only what this dataset reports
     cell = table.cells[("good", "jaccard")]
     assert cell.mean == pytest.approx(np.mean(values["good"])) and cell.std == pytest.approx(
         np.std(values["good"], ddof=1))

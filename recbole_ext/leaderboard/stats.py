@@ -132,8 +132,10 @@ def build_tables(datasets, models, requests, rows, chosen, metrics=None) -> list
             row = by_key.get(req.run_key)
             if row is not None:
                 chosen_rows.setdefault(req.model, []).append(row)
-        names = metrics or sorted({k for rs in chosen_rows.values() for r in rs if r["status"] == "ok"
-                                   for k in (r["test_result"] or {}) if not k.endswith("_std")}, key=metric_sort_key)
+        reported = {k for rs in chosen_rows.values() for r in rs if r["status"] == "ok" for k in (r["test_result"] or {})
+                    if not k.endswith("_std")}
+        # the spec's columns that this dataset reports (a mixed board lists metrics of several tasks)
+        names = [m for m in metrics if m in reported] if metrics else sorted(reported, key=metric_sort_key)
         table = DatasetTable(dataset, list(names), list(models))
         for model in models:
             model_rows = chosen_rows.get(model, [])
