@@ -47,6 +47,8 @@ def threads_per_worker(workers: int) -> int:
 def worker_payload(request, runs_dir: Path | None) -> dict:
     """The request plus where this attempt writes: its run folder (quick_start's run_dir) and its log."""
     payload = request.to_payload()
+    if "show_progress" not in request.config_dict:  # per-batch bars are noise in a worker's log (not in the key)
+        payload["extra"] = {**payload.get("extra", {}), "show_progress": False}
     if runs_dir is not None:
         payload["extra"] = {**payload.get("extra", {}), "run_dir": str(runs_dir / request.run_key)}
         payload["log_file"] = str(runs_dir / f"{request.run_key}.log")
