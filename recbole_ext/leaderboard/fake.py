@@ -42,7 +42,8 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     if config.get("fake_crash"):
         os._exit(3)
     seed = int(config.get("seed", 0))
-    point = {k: v for k, v in config.items() if k not in ("seed", "reproducibility", "run_dir") and not k.startswith("fake_")}
+    point = {k: v for k, v in config.items() if k not in ("seed", "reproducibility", "run_dir", "show_progress")
+             and not k.startswith("fake_")}
     quality = 0.1 + 0.3 * _unit(model, dataset) + 0.05 * _unit(model, dataset, point)
     rng = np.random.default_rng(int(_unit(model, dataset, point, seed) * 2 ** 32))
     medrec = config.get("fake_task") == "medrec" or any(h in dataset.lower() for h in MEDREC_HINTS)
