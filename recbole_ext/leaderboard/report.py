@@ -177,6 +177,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     models = list(dict.fromkeys(m for t in tables for m in t.models))
@@ -222,6 +223,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
             ax.errorbar(d.mean, a.mean, xerr=np.nan_to_num(d.std), yerr=np.nan_to_num(a.std), fmt="o",
                         capsize=3, color=colours[model], label=model)
             ax.annotate(model, (d.mean, a.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel(f"{ddi} ↓")
         ax.set_ylabel(f"{acc} ↑")
         ax.set_title(f"{t.dataset}: accuracy against DDI rate")
@@ -231,7 +233,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
         if not any(t.history.values()):
             continue
         fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(9, 3.4))
-        valid_name = None
+        valid_name = t.valid_metric
         for model, histories in t.history.items():
             for k, hist in enumerate(histories):
                 epochs = [h.get("epoch", i) for i, h in enumerate(hist)]
@@ -240,7 +242,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
                 if any(v is not None for v in loss):
                     ax_loss.plot(epochs, [np.nan if v is None else v for v in loss], color=colours[model], alpha=0.7,
                                  lw=1, label=label)
-                valid = [h.get("valid") or {} for h in hist]
+                valid = [{k2.lower(): v2 for k2, v2 in (h.get("valid") or {}).items()} for h in hist]
                 keys = [k2 for v in valid for k2 in v]
                 if keys:
                     valid_name = valid_name or keys[0]

@@ -90,6 +90,7 @@ class DatasetTable:
     chosen: dict = field(default_factory=dict)  # model -> grid point
     failed: dict = field(default_factory=dict)  # model -> number of failed runs of the chosen point
     history: dict = field(default_factory=dict)  # model -> list of histories (one per seed)
+    valid_metric: str | None = None              # the validation metric of the runs (for training curves)
 
 
 def _one_sided(test, best, other, direction):
@@ -145,6 +146,8 @@ def build_tables(datasets, models, requests, rows, chosen, metrics=None) -> list
             if (model, dataset) in chosen:
                 table.chosen[model] = chosen[(model, dataset)]
             table.history[model] = [r["history"] for r in ok if r.get("history")]
+            table.valid_metric = table.valid_metric or next((r["valid_metric"] for r in ok if r.get("valid_metric")),
+                                                            None)
             for metric in names:
                 values = {r["seed"]: float(r["test_result"][metric]) for r in ok
                           if (r["test_result"] or {}).get(metric) is not None}
