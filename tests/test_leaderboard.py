@@ -219,6 +219,7 @@ def test_cli_end_to_end_with_failures_resume_and_outputs(tmp_path, monkeypatch, 
     assert (again["executed"], again["skipped"], again["failed_now"]) == (2, 5, 2)
     assert cli.main(argv + ["--no-retry-failed"]) == 1
     assert json.loads(capsys.readouterr().out.splitlines()[0])["executed"] == 0
+    assert (out / "runs" / ".gitignore").read_text() == "*\n"
     # Outputs
     md = (out / "leaderboard.md").read_text()
     assert "## synth-ehr-small" in md and "ddi_rate ↓" in md and "**" in md and "(1 failed)" in md

@@ -102,7 +102,12 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
             if not requests:
                 return
             if runner is None:
-                runner = make_backend(backend, workers, address, (out_dir / "runs").resolve())
+                runs_dir = (out_dir / "runs").resolve()
+                runs_dir.mkdir(exist_ok=True)
+                ignore = runs_dir / ".gitignore"  # checkpoints and logs (hundreds of MB): never committed by accident
+                if not ignore.exists():
+                    ignore.write_text("*\n")
+                runner = make_backend(backend, workers, address, runs_dir)
 
             def on_result(row):
                 store.record(row)  # one transaction per finished run
