@@ -66,9 +66,10 @@ def test_bad_yaml_file_types(tmp_path, capsys):
         assert needle in _one_error_line(capsys)
 
 
-def test_cli_trains_and_prints_table(repo_root, tmp_path):
+def test_cli_trains_and_prints_table(repo_root, tmp_path, tiny_data):
     proc = subprocess.run(
-        [sys.executable, str(repo_root / "run.py"), "--model=BPR", "--dataset=ml-100k", "--epochs=1",
+        [sys.executable, str(repo_root / "run.py"), "--model=BPR", "--dataset=tiny", "--epochs=1",
+         f"--data_path={tiny_data}",
          "--show_progress=False", "--state=WARNING", "--topk=[10,20]", "--valid_metric=ndcg@10",
          f"--runs_root={tmp_path / 'runs'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -133,10 +133,10 @@ def test_source_patch_raises_when_pattern_is_gone():
         compat.source_patch(Owner, "method", [("return 2", "return 3")], module=module)
 
 
-def test_checkpoints_load_with_weights_only(tmp_path, quiet):
+def test_checkpoints_load_with_weights_only(tmp_path, tiny):
     from recbole_ext.quick_start import run
 
-    result = run("BPR", "ml-100k", {**quiet, "run_dir": str(tmp_path / "r")})
+    result = run("BPR", "tiny", {**tiny, "run_dir": str(tmp_path / "r")})
     state = torch.load(result.checkpoint, weights_only=True)  # RecBole's pickled Config would fail here
     assert state["model"] == "BPR" and isinstance(state["external_config"], dict)
 

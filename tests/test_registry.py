@@ -63,11 +63,11 @@ def test_unknown_model_is_a_user_error():
         registry.model_class("Nope")
 
 
-def test_run_recbole_and_load_data_and_model_for_ext_model(tiny_registered, quiet):
+def test_run_recbole_and_load_data_and_model_for_ext_model(tiny_registered, tiny):
     import torch
     from recbole.quick_start import load_data_and_model, run_recbole
 
-    result = run_recbole(model="TinyMF", dataset="ml-100k", config_dict={**quiet, "run_dir": "r"})
+    result = run_recbole(model="TinyMF", dataset="tiny", config_dict={**tiny, "run_dir": "r"})
     assert set(result) >= {"best_valid_score", "test_result"} and "recall@10" in result["test_result"]
     config, model, dataset, train, valid, test = load_data_and_model("r/model.pth")
     assert isinstance(model, TinyMF) and config["tiny_dim"] == 8
