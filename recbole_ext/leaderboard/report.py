@@ -262,7 +262,7 @@ def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0;cursor:pointer;user-select:none;position:sticky;top:0}
 th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
 td:first-child,th:first-child{text-align:left} td.best{font-weight:bold;background:#e8f5e9}
@@ -329,7 +329,9 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
             cells.append(_td(grid_text(t.chosen.get(model))))
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</tbody></table>")
-    metrics = sorted({k for r in rows for k in (r.get("test_result") or {}) if not k.endswith("_std")})
+    # the tables' columns (runs.csv keeps every metric)
+    metrics = list(dict.fromkeys(m for t in tables for m in t.metrics)) or sorted(
+        {k for r in rows for k in (r.get("test_result") or {}) if not k.endswith("_std")})
     parts.append(f"<h2>All runs ({len(rows)})</h2><table class='sortable' id='runs'><thead><tr>"
                  + "".join(f"<th>{e(h)}</th>" for h in ["model", "dataset", "seed", "config", "chosen", "status",
                                                           "valid score"] + [f"test {m}" for m in metrics]
