@@ -1,0 +1,83 @@
+"""``python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--address ADDR] [--out DIR]``.
+
+Runs every (model, dataset, configuration, seed) of the spec that is not finished yet, stores each finished run in
+``DIR/results.sqlite`` and writes the tables, plots and HTML page into DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recbole_ext.errors import UserError
+from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN
+from recbole_ext.leaderboard.spec import load_spec
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # a usage mistake is a UserError, not a SystemExit with a usage dump
+        raise UserError(f"leaderboard: {message}", fix="see 'python run.py leaderboard --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="run.py leaderboard", description=__doc__.split("\n\n")[1].strip(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="leaderboard spec (YAML); see docs/leaderboard.md")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once (local default 1; ray default: the cluster's CPUs)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one spawned process per run (default); ray: one Ray task per run")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray); default: start one")
+    p.add_argument("--out", default=None, help="output folder (default runs/leaderboard/<spec name>)")
+    p.add_argument("--no-retry-failed", action="store_true", help="keep failed runs as they are instead of retrying")
+    p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the outputs from the store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--run-fn", default=DEFAULT_RUN_FN, help=argparse.SUPPRESS)  # tests: a fast stand-in
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recbole_ext.leaderboard.report import write_report
+    from recbole_ext.leaderboard.runner import run_spec
+    from recbole_ext.leaderboard.stats import build_tables
+    from recbole_ext.leaderboard.store import ResultStore
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}", fix="pass --workers 2")
+    if args.address and args.backend != "ray":
+        raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
+    spec = load_spec(args.spec)
+    if args.run_fn == DEFAULT_RUN_FN:  # an unknown model name fails now, not in every worker
+        from recbole_ext.registry import model_class
+
+        for model in spec.models:
+            model_class(model.name)
+    out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
+    outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,
+                       run_fn=args.run_fn, retry_failed=not args.no_retry_failed, progress=not args.no_progress,
+                       execute_runs=not args.report_only)
+    with ResultStore(outcome.store_path) as store:
+        rows = store.rows(r.run_key for r in outcome.requests)
+    order = {r.run_key: i for i, r in enumerate(outcome.requests)}
+    rows.sort(key=lambda r: order[r["run_key"]])
+    models = {d: [m.name for m in spec.models if m.runs_on(d)] for d in spec.datasets}
+    tables = build_tables(spec.datasets, models, outcome.requests, rows, outcome.chosen,
+                          list(spec.metrics) if spec.metrics else None)
+    chosen_keys = {r.run_key for r in outcome.requests if outcome.chosen.get((r.model, r.dataset)) == r.grid_point}
+    files = write_report(out, spec.name, spec.task, tables, rows, chosen_keys)
+    missing = len(outcome.requests) - len(rows)
+    print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests), "executed": outcome.executed,
+                      "skipped": outcome.skipped, "failed_now": outcome.failed,
+                      "failed_total": sum(r["status"] != "ok" for r in rows), "missing": missing}))
+    print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files[:5])}, ...")
+    return 0 if not any(r["status"] != "ok" for r in rows) and not missing else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,376 @@
+"""Leaderboard outputs: Markdown, CSV and LaTeX tables, PNG plots and one self-contained HTML page.
+
+Every file is written atomically; the HTML page needs no network (inline CSS/JS, plots embedded as base64 PNG).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from recbole_ext.leaderboard.stats import DatasetTable, metric_direction
+from recbole_ext.utils.io import atomic_dir, atomic_file
+
+ACCURACY_FOR_DDI_PLOT = ("jaccard", "f1", "prauc")
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def cell_text(table: DatasetTable, model: str, metric: str) -> tuple[str, bool]:
+    cell = table.cells.get((model, metric))
+    if cell is None:
+        return "—", False
+    std = "" if math.isnan(cell.std) else f" ± {fmt(cell.std)}"
+    return f"{fmt(cell.mean)}{std}", cell.best
+
+
+def arrow(metric: str) -> str:
+    return {1: "↑", -1: "↓", 0: ""}[metric_direction(metric)]
+
+
+def grid_text(point: dict | None) -> str:
+    if point is None:
+        return "none finished"
+    return ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "defaults"
+
+
+def provenance(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    libs = {}
+    for r in rows:
+        for k, v in (r.get("library_versions") or {}).items():
+            libs.setdefault(k, set()).add(v)
+    protocols = {}
+    for r in ok:
+        protocols.setdefault(r["dataset"], set()).add(json.dumps(r.get("protocol") or {}, sort_keys=True))
+    hashes = {}
+    for r in rows:
+        hashes.setdefault(r["dataset"], set()).add((r.get("dataset_sha256"), r.get("ddi_sha256")))
+    return {"code_versions": sorted({r.get("code_version") or "unknown" for r in rows}),
+            "libraries": {k: sorted(v) for k, v in sorted(libs.items())},
+            "protocols": {d: [json.loads(p) for p in sorted(v)] for d, v in protocols.items()},
+            "dataset_hashes": {d: sorted(v, key=str) for d, v in hashes.items()},
+            "runs": len(rows), "failed": sum(r["status"] != "ok" for r in rows),
+            "wall_time_s": sum(r.get("wall_time_s") or 0 for r in rows)}
+
+
+# ----------------------------------------------------------------------------------------------------- Markdown
+def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str]) -> str:
+    lines = [f"# Leaderboard: {title}", "",
+             "Mean ± sample std over seeds of the test metrics of the configuration chosen on validation. "
+             "**Bold**: best per column (↑ higher is better, ↓ lower is better). "
+             "p-values: one-sided paired tests of the best model against each other model over seeds "
+             "(Student t / Wilcoxon signed-rank).", ""]
+    for t in tables:
+        lines += [f"## {t.dataset}", "", "| Model | " + " | ".join(f"{m} {arrow(m)}".strip() for m in t.metrics)
+                  + " | seeds |", "|---" * (len(t.metrics) + 2) + "|"]
+        for model in t.models:
+            cells = []
+            for metric in t.metrics:
+                text, best = cell_text(t, model, metric)
+                cells.append(f"**{text}**" if best else text)
+            n = max((t.cells[(model, m)].n for m in t.metrics if (model, m) in t.cells), default=0)
+            failed = f" ({t.failed[model]} failed)" if t.failed.get(model) else ""
+            lines.append(f"| {model} | " + " | ".join(cells) + f" | {n}{failed} |")
+        if t.tests:
+            lines += ["", "p-values vs the best model (t / Wilcoxon):", "",
+                      "| Model | " + " | ".join(t.metrics) + " |", "|---" * (len(t.metrics) + 1) + "|"]
+            for model in t.models:
+                if not any((model, m) in t.tests for m in t.metrics):
+                    continue
+                cells = [f"{fmt_p(t.tests[(model, m)].t_p)} / {fmt_p(t.tests[(model, m)].wilcoxon_p)}"
+                         if (model, m) in t.tests else ("best" if t.best.get(m) == model else "—") for m in t.metrics]
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines += ["", "Chosen configurations: " + "; ".join(f"{m}: {grid_text(t.chosen.get(m))}" for m in t.models),
+                  ""]
+    lines += ["## Provenance", "", f"- runs: {prov['runs']} ({prov['failed']} failed), total worker time "
+              f"{prov['wall_time_s'] / 60:.1f} min", f"- code: {', '.join(prov['code_versions'])}"]
+    for d, hs in prov["dataset_hashes"].items():
+        lines.append(f"- {d}: files sha256 " + ", ".join(f"{h[0] or 'absent'}" + (f" (DDI {h[1]})" if h[1] else "")
+                                                          for h in hs))
+    for d, ps in prov["protocols"].items():
+        lines.append(f"- {d} protocol: " + "; ".join(json.dumps(p, sort_keys=True) for p in ps))
+    lines.append("- libraries: " + ", ".join(f"{k} {'/'.join(v)}" for k, v in prov["libraries"].items()
+                                             if k != "platform"))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------- LaTeX
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(a, b) if a != "\\" else text.replace(a, "\0")
+    return text.replace("\0", r"\textbackslash{}")
+
+
+def latex(title: str, tables: list[DatasetTable]) -> str:
+    out = [f"% Leaderboard {title}: mean $\\pm$ std over seeds; bold = best per column.", ""]
+    for t in tables:
+        out += [r"\begin{table}[t]", r"\centering", f"\\caption{{{_tex_escape(title)}: {_tex_escape(t.dataset)}}}",
+                r"\begin{tabular}{l" + "c" * len(t.metrics) + "}", r"\toprule",
+                "Model & " + " & ".join(_tex_escape(m) + {1: r" $\uparrow$", -1: r" $\downarrow$", 0: ""}[
+                    metric_direction(m)] for m in t.metrics) + r" \\", r"\midrule"]
+        for model in t.models:
+            cells = []
+            for metric in t.metrics:
+                text, best = cell_text(t, model, metric)
+                text = text.replace("±", r"$\pm$").replace("—", "--")
+                cells.append(f"\\textbf{{{text}}}" if best else text)
+            out.append(_tex_escape(model) + " & " + " & ".join(cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------- CSV
+def write_csvs(out_dir: Path, tables: list[DatasetTable], rows: list[dict], chosen_keys: set):
+    with atomic_file(out_dir / "leaderboard.csv", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dataset", "model", "metric", "direction", "mean", "std", "n_seeds", "best", "best_model",
+                    "t_p_vs_best", "wilcoxon_p_vs_best", "chosen_config"])
+        for t in tables:
+            for model in t.models:
+                for metric in t.metrics:
+                    cell = t.cells.get((model, metric))
+                    test = t.tests.get((model, metric))
+                    w.writerow([t.dataset, model, metric, metric_direction(metric),
+                                "" if cell is None else cell.mean, "" if cell is None else cell.std,
+                                0 if cell is None else cell.n, int(bool(cell and cell.best)), t.best.get(metric, ""),
+                                "" if test is None else test.t_p, "" if test is None else test.wilcoxon_p,
+                                json.dumps(t.chosen.get(model), sort_keys=True)])
+    metrics = sorted({k for r in rows for k in (r.get("test_result") or {})})
+    with atomic_file(out_dir / "runs.csv", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run_key", "status", "model", "dataset", "seed", "grid_point", "chosen", "valid_metric",
+                    "best_valid_score"] + [f"test_{m}" for m in metrics]
+                   + ["wall_time_s", "peak_rss_mb", "code_version", "dataset_sha256", "ddi_sha256", "error"])
+        for r in rows:
+            w.writerow([r["run_key"], r["status"], r["model"], r["dataset"], r["seed"],
+                        json.dumps(r["grid_point"], sort_keys=True), int(r["run_key"] in chosen_keys),
+                        r.get("valid_metric") or "", r.get("best_valid_score")]
+                       + [(r.get("test_result") or {}).get(m, "") for m in metrics]
+                       + [r.get("wall_time_s"), r.get("peak_rss_mb"), r.get("code_version"), r.get("dataset_sha256"),
+                          r.get("ddi_sha256"), r.get("error") or ""])
+
+
+# ----------------------------------------------------------------------------------------------------- plots
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    written = []
+    models = list(dict.fromkeys(m for t in tables for m in t.models))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    metrics = list(dict.fromkeys(m for t in tables for m in t.metrics))
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(plot_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
+    for metric in metrics:  # bars with error bars: datasets on x, one bar per model
+        shown = [t for t in tables if metric in t.metrics]
+        names = list(dict.fromkeys(m for t in shown for m in t.models if (m, metric) in t.cells))
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * len(names) * len(shown)), 3.4))
+        width = 0.8 / max(1, len(names))
+        for i, model in enumerate(names):
+            xs, ys, es = [], [], []
+            for j, t in enumerate(shown):
+                cell = t.cells.get((model, metric))
+                if cell is not None:
+                    xs.append(j + (i - (len(names) - 1) / 2) * width)
+                    ys.append(cell.mean)
+                    es.append(0 if math.isnan(cell.std) else cell.std)
+            ax.bar(xs, ys, width, yerr=es, capsize=3, label=model, color=colours[model])
+        ax.set_xticks(range(len(shown)), [t.dataset for t in shown])
+        ax.set_ylabel(f"{metric} {arrow(metric)}".strip())
+        ax.set_title(f"{metric} (mean ± std over seeds)")
+        ax.legend(fontsize=7, ncol=min(3, max(1, len(names))))
+        save(fig, f"bars_{_safe(metric)}.png")
+
+    for t in tables:  # safety against accuracy, wherever a DDI rate is reported
+        acc = next((m for m in ACCURACY_FOR_DDI_PLOT if m in t.metrics), None)
+        ddi = next((m for m in t.metrics if metric_direction(m) < 0), None)
+        if acc is None or ddi is None:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for model in t.models:
+            a, d = t.cells.get((model, acc)), t.cells.get((model, ddi))
+            if a is None or d is None:
+                continue
+            ax.errorbar(d.mean, a.mean, xerr=np.nan_to_num(d.std), yerr=np.nan_to_num(a.std), fmt="o",
+                        capsize=3, color=colours[model], label=model)
+            ax.annotate(model, (d.mean, a.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.set_xlabel(f"{ddi} ↓")
+        ax.set_ylabel(f"{acc} ↑")
+        ax.set_title(f"{t.dataset}: accuracy against DDI rate")
+        save(fig, f"accuracy_vs_ddi_{_safe(t.dataset)}.png")
+
+    for t in tables:  # training curves of the chosen configurations, every seed
+        if not any(t.history.values()):
+            continue
+        fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(9, 3.4))
+        valid_name = t.valid_metric
+        for model, histories in t.history.items():
+            for k, hist in enumerate(histories):
+                epochs = [h.get("epoch", i) for i, h in enumerate(hist)]
+                label = model if k == 0 else None
+                loss = [h.get("train_loss") for h in hist]
+                if any(v is not None for v in loss):
+                    ax_loss.plot(epochs, [np.nan if v is None else v for v in loss], color=colours[model], alpha=0.7,
+                                 lw=1, label=label)
+                valid = [{k2.lower(): v2 for k2, v2 in (h.get("valid") or {}).items()} for h in hist]
+                keys = [k2 for v in valid for k2 in v]
+                if keys:
+                    valid_name = valid_name or keys[0]
+                    ax_valid.plot(epochs, [v.get(valid_name, np.nan) for v in valid], color=colours[model],
+                                  alpha=0.7, lw=1, label=label)
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("train loss")
+        ax_valid.set_xlabel("epoch")
+        ax_valid.set_ylabel(f"valid {valid_name or ''}")
+        ax_loss.legend(fontsize=7)
+        fig.suptitle(f"{t.dataset}: training curves (chosen configurations, all seeds)")
+        save(fig, f"curves_{_safe(t.dataset)}.png")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0;cursor:pointer;user-select:none;position:sticky;top:0}
+th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
+td:first-child,th:first-child{text-align:left} td.best{font-weight:bold;background:#e8f5e9}
+tr.failed td{color:#a00} td.err{text-align:left;max-width:420px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+img{max-width:100%;border:1px solid #ddd;margin:6px} .muted{color:#666;font-size:12px}
+"""
+
+# Sorting: a click on a header sorts by that column (numbers by their data-sort value), a second click reverses.
+# '#sort=<tableId>:<column>[:desc]' in the URL replays those clicks on load, so a sorted view can be linked.
+_JS = """
+function sortTable(th){
+  var table=th.closest('table'), idx=Array.prototype.indexOf.call(th.parentNode.children, th);
+  var asc=th.getAttribute('aria-sort')!=='ascending';
+  Array.prototype.forEach.call(th.parentNode.children,function(h){h.removeAttribute('aria-sort');});
+  th.setAttribute('aria-sort', asc?'ascending':'descending');
+  var body=table.tBodies[0], rows=Array.prototype.slice.call(body.rows);
+  function key(r){var c=r.cells[idx], v=c.getAttribute('data-sort'); if(v===null)v=c.textContent.trim();
+    var n=parseFloat(v); return (v!==''&&!isNaN(n)&&isFinite(v))?[0,n]:[1,v];}
+  rows.sort(function(a,b){var x=key(a),y=key(b); if(x[0]!==y[0])return x[0]-y[0];
+    var r=x[1]<y[1]?-1:(x[1]>y[1]?1:0); return asc?r:-r;});
+  rows.forEach(function(r){body.appendChild(r);});
+}
+document.addEventListener('DOMContentLoaded',function(){
+  document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){sortTable(th);});});
+  var m=/sort=([\\w-]+):(\\d+)(:desc)?/.exec(decodeURIComponent(location.hash));
+  if(m){var t=document.getElementById(m[1]); if(t){var th=t.tHead.rows[0].cells[+m[2]];
+    if(th){th.click(); if(m[3])th.click(); document.body.setAttribute('data-sorted', m[1]+':'+m[2]+(m[3]?':desc':''));}}}
+});
+"""
+
+
+def _td(text, sort=None, cls=None):
+    attrs = ""
+    if sort is not None:
+        attrs += f' data-sort="{html.escape(str(sort))}"'
+    if cls:
+        attrs += f' class="{cls}"'
+    return f"<td{attrs}>{html.escape(str(text))}</td>"
+
+
+def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_keys: set, prov: dict,
+              plot_dir: Path, plots: list[str]) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard: {e(title)}</title>",
+             f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
+             f"<h1>Leaderboard: {e(title)}</h1>",
+             "<p class='muted'>Mean ± sample std over seeds of test metrics for the configuration chosen on "
+             "validation. Bold: best per column (↑ higher better, ↓ lower better). p: one-sided paired t-test / "
+             "Wilcoxon of the best model against each model over seeds. Click a header to sort.</p>"]
+    for i, t in enumerate(tables):
+        parts.append(f"<h2>{e(t.dataset)}</h2><table class='sortable summary' id='summary-{i}'><thead><tr>"
+                     "<th>Model</th>" + "".join(f"<th>{e(m)} {arrow(m)}</th><th>p vs best (t / W)</th>"
+                                                for m in t.metrics) + "<th>config</th></tr></thead><tbody>")
+        for model in t.models:
+            cells = [_td(model)]
+            for metric in t.metrics:
+                cell = t.cells.get((model, metric))
+                text, best = cell_text(t, model, metric)
+                cells.append(_td(text, "" if cell is None else cell.mean, "best" if best else None))
+                test = t.tests.get((model, metric))
+                cells.append(_td("best" if t.best.get(metric) == model else
+                                 ("—" if test is None else f"{fmt_p(test.t_p)} / {fmt_p(test.wilcoxon_p)}"),
+                                 "" if test is None or math.isnan(test.t_p) else test.t_p))
+            cells.append(_td(grid_text(t.chosen.get(model))))
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>")
+    # the tables' columns (runs.csv keeps every metric)
+    metrics = list(dict.fromkeys(m for t in tables for m in t.metrics)) or sorted(
+        {k for r in rows for k in (r.get("test_result") or {}) if not k.endswith("_std")})
+    parts.append(f"<h2>All runs ({len(rows)})</h2><table class='sortable' id='runs'><thead><tr>"
+                 + "".join(f"<th>{e(h)}</th>" for h in ["model", "dataset", "seed", "config", "chosen", "status",
+                                                          "valid score"] + [f"test {m}" for m in metrics]
+                           + ["wall s", "peak MB", "error"]) + "</tr></thead><tbody>")
+    for r in rows:
+        cls = " class='failed'" if r["status"] != "ok" else ""
+        test = r.get("test_result") or {}
+        cells = [_td(r["model"]), _td(r["dataset"]), _td(r["seed"], r["seed"]), _td(grid_text(r["grid_point"])),
+                 _td("yes" if r["run_key"] in chosen_keys else "no"), _td(r["status"]),
+                 _td(fmt(r.get("best_valid_score")), r.get("best_valid_score") if r.get("best_valid_score")
+                     is not None else "")]
+        cells += [_td(fmt(test.get(m)), test.get(m) if test.get(m) is not None else "") for m in metrics]
+        cells += [_td(fmt(r.get("wall_time_s"), 1), r.get("wall_time_s") or ""),
+                  _td(fmt(r.get("peak_rss_mb"), 0), r.get("peak_rss_mb") or ""),
+                  f"<td class='err' title='{e(r.get('error') or '')}'>{e(r.get('error') or '')}</td>"]
+        parts.append(f"<tr{cls} data-run-key='{e(r['run_key'])}'>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for name in plots:
+            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+            parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Provenance</h2><pre>" + e(json.dumps(prov, indent=1, sort_keys=True, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Path, title: str, task: str, tables: list[DatasetTable], rows: list[dict],
+                 chosen_keys: set) -> list[Path]:
+    out_dir = Path(out_dir)
+    prov = provenance(rows)
+    with atomic_dir(out_dir / "plots", overwrite=True) as tmp_plots:
+        plots = make_plots(tmp_plots, tables)
+    plot_dir = out_dir / "plots"
+    files = {"leaderboard.md": markdown(title, tables, prov, [f"plots/{p}" for p in plots]),
+             "leaderboard.tex": latex(title, tables),
+             "leaderboard.html": html_page(title, tables, rows, chosen_keys, prov, plot_dir, plots)}
+    for name, text in files.items():
+        with atomic_file(out_dir / name, encoding="utf-8") as fh:
+            fh.write(text)
+    write_csvs(out_dir, tables, rows, chosen_keys)
+    return [out_dir / n for n in (*files, "leaderboard.csv", "runs.csv")] + [plot_dir / p for p in plots]
