@@ -43,6 +43,7 @@ class MultimodalRecommender(GeneralRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self._vector_cache = None
+        self._graph_names: list[str] = []
         feats = getattr(dataset, "mm_features", None)
         if not isinstance(feats, dict) or not any(m in feats for m in MODALITIES):
             raise UserError(f"{type(self).__name__} needs multimodal item features but the dataset has none",
@@ -67,6 +68,26 @@ class MultimodalRecommender(GeneralRecommender):
         return getattr(self, f"raw_{modality}")
 
     # ---- graphs ---------------------------------------------------------------------------------------------
+    def set_graph(self, name: str, graph: torch.Tensor) -> None:
+        """Keep a sparse graph as a plain attribute that still follows ``.to()`` / ``.double()``.
+
+        Sparse CSR tensors cannot be buffers (no state-dict storage); they are derived data rebuilt at init.
+        """
+        if name not in self._graph_names:
+            self._graph_names.append(name)
+        setattr(self, name, graph)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        for name in self._graph_names:
+            graph = getattr(self, name)
+            if isinstance(graph, dict):
+                setattr(self, name, {k: fn(v) for k, v in graph.items()})
+            elif graph is not None:
+                setattr(self, name, fn(graph))
+        self._vector_cache = None
+        return result
+
     def interaction_graphs(self, dataset, binary: bool = False, degree_eps: float = 0.0):
         """``(A_hat, R_hat)`` as torch sparse tensors from the dataset's (training) interactions."""
         r = interaction_csr(dataset.inter_matrix(form="coo"), self.n_users, self.n_items, binary=binary)

@@ -26,7 +26,9 @@ class FREEDOM(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
-        self.feat_embed_dim = int(config_value(config, "feat_embed_dim", 64))
+        self.feat_embed_dim = int(config_value(config, "feat_embed_dim", self.embedding_size))
+        if self.feat_embed_dim != self.embedding_size:
+            raise UserError("FREEDOM scores users against projected features: feat_embed_dim must equal embedding_size")
         self.knn_k = int(config_value(config, "knn_k", 10))
         self.n_mm_layers = int(config_value(config, "n_mm_layers", 1))
         self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
@@ -43,11 +45,12 @@ class FREEDOM(MultimodalRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
 
-        r, self.norm_adj, _ = self.interaction_graphs(dataset, binary=True, degree_eps=_DEGREE_EPS)
+        r, norm_adj, _ = self.interaction_graphs(dataset, binary=True, degree_eps=_DEGREE_EPS)
+        self.set_graph("norm_adj", norm_adj)
         coo = r.tocoo()
         self.edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)).to(self.device)
         self.edge_weight = self._degree_weights(self.edge_index)
-        self.masked_adj = None
+        self.set_graph("masked_adj", None)
         self._needs_resample = True
 
         graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym") for m in self.modalities}
@@ -56,7 +59,7 @@ class FREEDOM(MultimodalRecommender):
             mixed = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()
         else:
             mixed = next(iter(graphs.values()))
-        self.mm_adj = mixed.to_sparse_csr().to(self.device)
+        self.set_graph("mm_adj", mixed.to_sparse_csr().to(self.device))
         self.feature_tables = nn.ParameterDict(
             {m: feature_table(self.raw_feature(m), True) for m in self.modalities} if not self.freeze_features else {})
         self.projection = nn.ModuleDict(
@@ -81,8 +84,8 @@ class FREEDOM(MultimodalRecommender):
         rows = torch.cat([keep[0], keep[1] + self.n_users])
         cols = torch.cat([keep[1] + self.n_users, keep[0]])
         n = self.n_users + self.n_items
-        self.masked_adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]),
-                                                  (n, n)).coalesce().to_sparse_csr()
+        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n))
+        self.masked_adj = graph.coalesce().to_sparse_csr().to(self.norm_adj.dtype)
 
     def train(self, mode: bool = True):
         if mode and not self.training:

@@ -46,8 +46,10 @@ class MGCN(MultimodalRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
 
-        _, self.norm_adj, self.r_hat = self.interaction_graphs(dataset)
-        self.item_graphs = {m: self.item_knn_graph(m, self.knn_k, "sym") for m in self.modalities}
+        _, norm_adj, r_hat = self.interaction_graphs(dataset)
+        self.set_graph("norm_adj", norm_adj)
+        self.set_graph("r_hat", r_hat)
+        self.set_graph("item_graphs", {m: self.item_knn_graph(m, self.knn_k, "sym") for m in self.modalities})
         self.feature_tables = nn.ParameterDict(
             {m: feature_table(self.raw_feature(m), True) for m in self.modalities} if not self.freeze_features else {})
         self.build_projections()

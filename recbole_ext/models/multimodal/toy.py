@@ -55,8 +55,13 @@ def toy_config(**overrides) -> dict:
 
 def planted_clusters(n_users: int, n_items: int, n_interactions: int, n_clusters: int = 20,
                      image_dim: int = 4096, text_dim: int = 384, feature_noise: float = 1.0,
-                     clusters_per_user: int = 2, seed: int = 0) -> ToyMMDataset:
-    """Interactions with cluster structure shared with the features; a per-user 8:1:1 split (train >= 1)."""
+                     clusters_per_user: int = 2, popularity_skew: float = 2.0, seed: int = 0) -> ToyMMDataset:
+    """Interactions with cluster structure shared with the features, split per user like MMRec.
+
+    Each user picks ``clusters_per_user`` clusters; an interaction draws a user (Pareto activity), one of the
+    user's clusters and an item of that cluster (skewed by ``popularity_skew``). Features are the cluster centroid
+    plus Gaussian noise of scale ``feature_noise`` (abs() for the non-negative "CNN" image features).
+    """
     rng = np.random.default_rng(seed)
     item_cluster = rng.integers(0, n_clusters, n_items)
     user_clusters = rng.integers(0, n_clusters, (n_users, clusters_per_user))
@@ -67,7 +72,9 @@ def planted_clusters(n_users: int, n_items: int, n_interactions: int, n_clusters
     users = rng.choice(n_users, n_interactions, p=activity / activity.sum())
     chosen = user_clusters[users, rng.integers(0, clusters_per_user, n_interactions)]
     sizes = np.array([len(m) for m in members])
-    rank = np.minimum((rng.pareto(1.2, n_interactions) * sizes[chosen] / 8).astype(np.int64), sizes[chosen] - 1)
+    # rank inside the cluster: u^skew concentrates on the first members (skew 1 = uniform)
+    rank = np.minimum((rng.random(n_interactions) ** popularity_skew * sizes[chosen]).astype(np.int64),
+                      sizes[chosen] - 1)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     flat = np.concatenate(members)
     items = flat[offsets[chosen] + rank]
