@@ -1,0 +1,308 @@
+"""Every shim recbole-ext needs to run RecBole 1.2.1 on today's numpy / pandas / scipy / torch.
+
+Each shim is a small function with a *gate*: it is applied only where the installed versions have the problem
+(recbole-host.md §2.2 gives the measurements), and ``tests/test_compat.py`` has one test per shim that fails if the
+shim is missing while the bug is present. When upstream fixes land, the gate turns the shim off and the shim can
+be deleted.
+
+Source patches re-compile one RecBole method after a textual replacement. They raise ``CompatError`` if the
+pattern is gone, so an upstream change is noticed instead of silently skipped.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import importlib.util
+import inspect
+import sys
+import textwrap
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+RECBOLE_VERSION = "1.2.1"
+
+
+class CompatError(RuntimeError):
+    """A shim's precondition no longer holds (RecBole or a dependency changed): review the shim."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _installed(dist: str) -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return _version_tuple(version(dist))
+
+
+@dataclass
+class Shim:
+    name: str
+    why: str
+    gate: Callable[[], bool]
+    apply: Callable[[], None]
+    applied: bool = False
+
+
+SHIMS: dict[str, Shim] = {}
+
+
+def shim(name: str, why: str, gate: Callable[[], bool]):
+    def deco(fn):
+        SHIMS[name] = Shim(name, why, gate, fn)
+        return fn
+
+    return deco
+
+
+def source_patch(owner, method_name: str, replacements: list[tuple[str, str]], module=None):
+    """Re-define ``owner.method_name`` from its source with exact textual replacements."""
+    func = getattr(owner, method_name)
+    func = getattr(func, "__ext_original__", func)
+    src = textwrap.dedent(inspect.getsource(func))
+    for old, new in replacements:
+        if old not in src:
+            raise CompatError(f"{owner.__name__}.{method_name}: pattern {old!r} not found; review the shim")
+        src = src.replace(old, new)
+    module = module or sys.modules[func.__module__]
+    namespace: dict = {}
+    code = compile(src, inspect.getsourcefile(func) or "<compat>", "exec")
+    exec(code, module.__dict__, namespace)  # RecBole's own source, edited; never user input
+    patched = namespace[method_name]
+    patched.__ext_original__ = func
+    setattr(owner, method_name, patched)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# numpy 2 removed aliases that RecBole (and ray 2.6.3) use.
+
+
+@shim(
+    "numpy_aliases",
+    "numpy>=2 removed np.float_/np.complex_/np.unicode_ (RecBole's Config aliases np.float to them) and np.bool8 "
+    "(ray.tune uses it)",
+    gate=lambda: not hasattr(np, "float_") or not hasattr(np, "bool8"),
+)
+def _numpy_aliases():
+    for alias, target in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_),
+                          ("bool8", np.bool_)):
+        if not hasattr(np, alias):
+            setattr(np, alias, target)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ray 2.6.3 imports pkg_resources, gone from setuptools>=81; recbole.quick_start imports ray.tune at import time
+# but only uses tune.report in the hyper-parameter objective.
+
+
+def _ray_importable() -> bool:
+    return importlib.util.find_spec("pkg_resources") is not None and importlib.util.find_spec("ray") is not None
+
+
+@shim(
+    "ray_stub",
+    "recbole.quick_start does `from ray import tune`; ray 2.6.3 needs pkg_resources, which setuptools>=81 removed",
+    gate=lambda: "ray" not in sys.modules and not _ray_importable(),
+)
+def _ray_stub():
+    ray = types.ModuleType("ray")
+    ray.__path__ = []  # a package, so `import ray.tune` works
+    ray.__recbole_ext_stub__ = True
+    tune = types.ModuleType("ray.tune")
+
+    def report(*args, **kwargs):  # outside a tune session real ray only logs a warning
+        return None
+
+    tune.report = report
+    ray.tune = tune
+    sys.modules["ray"] = ray
+    sys.modules["ray.tune"] = tune
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scipy>=1.13 removed the private dok_matrix._update used by LightGCN, NGCF, GCMC, SpectralCF, NCL, KGIN, MCCLK.
+
+
+@shim(
+    "scipy_dok_update",
+    "scipy>=1.13 removed dok_matrix._update, used by RecBole's graph models to fill adjacency matrices",
+    gate=lambda: not hasattr(__import__("scipy.sparse", fromlist=["dok_matrix"]).dok_matrix, "_update"),
+)
+def _scipy_dok_update():
+    import scipy.sparse as sp
+
+    def _update(self, data):
+        # dok_matrix is a dict of (row, col) -> value; dict.update keeps RecBole's semantics (later wins)
+        dict.update(self._dict, data) if hasattr(self, "_dict") else dict.update(self, data)
+
+    sp.dok_matrix._update = _update
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pandas 3: Series.agg(len) reduces; fillna(inplace=True) on a column is a silent no-op (copy-on-write).
+
+
+def _pandas_major() -> int:
+    import pandas as pd
+
+    return _version_tuple(pd.__version__)[0]
+
+
+@shim(
+    "pandas_agg_len",
+    "pandas>=3 Series.agg(len) returns the Series length instead of per-cell lengths: token_seq/float_seq fields "
+    "break in Dataset._remap, _normalize and _discretization",
+    gate=lambda: _pandas_major() >= 3,
+)
+def _pandas_agg_len():
+    from recbole.data.dataset import dataset as ds_mod
+
+    for meth in ("_remap", "_normalize", "_discretization"):
+        source_patch(ds_mod.Dataset, meth, [(".agg(len)", ".map(len)")])
+
+
+@shim(
+    "pandas_fillna_inplace",
+    "pandas>=3 copy-on-write makes df[col].fillna(..., inplace=True) a silent no-op: NaN tokens are not set to 0, "
+    "NaN floats are not mean-imputed, empty seq cells crash",
+    gate=lambda: _pandas_major() >= 3,
+)
+def _pandas_fillna_inplace():
+    from recbole.data.dataset import dataset as ds_mod
+
+    source_patch(ds_mod.Dataset, "_load_feat", [
+        ('df[field].fillna(value="", inplace=True)', 'df[field] = df[field].fillna(value="")'),
+    ])
+    source_patch(ds_mod.Dataset, "_fill_nan", [
+        ("feat[field].fillna(value=0, inplace=True)", "feat[field] = feat[field].fillna(value=0)"),
+        ("feat[field].fillna(value=feat[field].mean(), inplace=True)",
+         "feat[field] = feat[field].fillna(value=feat[field].mean())"),
+    ])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RecBole bug #2194: Collector.get_data_struct calls .cpu() on ints and Counters (ItemCoverage, GiniIndex, ...).
+
+
+@shim(
+    "collector_cpu",
+    "RecBole 1.2.1 Collector.get_data_struct calls .cpu() on every entry, including int/Counter ones (#2194)",
+    gate=lambda: _installed("recbole") == _version_tuple(RECBOLE_VERSION),
+)
+def _collector_cpu():
+    from recbole.evaluator import collector as col_mod
+
+    source_patch(col_mod.Collector, "get_data_struct", [(
+        "self.data_struct._data_dict[key] = self.data_struct._data_dict[key].cpu()",
+        "value = self.data_struct._data_dict[key]\n"
+        "        if isinstance(value, torch.Tensor):\n"
+        "            self.data_struct._data_dict[key] = value.cpu()",
+    )])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset._load_feat reads with pandas' python engine, which inherits csv's 128 KiB field limit.
+
+
+@shim(
+    "csv_field_limit",
+    "RecBole reads atomic files with pandas' python engine; fields over 131072 characters (float_seq > ~6k dims) "
+    "raise ParserError",
+    gate=lambda: csv.field_size_limit() < 2**31 - 1,
+)
+def _csv_field_limit():
+    csv.field_size_limit(2**31 - 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Security: Config._convert_config_dict eval()s every string from config_dict and the command line.
+
+
+def safe_literal(value: str):
+    """Parse a config string the way a user means it, without ever evaluating code.
+
+    Python/YAML literals (numbers, lists, dicts, tuples, True/False/None) become values; anything else stays a
+    string (e.g. a dataset name or a path).
+    """
+    text = value.strip()
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null", "~"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+@shim(
+    "config_no_eval",
+    "RecBole 1.2.1 Config._convert_config_dict calls eval() on every string value from config_dict and the "
+    "command line (code execution from user input)",
+    gate=lambda: _installed("recbole") == _version_tuple(RECBOLE_VERSION),
+)
+def _config_no_eval():
+    from recbole.config.configurator import Config
+
+    def _convert_config_dict(self, config_dict):
+        for key, param in list(config_dict.items()):
+            if isinstance(param, str):
+                config_dict[key] = safe_literal(param)
+        return config_dict
+
+    _convert_config_dict.__ext_original__ = Config._convert_config_dict
+    Config._convert_config_dict = _convert_config_dict
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch>=2.6 loads with weights_only=True; RecBole pickles its Config object into checkpoints, so its own
+# evaluate(load_best_model=True) fails. Instead of weakening torch.load, checkpoints are written as plain data.
+
+
+@shim(
+    "plain_data_checkpoints",
+    "torch>=2.6 refuses RecBole's checkpoints (they pickle the Config object); recbole-ext writes weights + "
+    "plain-data config instead so every load stays weights_only=True",
+    gate=lambda: _installed("torch") >= (2, 6),
+)
+def _plain_data_checkpoints():
+    from recbole.trainer.trainer import Trainer
+    from recbole_ext import checkpoint
+
+    original = Trainer._save_checkpoint
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        checkpoint.save_trainer_state(self, path, epoch)
+        if verbose:
+            self.logger.info(f"Saving current: {path}")
+
+    _save_checkpoint.__ext_original__ = original
+    Trainer._save_checkpoint = _save_checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def apply_all() -> dict[str, bool]:
+    """Apply every shim whose gate is open. Idempotent. Returns {name: applied}."""
+    for s in SHIMS.values():
+        if not s.applied and s.gate():
+            s.apply()
+            s.applied = True
+    return {name: s.applied for name, s in SHIMS.items()}
+
+
+def report() -> list[tuple[str, bool, str]]:
+    return [(s.name, s.applied, s.why) for s in SHIMS.values()]

@@ -1,0 +1,279 @@
+"""The one entry point for a run: ``run(model, dataset, ...) -> RunResult``.
+
+The CLI, the leaderboard, the tests and RecBole's own ``run_recbole`` (re-bound on import) all come through here,
+so a fix lands everywhere. A run: build the config (YAML overlay, type checks) -> the task makes the dataset and
+its splits -> the model -> the task's trainer (optionally with FAISS evaluation) -> fit on validation -> test
+the best checkpoint -> write ``config.yaml`` and ``result.json`` in the run directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from logging import getLogger
+from pathlib import Path
+
+import yaml
+
+from recbole_ext.errors import UserError
+from recbole_ext.utils.io import atomic_file
+
+
+@dataclass
+class RunResult:
+    model: str
+    dataset: str
+    task: str
+    run_dir: str | None
+    checkpoint: str | None
+    config: dict
+    best_valid_score: float | None
+    best_valid_result: dict
+    test_result: dict
+    history: list = field(default_factory=list)
+    wall_time_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    protocol: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _floats(result) -> dict:
+    if not result:
+        return {}
+    out = {}
+    for k, v in dict(result).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            out[str(k)] = v
+    return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+_EXT_HANDLER = "recbole_ext_handler"
+
+
+def _init_logging(config, run_dir: Path | None) -> None:
+    """Log to ``run_dir/run.log`` and the console; safe to call for many runs in one process."""
+    from recbole.utils.logger import RemoveColorFilter
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _EXT_HANDLER, False) or isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+    level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
+    root.setLevel(level)
+    if run_dir is not None:
+        fh = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
+        fh.addFilter(RemoveColorFilter())
+        setattr(fh, _EXT_HANDLER, True)
+        root.addHandler(fh)
+    if not any(getattr(h, _EXT_HANDLER + "_console", False) for h in root.handlers):
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        setattr(sh, _EXT_HANDLER + "_console", True)
+        root.addHandler(sh)
+    for h in root.handlers:
+        if getattr(h, _EXT_HANDLER + "_console", False):
+            h.setLevel(level)
+
+
+@contextlib.contextmanager
+def _inside(run_dir: Path):
+    """RecBole writes ./log_tensorboard relative to the working directory: keep it inside the run directory."""
+    previous = os.getcwd()
+    os.chdir(run_dir)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _record_history(trainer) -> list:
+    """Wrap the trainer's epoch methods (on the instance) to keep per-epoch loss and validation results."""
+    history: list[dict] = []
+    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
+
+    def _train_epoch(train_data, epoch_idx, *args, **kwargs):
+        start = time.time()
+        loss = train_epoch(train_data, epoch_idx, *args, **kwargs)
+        value = float(sum(loss)) if isinstance(loss, tuple) else float(loss) if loss is not None else None
+        history.append({"epoch": int(epoch_idx), "train_loss": value, "valid": {}, "time_s": time.time() - start})
+        return loss
+
+    def _valid_epoch(valid_data, *args, **kwargs):
+        score, result = valid_epoch(valid_data, *args, **kwargs)
+        if history:
+            history[-1]["valid"] = _floats(result)
+        return score, result
+
+    trainer._train_epoch = _train_epoch
+    trainer._valid_epoch = _valid_epoch
+    return history
+
+
+def _trainer_class(task, config, model_cls):
+    from recbole_ext.registry import load_object
+
+    cls = load_object(model_cls.ext_trainer) if getattr(model_cls, "ext_trainer", None) else \
+        task.trainer_class(config, model_cls)
+    if str(config["retrieval"] or "dense").lower() == "faiss":
+        from recbole_ext.retrieval.evaluation import with_faiss_eval
+
+        cls = with_faiss_eval(cls)
+    elif str(config["retrieval"] or "dense").lower() != "dense":
+        raise UserError(f"retrieval must be 'dense' or 'faiss', got {config['retrieval']!r}",
+                        fix="set --retrieval=faiss or --retrieval=dense")
+    return cls
+
+
+def run(model: str, dataset: str, config_dict: dict | None = None, config_files: list[str] | None = None,
+        saved: bool = True) -> RunResult:
+    """Train on the training split, select on validation, test the selected model once."""
+    from recbole_ext.config import build_config, new_run_dir
+    from recbole_ext.registry import model_class
+
+    start = time.time()
+    config, task = build_config(model, dataset, config_dict, config_files)
+    run_dir = Path(config["run_dir"]) if config["run_dir"] else new_run_dir(model, dataset, config["runs_root"])
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} already exists and is not empty",
+                        fix="choose another --run_dir or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config["run_dir"] = str(run_dir)
+    config["checkpoint_dir"] = str(run_dir)
+    try:
+        with _inside(run_dir):
+            result = _run_in(config, task, model_class(model), run_dir, saved, start)
+    except UserError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written
+        raise
+    return result
+
+
+def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -> RunResult:
+    from recbole.utils import init_seed
+
+    from recbole_ext.checkpoint import id_maps_of, to_plain
+
+    _init_logging(config, run_dir)
+    logger = getLogger()
+    init_seed(config["seed"], config["reproducibility"])
+    logger.info(config)
+    dataset = task.create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = task.data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = model_cls(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = _trainer_class(task, config, model_cls)(config, model)
+    trainer.saved_model_file = str(run_dir / "model.pth")
+    trainer.ext_id_maps = id_maps_of(dataset)
+    history = _record_history(trainer)
+
+    show = bool(config["show_progress"])
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+
+    checkpoint = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
+    result = RunResult(
+        model=str(config["model"]), dataset=str(config["dataset"]), task=task.name, run_dir=str(run_dir),
+        checkpoint=checkpoint, config=to_plain(config.final_config_dict),
+        best_valid_score=None if best_valid_score is None else float(best_valid_score),
+        best_valid_result=_floats(best_valid_result), test_result=_floats(test_result), history=history,
+        wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
+    )
+    with atomic_file(run_dir / "config.yaml") as fh:
+        yaml.safe_dump(result.config, fh, sort_keys=True)
+    with atomic_file(run_dir / "result.json") as fh:
+        json.dump(result.to_dict(), fh, indent=2, default=str)
+    getattr(trainer, "tensorboard", None) and trainer.tensorboard.close()
+    return result
+
+
+def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None = None):
+    """Rebuild ``(config, model, dataset, train, valid, test)`` from a recbole-ext checkpoint.
+
+    The configuration is rebuilt from the stored external config through the same YAML defaults; the dataset is
+    re-read and its id maps must equal the stored ones, so a changed dataset is an error, not silent garbage.
+    """
+    from recbole.utils import init_seed
+
+    from recbole_ext import checkpoint as ckpt
+    from recbole_ext.config import build_config
+    from recbole_ext.registry import model_class
+
+    state = ckpt.load(checkpoint_path)
+    external = dict(state["external_config"])
+    external.update(config_overrides or {})
+    external.pop("run_dir", None)
+    config, task = build_config(state["model"], state["dataset"], external)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = task.create_dataset(config)
+    train_data, valid_data, test_data = task.data_preparation(config, dataset)
+    stored = state.get("id_maps") or {}
+    current = ckpt.id_maps_of(dataset)
+    for role, tokens in stored.items():
+        if current.get(role) != tokens:
+            raise UserError(f"the {role} ids of dataset '{state['dataset']}' differ from those the checkpoint was "
+                            f"trained on", fix="use the dataset files the model was trained with")
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(state["model"])(config, train_data._dataset).to(config["device"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint weights do not fit model {state['model']}: {str(exc).splitlines()[0]}",
+                        fix="the model's configuration changed since training") from None
+    model.load_other_parameter(state.get("other_parameter"))
+    model.eval()
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+# ---- RecBole's own entry points, re-bound by recbole_ext.registry.install_hooks -----------------------------
+
+
+def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    """``recbole.quick_start.run_recbole`` with recbole-ext tasks, models and safe checkpoints."""
+    result = run(model, dataset, config_dict=config_dict, config_files=config_file_list, saved=saved)
+    out = {"best_valid_score": result.best_valid_score,
+           "valid_score_bigger": bool(result.config.get("valid_metric_bigger", True)),
+           "best_valid_result": result.best_valid_result, "test_result": result.test_result}
+    if queue is not None:
+        queue.put(out)
+    return out
+
+
+def load_data_and_model(model_file):
+    """``recbole.quick_start.load_data_and_model`` for recbole-ext checkpoints (weights_only loading)."""
+    return load_run(model_file)
+
+
+def result_table(result: RunResult) -> str:
+    """The two-row table the CLI prints."""
+    keys = list(result.test_result) or list(result.best_valid_result)
+    keys = [k for k in keys if not k.endswith("_std")]
+    width = max([len(k) for k in keys] + [6])
+    lines = [f"{'metric':<{width}}  {'valid':>10}  {'test':>17}", "-" * (width + 31)]
+    for k in keys:
+        valid = result.best_valid_result.get(k)
+        test = result.test_result.get(k)
+        std = result.test_result.get(f"{k}_std")
+        test_s = "" if test is None else (f"{test:.4f} ± {std:.4f}" if std is not None else f"{test:.4f}")
+        lines.append(f"{k:<{width}}  {'' if valid is None else f'{valid:.4f}':>10}  {test_s:>17}")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Tasks own what differs between recommendation problems: which dataset class, which split and dataloaders,
+which trainer, which protocol. ``run()`` treats every task the same way (PyHealth's "the task owns the cohort")."""
+from __future__ import annotations
+
+import os
+
+from recbole_ext.errors import UserError
+
+
+class Task:
+    """Base task: RecBole's own dataset, dataloaders and trainer."""
+
+    name = "general"
+
+    def check_model(self, model_class) -> None:
+        """Raise ``UserError`` if ``model_class`` cannot run on this task."""
+
+    def check_data(self, config) -> None:
+        """Raise ``UserError`` (with the command that fixes it) if the dataset is not on disk. Never downloads."""
+        path = config["data_path"]
+        if config["dataset"] == "ml-100k" or os.path.isdir(path):
+            return
+        from recbole_ext.utils.paths import dataset_root
+
+        root = dataset_root()
+        here = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+        raise UserError(f"dataset '{config['dataset']}' not found at {path}",
+                        fix=f"use ml-100k or a bundled dataset ({', '.join(here) or 'none'}), prepare one with "
+                            f"`python run.py prepare ...`, or set --data_path=<folder holding {config['dataset']}/>")
+
+    def create_dataset(self, config):
+        from recbole.data import create_dataset
+
+        return create_dataset(config)
+
+    def data_preparation(self, config, dataset):
+        from recbole.data import data_preparation
+
+        return data_preparation(config, dataset)
+
+    def trainer_class(self, config, model_class):
+        from recbole.utils import get_trainer
+
+        return get_trainer(config["MODEL_TYPE"], config["model"])
+
+    def protocol(self, config) -> dict:
+        """What a reader needs to know to compare numbers across runs."""
+        return {"task": self.name, "eval_args": config["eval_args"], "metrics": list(config["metrics"]),
+                "topk": list(config["topk"] or []), "valid_metric": config["valid_metric"],
+                "masking": "RecBole (valid: train items; test: train+valid items)"}
+
+
+class GeneralTask(Task):
+    name = "general"

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from recbole_ext import checkpoint
+from recbole_ext.errors import UserError
+from recbole_ext.quick_start import load_run, run
+
+
+@pytest.fixture(scope="module")
+def bpr_run(tmp_path_factory, tiny_data):
+    folder = tmp_path_factory.mktemp("bpr")
+    return run("BPR", "tiny", {"show_progress": False, "state": "WARNING", "epochs": 1, "data_path": str(tiny_data),
+                               "run_dir": str(folder / "run")})
+
+
+def test_round_trip_gives_identical_scores(bpr_run):
+    config, model, dataset, train, valid, test = load_run(bpr_run.checkpoint)
+    state = torch.load(bpr_run.checkpoint, weights_only=True)
+    assert state["format"] == checkpoint.FORMAT
+    assert state["id_maps"]["item"] == [str(t) for t in dataset.field2id_token["item_id"]]
+    users = torch.arange(1, 6)
+    from recbole.data.interaction import Interaction
+
+    scores = model.full_sort_predict(Interaction({"user_id": users})).view(5, -1)
+    expected = state["state_dict"]["user_embedding.weight"][users] @ state["state_dict"]["item_embedding.weight"].T
+    assert torch.allclose(scores, expected)
+    assert config["epochs"] == 1
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-checkpoint",))
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": checkpoint.FORMAT, "payload": _Boom()}, evil)
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint.load(evil)
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(UserError):
+        checkpoint.load(raw)
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+
+
+def test_foreign_and_missing_checkpoints(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "recbole.pth")
+    with pytest.raises(UserError, match="not a recbole-ext checkpoint"):
+        checkpoint.load(tmp_path / "recbole.pth")
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoint.load(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError):
+        checkpoint.load(tmp_path / "junk.pth")
+
+
+def test_changed_dataset_is_detected(bpr_run, tmp_path):
+    state = torch.load(bpr_run.checkpoint, weights_only=True)
+    state["id_maps"]["item"] = list(reversed(state["id_maps"]["item"]))
+    torch.save(state, tmp_path / "tampered.pth")
+    with pytest.raises(UserError, match="item ids"):
+        load_run(tmp_path / "tampered.pth")
+
+
+def test_lightgcn_end_to_end(tmp_path, tiny):
+    result = run("LightGCN", "tiny", {**tiny, "epochs": 3, "run_dir": str(tmp_path / "lg")})
+    assert len(result.history) == 3 and result.history[0]["valid"]["recall@10"] >= 0
+    assert result.test_result["recall@10"] > 0.15  # random ranking of 80 items gives ~0.12
+    config, model, *_ = load_run(result.checkpoint)
+    assert type(model).__name__ == "LightGCN"
+
+
+def test_context_aware_family_end_to_end(tmp_path, tiny_data, quiet):
+    result = run("FM", "tiny", {**quiet, "data_path": str(tiny_data), "threshold": {"rating": 3}, "epochs": 2, "load_col": None,
+                                "run_dir": str(tmp_path / "fm")})
+    assert set(result.test_result) == {"auc", "logloss"} and 0.0 <= result.test_result["auc"] <= 1.0
+    assert len(result.history) == 2

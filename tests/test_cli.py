@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recbole_ext.cli import main, parse_train_args
+from recbole_ext.errors import UserError
+
+
+def test_values_are_parsed_as_literals_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path('{marker}').touch()"
+    model, dataset, config, files = parse_train_args([
+        "--model=BPR", "--dataset", "ml-100k", "--learning_rate=0.01", "--topk=[10,20]", "--reproducibility=false",
+        f"--evil={payload}", "--config_files=a.yaml,b.yaml", "--eval-batch-size=512"])
+    assert (model, dataset, files) == ("BPR", "ml-100k", ["a.yaml", "b.yaml"])
+    assert config == {"learning_rate": 0.01, "topk": [10, 20], "reproducibility": False, "evil": payload,
+                      "eval_batch_size": 512}
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model=BPR"], "no dataset given"),
+    (["--dataset=ml-100k"], "no model given"),
+    (["--model=BPR", "ml-100k"], "unexpected argument"),
+    (["--model=BPR", "--dataset=ml-100k", "--epochs"], "has no value"),
+    (["--model=BPR", "--dataset=ml-100k", "--epochs=1", "--epochs=2"], "given twice"),
+])
+def test_parse_errors(argv, needle):
+    with pytest.raises(UserError, match=needle):
+        parse_train_args(argv)
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model=NoSuchModel", "--dataset=ml-100k"], "unknown model 'NoSuchModel'"),
+    (["--model=BPR", "--dataset=no-such-data"], "dataset 'no-such-data' not found"),
+    (["--model=BPR", "--dataset=ml-100k", "--learning_rate=fast"], "'learning_rate'"),
+    (["--model=BPR", "--dataset=ml-100k", "--epochs=1.5"], "'epochs'"),
+    (["--model=BPR", "--dataset=ml-100k", "--metrics=['NoMetric']"], "no metric named"),
+    (["--model=BPR", "--dataset=ml-100k", "--valid_metric=recall@50"], "valid_metric"),
+    (["--model=BPR", "--dataset=ml-100k", "--config_files=missing.yaml"], "does not exist"),
+    (["frobnicate"], "unknown command"),
+    (["prepare", "nothing"], "prepare needs a kind"),
+])
+def test_user_errors_are_one_line_exit_2_nothing_written(argv, needle, capsys, tmp_path):
+    assert main(argv) == 2
+    assert needle in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_yaml_file_types(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("epochs: [1, 2\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "typed.yaml").write_text("train_batch_size: big\n")
+    for name, needle in (("bad", "not valid YAML"), ("list", "must hold a mapping"), ("typed", "typed.yaml")):
+        assert main(["--model=BPR", "--dataset=ml-100k", f"--config_files={tmp_path / name}.yaml"]) == 2
+        assert needle in _one_error_line(capsys)
+
+
+def test_cli_trains_and_prints_table(repo_root, tmp_path, tiny_data):
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "run.py"), "--model=BPR", "--dataset=tiny", "--epochs=1",
+         f"--data_path={tiny_data}",
+         "--show_progress=False", "--state=WARNING", "--topk=[10,20]", "--valid_metric=ndcg@10",
+         f"--runs_root={tmp_path / 'runs'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recall@20" in proc.stdout and "run directory" in proc.stdout
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert {"config.yaml", "result.json", "model.pth", "run.log", "log_tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["model"] == "BPR" and 0 <= result["test_result"]["recall@20"] <= 1
+    assert not (tmp_path / "log").exists() and not (tmp_path / "saved").exists()

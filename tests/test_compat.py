@@ -1,0 +1,175 @@
+"""One test per shim: each fails if its shim is missing while the bug it works around is present."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_ext import compat
+from tests.conftest import write_atomic
+
+
+def test_every_shim_is_applied_where_its_gate_is_open():
+    for name, applied, why in compat.report():
+        assert applied == compat.SHIMS[name].gate() or applied, name
+        assert why
+
+
+def test_numpy_aliases_make_recbole_config_work():
+    from recbole.config import Config
+
+    assert np.float_ is np.float64 and np.bool8 is np.bool_
+    config = Config(model="BPR", dataset="ml-100k", config_dict={"state": "WARNING"})
+    assert config["model"] == "BPR" and np.float is np.float64  # Config re-creates np.float from np.float_
+
+
+def test_recbole_quick_start_imports():
+    import recbole.quick_start as qs  # ray 2.6.3 fails on setuptools>=81 without the stub
+
+    assert callable(qs.run_recbole)
+
+
+def test_scipy_dok_update_used_by_graph_models():
+    import scipy.sparse as sp
+
+    m = sp.dok_matrix((3, 3), dtype=np.float32)
+    m._update({(0, 1): 1.0, (2, 2): 3.0})
+    assert m[0, 1] == 1.0 and m[2, 2] == 3.0 and m.nnz == 2
+
+
+def _tiny_dataset(tmp_path, extra_config=None):
+    """Atomic files with NaN token cells, NaN floats and empty token_seq cells."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    folder = tmp_path / "tiny"
+    write_atomic(folder, "tiny", "inter", ["user_id:token", "item_id:token", "rating:float"],
+                 [["u1", "i1", "1"], ["u1", "i2", ""], ["u2", "i2", "3"], ["u2", "i3", "5"], ["u3", "i1", "2"]])
+    write_atomic(folder, "tiny", "item", ["item_id:token", "brand:token", "tags:token_seq", "price:float"],
+                 [["i1", "b1", "x y", "1.0"], ["i2", "", "", ""], ["i3", "b2", "y", "4.0"]])
+    config = Config(model="BPR", dataset="tiny", config_dict={
+        "data_path": str(tmp_path), "state": "WARNING", "load_col": None, "normalize_all": False,
+        "user_inter_num_interval": None, "item_inter_num_interval": None, **(extra_config or {})})
+    return create_dataset(config)
+
+
+def test_pandas_fillna_and_empty_seq_cells(tmp_path):
+    ds = _tiny_dataset(tmp_path)  # feature tables are still pandas DataFrames before build()
+    inter, item = ds.inter_feat, ds.item_feat.set_index("item_id")
+    # NaN floats are mean-imputed, a NaN token becomes [PAD] = 0, an empty seq cell becomes an empty array
+    assert not inter["rating"].isna().any()
+    assert sorted(inter["rating"].tolist()) == pytest.approx(sorted([1, 2.75, 3, 5, 2]))
+    row = int(ds.field2token_id["item_id"]["i2"])
+    assert float(item.loc[row, "price"]) == pytest.approx(2.5)
+    assert int(item.loc[row, "brand"]) == 0
+    assert len(item.loc[row, "tags"]) == 0
+
+
+def test_pandas_agg_len_token_seq_remap(tmp_path):
+    ds = _tiny_dataset(tmp_path)
+    item = ds.item_feat.set_index("item_id")
+    row = int(ds.field2token_id["item_id"]["i1"])
+    tokens = [ds.field2id_token["tags"][int(t)] for t in item.loc[row, "tags"]]
+    assert sorted(tokens) == ["x", "y"]
+
+
+def test_csv_field_limit_allows_long_float_seq(tmp_path):
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    folder = tmp_path / "wide"
+    vec = " ".join(["0.123456789012345"] * 9000)  # ~160k characters, over csv's default 131072
+    write_atomic(folder, "wide", "inter", ["user_id:token", "item_id:token"], [["u1", "i1"], ["u2", "i1"]])
+    write_atomic(folder, "wide", "item", ["item_id:token", "emb:float_seq"], [["i1", vec]])
+    config = Config(model="BPR", dataset="wide", config_dict={
+        "data_path": str(tmp_path), "state": "WARNING", "load_col": None, "normalize_all": False})
+    ds = create_dataset(config)
+    assert len(ds.item_feat["emb"].iloc[-1]) == 9000
+
+
+def test_collector_handles_int_and_counter_entries():
+    from recbole.config import Config
+    from recbole.evaluator import Collector
+
+    config = Config(model="BPR", dataset="ml-100k", config_dict={
+        "state": "WARNING", "metrics": ["Recall", "ItemCoverage", "GiniIndex"], "topk": [5],
+        "valid_metric": "recall@5"})
+    collector = Collector(config)
+    collector.data_struct.set("data.num_items", 10)
+    collector.data_struct.set("data.count_items", {1: 2})
+    collector.data_struct.set("rec.items", torch.ones(2, 5, dtype=torch.long))
+    struct = collector.get_data_struct()  # RecBole 1.2.1 calls .cpu() on the int and crashes
+    assert struct.get("data.num_items") == 10
+
+
+def test_config_strings_are_never_evaluated(tmp_path):
+    from recbole.config import Config
+
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    config = Config(model="BPR", dataset="ml-100k",
+                    config_dict={"state": "WARNING", "my_key": payload, "learning_rate": "0.01", "topk": "[5, 10]"})
+    assert not marker.exists()
+    assert config["my_key"] == payload
+    assert config["learning_rate"] == 0.01 and config["topk"] == [5, 10]
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("[1, 2]", [1, 2]), ("true", True),
+                                        ("False", False), ("none", None), ("{'a': 1}", {"a": 1}),
+                                        ("ml-100k", "ml-100k"), ("os.system('x')", "os.system('x')")])
+def test_safe_literal(text, value):
+    assert compat.safe_literal(text) == value
+
+
+def test_source_patch_raises_when_pattern_is_gone():
+    class Owner:
+        def method(self):
+            return 1
+
+    import types
+
+    module = types.ModuleType("fake")
+    with pytest.raises(compat.CompatError, match="pattern"):
+        compat.source_patch(Owner, "method", [("return 2", "return 3")], module=module)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path, tiny):
+    from recbole_ext.quick_start import run
+
+    result = run("BPR", "tiny", {**tiny, "run_dir": str(tmp_path / "r")})
+    state = torch.load(result.checkpoint, weights_only=True)  # RecBole's pickled Config would fail here
+    assert state["model"] == "BPR" and isinstance(state["external_config"], dict)
+
+
+@pytest.fixture
+def without_shim():
+    """Temporarily restore RecBole's original methods, to show the bug each source patch removes is real."""
+    restored = []
+
+    def _restore(owner, *names):
+        for name in names:
+            patched = getattr(owner, name)
+            restored.append((owner, name, patched))
+            setattr(owner, name, patched.__ext_original__)
+
+    yield _restore
+    for owner, name, patched in restored:
+        setattr(owner, name, patched)
+
+
+@pytest.mark.skipif(not compat.SHIMS["pandas_fillna_inplace"].applied, reason="pandas<3: no copy-on-write no-op")
+def test_without_fillna_shim_nan_survives_silently(tmp_path, without_shim):
+    from recbole.data.dataset import Dataset
+
+    without_shim(Dataset, "_fill_nan")
+    ds = _tiny_dataset(tmp_path)
+    assert ds.inter_feat["rating"].isna().any()  # the silent corruption the shim prevents
+
+
+@pytest.mark.skipif(not compat.SHIMS["pandas_agg_len"].applied, reason="pandas<3: agg(len) is element-wise")
+def test_without_agg_len_shim_token_seq_breaks(tmp_path, without_shim):
+    from recbole.data.dataset import Dataset
+
+    without_shim(Dataset, "_remap")
+    with pytest.raises(ValueError):
+        _tiny_dataset(tmp_path)
