@@ -8,7 +8,8 @@ positive items (spec §1-§2 in ``docs/multimodal-models.md``).
 
 Faster than the official code, same function: the two stacked image maps are applied as their product
 (``W_v W_r``, one 4096 x 64 map instead of 4096 x 512 then 512 x 64), DREAM runs once per step instead of twice
-(running statistics reproduced, see DREAM), MMD uses Gram matrices instead of ``B x B x 64`` broadcasts, the kNN
+(running statistics reproduced, see DREAM), MMD uses Gram matrices instead of ``B x B x 64`` broadcasts and
+MMD/InfoNCE run over the batch's distinct ids weighted by their counts, the kNN
 graphs come from FAISS instead of a dense ``items x items`` matrix, and evaluation encodes once instead of per user
 batch. ``tests/test_mm_models_equiv.py`` checks loss and gradients against a naive transcription of the spec.
 """
@@ -69,8 +70,10 @@ class MambaRec(MGCN):
     def modality_features(self, cache: dict) -> dict[str, torch.Tensor]:
         feats, dreamed = {}, {}
         for m in self.modalities:
-            # PAD (row 0) is left out so DREAM's BatchNorm sees exactly the real items (spec §6.1 item 2).
-            dreamed[m] = self.dream[m](self.project(m, self.table(m)[1:]))
+            # PAD (row 0) is left out so DREAM's BatchNorm sees exactly the real items (spec §6.1 item 2). The
+            # projection's output is sliced, not the raw table: slicing a [n_items, 4096] parameter would make
+            # autograd allocate and copy a full-size zero gradient every step.
+            dreamed[m] = self.dream[m](self.project(m, self.table(m))[1:])
             x = self.dropout(self.layer_norm(dreamed[m]))
             feats[m] = torch.cat([x.new_zeros(1, x.shape[1]), x])
         cache["dream"] = dreamed
@@ -80,8 +83,7 @@ class MambaRec(MGCN):
         terms, enc = super().loss_terms(interaction)
         if set(self.modalities) == {"image", "text"}:
             _, pos, _ = self.batch_ids(interaction)
-            rows = pos - 1  # DREAM outputs start at item id 1
-            x = F.normalize(enc["dream"]["image"][rows], dim=1)
-            y = F.normalize(enc["dream"]["text"][rows], dim=1)
-            terms["mmd"] = self.mmd_weight * gaussian_mmd(x, y, self.mmd_bandwidth)
+            dreamed = enc["dream"]  # rows start at item id 1
+            terms["mmd"] = self.mmd_weight * gaussian_mmd(dreamed["image"], dreamed["text"], pos - 1,
+                                                          self.mmd_bandwidth)
         return terms, enc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
@@ -103,8 +102,8 @@ class MGCN(MultimodalRecommender):
         u, p, n = enc["users"][users], enc["items"][pos], enc["items"][neg]
         denominator = self.train_batch_size if self.reg_denominator == "train_batch_size" else len(users)
         side, content, nu = enc["side"], enc["content"], self.n_users
-        cl = (info_nce(side[nu:][pos], content[nu:][pos], self.cl_temperature)
-              + info_nce(side[:nu][users], content[:nu][users], self.cl_temperature))
+        cl = (info_nce(side[nu:], content[nu:], pos, self.cl_temperature)
+              + info_nce(side[:nu], content[:nu], users, self.cl_temperature))
         terms = {
             "bpr": bpr_logsigmoid(u, p, n),
             "reg": self.reg_weight * half_squared_l2(u, p, n, denominator=denominator),
