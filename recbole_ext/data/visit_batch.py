@@ -6,6 +6,16 @@ history in one pass and return one row of logits per (patient, visit).
 
 Code ids are 1-based inside each vocabulary; 0 is padding. ``n_diag``/``n_proc``/``n_med`` count real codes, so an
 embedding table has ``n + 1`` rows and medication logits have ``n_med`` columns where column j is medication id j+1.
+
+Model-facing API used by ``recbole_ext.training.medrec.MedRecTrainer``:
+
+* ``model.calculate_loss(batch: VisitBatch) -> Tensor`` (a scalar, or a tuple of scalars that is summed), for training;
+* ``model.predict_visits(batch: VisitBatch) -> FloatTensor [P, T, n_med]``: *probabilities* in [0, 1] (e.g.
+  ``torch.sigmoid(self.forward(batch))``), for evaluation. Rows of padded visits (``visit_mask`` False) are ignored.
+  The predicted set is ``{m : p_m >= 0.5}`` (config ``medrec_threshold``).
+
+``patient_ids`` are rows of the split's patient list (``dataset.split_patients(phase)``), so a model can look up
+per-patient precomputation.
 """
 from __future__ import annotations
 

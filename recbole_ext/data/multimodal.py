@@ -1,0 +1,181 @@
+"""``MMRecDataset``: a RecBole ``Dataset`` for MMRec-style multimodal data (Baby, Sports, Clothing, synth-mm).
+
+It reads the folder written by ``prepare mmrec`` / ``prepare synthetic-mm`` (layout in
+:mod:`recbole_ext.data.mm_format`), splits by the ``x_label`` column (0 train, 1 valid, 2 test) instead of RecBole's
+ratio split, and exposes the model-facing contract (docs/CONTRACTS.md):
+
+* ``mm_features``: ``{"image": FloatTensor [item_num, d_v], "text": FloatTensor [item_num, d_t]}``, row k = the item
+  with RecBole internal id k, row 0 (``[PAD]``) all zeros. float32; one dense copy, shared by the split datasets
+  (``Dataset.copy`` is shallow).
+* ``mm_feature_hash``: ``{"image": sha256, "text": sha256}`` of the source ``.npy`` files, for cache keys (combine
+  it with the item id order, e.g. ``field2id_token[iid_field]``, when caching anything indexed by internal id).
+
+RecBole's own filtering (k-core, duplicates, value intervals) is skipped: the split is fixed by ``x_label`` and
+filtering would change the benchmark. A dataset that is not prepared yet is converted from an MMRec folder
+(``mmrec_src``, default ``<data root>/mmrec/<name>``) if one exists; nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction
+
+from recbole_ext.data.mm_format import (MANIFEST_NAME, MODALITIES, SPLIT_LABELS, check_finite_rows,
+                                        open_feature_matrix, read_item_tokens, read_manifest)
+from recbole_ext.errors import UserError
+
+SPLIT_FIELD = "x_label"
+_COPY_CHUNK = 4096
+
+
+def mmrec_source_folder(config) -> Path:
+    """Where an unprepared MMRec dataset is looked for: ``mmrec_src`` or ``<data root>/mmrec/<name>``."""
+    if config["mmrec_src"]:
+        return Path(config["mmrec_src"]).expanduser()
+    return Path(config["data_path"]).parent / "mmrec" / config["dataset"]
+
+
+def missing_dataset_error(config) -> UserError:
+    from recbole_ext.data.prepare.mmrec import MMREC_DATA_README, MMREC_DATA_URL
+
+    name, folder, src = config["dataset"], Path(config["data_path"]), mmrec_source_folder(config)
+    return UserError(
+        f"multimodal dataset '{name}' is not prepared: {folder} does not exist and there is no MMRec folder at {src}",
+        fix=f"download the MMRec '{name}' folder ({name}.inter, image_feat.npy, text_feat.npy) from {MMREC_DATA_URL} "
+            f"(linked from {MMREC_DATA_README}), then run `python run.py prepare mmrec --src <that folder> "
+            f"--name {name}` or pass --mmrec_src=<that folder>")
+
+
+def ensure_prepared(config) -> Path:
+    """Return the prepared folder, converting an MMRec source folder first if needed. Never downloads."""
+    folder = Path(config["data_path"])
+    if folder.is_dir():
+        if not (folder / MANIFEST_NAME).is_file():
+            raise UserError(f"{folder} exists but is not a prepared multimodal dataset (no {MANIFEST_NAME})",
+                            fix=f"re-create it with `python run.py prepare mmrec --src DIR --name {config['dataset']} "
+                                f"--overwrite`")
+        return folder
+    src = mmrec_source_folder(config)
+    if not src.is_dir():
+        raise missing_dataset_error(config)
+    from recbole_ext.data.prepare.mmrec import convert_mmrec_folder
+
+    convert_mmrec_folder(src, folder, config["dataset"])
+    return folder
+
+
+def _feature_sha256(path: Path) -> str:
+    """sha256 of a feature file, remembered per (path, size, mtime) so large files are hashed once."""
+    from recbole_ext.utils.cache import cache_dir
+    from recbole_ext.utils.hashing import file_sha256
+    import hashlib
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = cache_dir("file_sha256") / f"{key}.txt"
+    if memo.is_file():
+        value = memo.read_text().strip()
+        if len(value) == 64:
+            return value
+    value = file_sha256(path)
+    memo.write_text(value)
+    return value
+
+
+class MMRecDataset(Dataset):
+    """RecBole Dataset with an ``x_label`` split and aligned multimodal item features."""
+
+    def __init__(self, config):
+        self.mm_folder = ensure_prepared(config)
+        self.mm_manifest = read_manifest(self.mm_folder)
+        super().__init__(config)
+
+    # --- loading -----------------------------------------------------------------------------------------------
+
+    def _data_filtering(self):
+        """No filtering: MMRec's split is fixed by x_label (RecBole skips it for benchmark files likewise)."""
+
+    def _data_processing(self):
+        if self.iid_field is None or self.uid_field is None:
+            raise UserError("multimodal datasets need USER_ID_FIELD and ITEM_ID_FIELD",
+                            fix="keep the dataset YAML's user_id / item_id fields")
+        if SPLIT_FIELD not in self.inter_feat:
+            raise UserError(f"{self.mm_folder}/{self.dataset_name}.inter has no {SPLIT_FIELD} column loaded",
+                            fix=f"add {SPLIT_FIELD} to load_col.inter (the dataset YAML does) or re-run prepare")
+        super()._data_processing()
+        self._check_split_labels()
+        self._load_mm_features()
+        # the .item file only registers every feature row's item in RecBole's id space; drop it so training
+        # batches do not carry a pointless item-feature join
+        self.item_feat = None
+        self.feat_name_list = [f for f in self.feat_name_list if f != "item_feat"]
+
+    def _check_split_labels(self):
+        labels = self.inter_feat[SPLIT_FIELD].to_numpy()
+        bad = ~np.isin(labels, list(SPLIT_LABELS))
+        if bad.any():
+            raise UserError(f"{self.mm_folder}/{self.dataset_name}.inter: {SPLIT_FIELD} must be 0, 1 or 2; found "
+                            f"{sorted(set(labels[bad].tolist()))[:5]}", fix="re-run the prepare command")
+        if not (labels == 0).any():
+            raise UserError(f"{self.mm_folder}/{self.dataset_name}.inter has no training rows", fix="fix x_label")
+
+    def _load_mm_features(self):
+        item_list = self.mm_folder / self.mm_manifest["item_list"]
+        tokens = read_item_tokens(item_list)
+        row_of = {t: r for r, t in enumerate(tokens)}
+        internal_tokens = self.field2id_token[self.iid_field][1:]
+        rows = np.fromiter((row_of.get(t, -1) for t in internal_tokens), dtype=np.int64, count=len(internal_tokens))
+        if (rows < 0).any():
+            missing = internal_tokens[rows < 0][:5].tolist()
+            raise UserError(f"items {missing} occur in {self.dataset_name}.inter but not in {item_list.name}, so "
+                            f"they have no feature row", fix="re-run the prepare command with --overwrite")
+        self.mm_features, self.mm_feature_hash, self.mm_feature_files = {}, {}, {}
+        for modality in MODALITIES:
+            entry = self.mm_manifest["features"][modality]
+            path = self.mm_folder / entry["file"]
+            source = open_feature_matrix(path, n_rows=len(tokens), modality=modality)
+            aligned = np.zeros((len(internal_tokens) + 1, source.shape[1]), dtype=np.float32)
+            for start in range(0, len(rows), _COPY_CHUNK):  # chunked: never a second full-size temporary
+                aligned[1 + start:1 + start + _COPY_CHUNK] = source[rows[start:start + _COPY_CHUNK]]
+            # checked after the cast: float64 values beyond float32's range become inf here
+            check_finite_rows(aligned[1:], path, tokens=internal_tokens)
+            self.mm_features[modality] = torch.from_numpy(aligned)
+            self.mm_feature_hash[modality] = _feature_sha256(path)
+            self.mm_feature_files[modality] = str(path)
+            if entry.get("sha256") and entry["sha256"] != self.mm_feature_hash[modality]:
+                self.logger.warning(f"{path} changed since it was prepared (sha256 differs from {MANIFEST_NAME})")
+
+    # --- split -------------------------------------------------------------------------------------------------
+
+    def build(self):
+        """``[train, valid, test]`` by x_label; valid/test rows of users without training rows are dropped."""
+        self._change_feat_format()
+        self._drop_unused_col()
+        labels = self.inter_feat[SPLIT_FIELD].numpy()
+        users = self.inter_feat[self.uid_field].numpy()
+        columns = {k: v for k, v in self.inter_feat.interaction.items() if k != SPLIT_FIELD}
+        parts, self.mm_split_counts = [], {}
+        train_users = np.zeros(self.user_num, dtype=bool)
+        train_users[users[labels == 0]] = True
+        for value, name in SPLIT_LABELS.items():
+            keep = labels == value
+            if value and self.config["filter_out_cold_start_users"] is not False:
+                cold = keep & ~train_users[users]
+                self.mm_split_counts[f"{name}_cold_start_rows_dropped"] = int(cold.sum())
+                keep &= ~cold
+            index = torch.from_numpy(np.flatnonzero(keep))
+            parts.append(self.copy(Interaction({k: v[index] for k, v in columns.items()})))
+            self.mm_split_counts[name] = int(len(index))
+        dropped = sum(v for k, v in self.mm_split_counts.items() if k.endswith("dropped"))
+        if dropped:
+            self.logger.info(f"{self.dataset_name}: dropped {dropped} valid/test rows of cold-start users")
+        return parts
+
+    def __str__(self):
+        info = super().__str__()
+        dims = ", ".join(f"{m} {tuple(t.shape)}" for m, t in getattr(self, "mm_features", {}).items())
+        return f"{info}\nMultimodal features: {dims}"
+

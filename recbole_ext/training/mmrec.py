@@ -1,0 +1,317 @@
+"""The MMRec evaluation protocol for any RecBole general recommender (ext models and built-ins alike).
+
+What differs from RecBole's defaults, and where it is implemented (mambarec spec §3-§4, §6.1):
+
+* split by ``x_label`` (0/1/2), cold-start users dropped from valid/test ...... ``MMRecDataset.build``
+* full ranking over all items; ONLY TRAINING items masked, at validation AND test
+  (RecBole masks train+valid at test) ............................................ ``MMRecEvalDataLoader``
+* one uniform negative per positive, drawn from items seen in training, rejecting the user's training items
+  (RecBole draws from all items) ................................................. ``TrainItemNegativeSampler``
+* early stopping on valid Recall@20 with STRICT improvement (RecBole counts ties) ... ``MMRecTrainer.fit``
+* LambdaLR ``decay ** (epoch / every)`` stepped once per epoch
+  (``learning_rate_scheduler: [decay, every]``; MMRec's default [1.0, 50] is constant) ``MMRecTrainer``
+* users per evaluation batch (``eval_users_per_batch``; RecBole divides eval_batch_size by n_items)
+
+Each deviation has a switch for the RecBole behaviour (``mmrec_test_mask: train_valid``, ``neg_sampling_pool: all``,
+``early_stop_ties: improve``), documented in docs/multimodal-data.md. Metrics: RecBole's Recall, NDCG, Precision
+and MAP already use MMRec's definitions (checked in tests/test_mmrec_protocol.py).
+"""
+from __future__ import annotations
+
+import math
+from logging import getLogger
+from time import time
+
+import numpy as np
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+from recbole.data.interaction import Interaction
+from recbole.trainer import Trainer
+from recbole.utils import ModelType
+
+from recbole_ext.errors import UserError
+from recbole_ext.training.tasks import Task
+
+# RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
+_USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
+# Keys a model's own YAML may set that MMRec lets it override over the dataset YAML (MMRec loads model YAML last).
+_MODEL_OVERRIDABLE = ("epochs", "stopping_step", "train_batch_size", "learning_rate", "learning_rate_scheduler",
+                      "weight_decay", "learner", "seed", "eval_step", "clip_grad_norm")
+
+
+def _pairs_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
+    """Distinct (user, item) pairs as CSR arrays (indptr [n_users+1], indices sorted per user)."""
+    keys = np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
+    rows, cols = keys // n_items, keys % n_items
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+    return indptr, cols, keys
+
+
+class TrainItemNegativeSampler:
+    """Uniform negatives from the items that occur in training, never one of the user's training items.
+
+    RecBole's ``Sampler`` interface as far as the training dataloader uses it (``sample_by_user_ids``, ``phase``,
+    ``used_ids``). Vectorised rejection sampling with numpy's global RNG, which ``init_seed`` seeds.
+    """
+
+    phase = "train"
+
+    def __init__(self, train_dataset, pool: str = "train"):
+        self.uid_field, self.iid_field = train_dataset.uid_field, train_dataset.iid_field
+        self.n_items = train_dataset.item_num
+        users = train_dataset.inter_feat[self.uid_field].numpy()
+        items = train_dataset.inter_feat[self.iid_field].numpy()
+        _, _, self._keys = _pairs_csr(users, items, train_dataset.user_num, self.n_items)
+        if pool == "train":
+            self.pool = np.unique(items)
+        elif pool == "all":
+            self.pool = np.arange(1, self.n_items)
+        else:
+            raise UserError(f"neg_sampling_pool must be 'train' (MMRec) or 'all' (RecBole), got {pool!r}",
+                            fix="set --neg_sampling_pool=train")
+        per_user = np.bincount(self._keys // self.n_items, minlength=train_dataset.user_num)
+        full = np.flatnonzero(per_user >= len(self.pool))
+        if len(full):
+            token = train_dataset.id2token(self.uid_field, full[:1])[0]
+            raise UserError(f"user {token} has interacted with every candidate negative item, so no negative can be "
+                            f"sampled", fix="remove such users from the dataset")
+        self.used_ids = None  # RecBole's per-user sets are not built: membership is tested on sorted pair keys
+
+    def sample_by_user_ids(self, user_ids, item_ids, num):
+        users = np.tile(np.asarray(user_ids, dtype=np.int64), num)
+        out = self.pool[np.random.randint(0, len(self.pool), len(users))]
+        todo = np.arange(len(users))
+        while len(todo):
+            keys = users[todo] * self.n_items + out[todo]
+            pos = np.searchsorted(self._keys, keys)
+            clash = (pos < len(self._keys)) & (self._keys[np.minimum(pos, len(self._keys) - 1)] == keys)
+            todo = todo[clash]
+            out[todo] = self.pool[np.random.randint(0, len(self.pool), len(todo))]
+        return torch.from_numpy(out)
+
+
+class MMRecEvalDataLoader(FullSortEvalDataLoader):
+    """Full-sort evaluation whose mask ("history") is a given set of items per user: the training items.
+
+    Same attributes and batches as RecBole's ``FullSortEvalDataLoader`` (``uid_list``, ``uid2positive_item``,
+    ``uid2history_item``, ``uid2items_num``, ``user_df``), built vectorised; ``eval_users_per_batch`` users per batch.
+    """
+
+    def __init__(self, config, dataset, history_csr):
+        self.logger = getLogger()
+        self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
+        self.is_sequential = False
+        n_users, n_items = dataset.user_num, dataset.item_num
+        users = dataset.inter_feat[self.uid_field].numpy()
+        items = dataset.inter_feat[self.iid_field].numpy()
+        pos_ptr, pos_items, _ = _pairs_csr(users, items, n_users, n_items)
+        hist_ptr, hist_items = history_csr
+        counts = np.diff(pos_ptr)
+        evaluated = np.flatnonzero(counts)
+        self.uid_list = torch.from_numpy(evaluated)
+        self.uid2items_num = counts
+        self.uid2positive_item = np.full(n_users, None, dtype=object)
+        self.uid2history_item = np.full(n_users, None, dtype=object)
+        pos_t, hist_t = torch.from_numpy(pos_items), torch.from_numpy(hist_items)
+        for u in evaluated.tolist():  # one small tensor per evaluated user (views, no copies)
+            self.uid2positive_item[u] = pos_t[pos_ptr[u]:pos_ptr[u + 1]]
+            self.uid2history_item[u] = hist_t[hist_ptr[u]:hist_ptr[u + 1]]
+        self.user_df = dataset.join(Interaction({self.uid_field: self.uid_list}))
+        self.sample_size = len(self.uid_list)
+        AbstractDataLoader.__init__(self, config, dataset, None, shuffle=False)
+
+    def _init_batch_size_and_step(self):
+        users = self.config["eval_users_per_batch"] or max(self.config["eval_batch_size"] // self._dataset.item_num, 1)
+        self.step = int(users)
+        self.set_batch_size(self.step * self._dataset.item_num)
+
+
+class _NanLoss(Exception):
+    pass
+
+
+class MMRecTrainer(Trainer):
+    """RecBole's Trainer with MMRec's epoch loop: strict early stopping, per-epoch LambdaLR, stop on NaN loss."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        schedule = config["learning_rate_scheduler"] or [1.0, 50]
+        if len(schedule) != 2 or float(schedule[1]) <= 0:
+            raise UserError(f"learning_rate_scheduler must be [decay, every_epochs], got {schedule!r}",
+                            fix="e.g. [0.96, 50] (MGCN/MambaRec) or [1.0, 50] (constant, MMRec default)")
+        decay, every = float(schedule[0]), float(schedule[1])
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / every))
+        ties = str(config["early_stop_ties"] or "no_improvement")
+        if ties not in ("no_improvement", "improve"):
+            raise UserError(f"early_stop_ties must be 'no_improvement' (MMRec) or 'improve' (RecBole), got {ties!r}",
+                            fix="set --early_stop_ties=no_improvement")
+        self.ties_improve = ties == "improve"
+        self.stopped_on_nan = False
+
+    def _check_nan(self, loss):
+        if torch.isnan(loss):
+            raise _NanLoss()
+
+    def _improved(self, score: float) -> bool:
+        if self.best_valid_result is None:
+            return True
+        if self.ties_improve and score == self.best_valid_score:
+            return True
+        return score > self.best_valid_score if self.valid_metric_bigger else score < self.best_valid_score
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Train; after each ``eval_step`` epochs validate and keep the best checkpoint (strictly better only)."""
+        self.eval_collector.data_collect(train_data)
+        self.cur_step = 0
+        for epoch in range(self.start_epoch, self.epochs):
+            start = time()
+            try:
+                loss = self._train_epoch(train_data, epoch, show_progress=show_progress)
+            except _NanLoss:
+                self.stopped_on_nan = True
+                if self.best_valid_result is None:
+                    raise UserError(f"training loss became NaN in epoch {epoch}, before any validated epoch",
+                                    fix="lower learning_rate or check the input features") from None
+                self.logger.warning(f"training loss became NaN in epoch {epoch}; stopping and keeping the best "
+                                    f"epoch so far (MMRec behaviour)")
+                break
+            self.train_loss_dict[epoch] = sum(loss) if isinstance(loss, tuple) else loss
+            self.lr_scheduler.step()
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch, start, time(), loss))
+            self._add_train_loss_to_tensorboard(epoch, loss)
+            if self.eval_step <= 0 or not valid_data:
+                if saved:
+                    self._save_checkpoint(epoch, verbose=verbose)
+                continue
+            if (epoch + 1) % self.eval_step:
+                continue
+            score, result = self._valid_epoch(valid_data, show_progress=show_progress)
+            if self._improved(score):
+                self.best_valid_score, self.best_valid_result, self.cur_step = score, result, 0
+                if saved:
+                    self._save_checkpoint(epoch, verbose=verbose)
+            else:
+                self.cur_step += 1
+            if verbose:
+                self.logger.info(f"epoch {epoch} valid {self.valid_metric}={score:.4f} "
+                                 f"(best {self.best_valid_score:.4f}, {self.cur_step} without improvement)")
+            if callback_fn:
+                callback_fn(epoch, score)
+            if self.cur_step > self.stopping_step:
+                if verbose:
+                    self.logger.info(f"early stop after epoch {epoch}: best epoch "
+                                     f"{epoch - self.cur_step * self.eval_step}")
+                break
+        return self.best_valid_score, self.best_valid_result
+
+
+def _resolve_model_yaml_precedence(config) -> None:
+    """MMRec loads the model YAML after the dataset YAML; RecBole (and our overlay) the other way round.
+
+    For the training keys a model legitimately sets (stopping_step, learning_rate_scheduler, ...), put the
+    model YAML's value back unless the user set the key explicitly.
+    """
+    import yaml
+
+    from recbole_ext.utils.paths import PROPERTIES_DIR
+
+    model = config["model"]
+    import recbole
+
+    files = [f"{recbole.__path__[0]}/properties/model/{model}.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml"]
+    from_model: dict = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                from_model.update(yaml.safe_load(fh) or {})
+        except FileNotFoundError:
+            continue
+    for key in _MODEL_OVERRIDABLE:
+        if key in from_model and key not in config.external_config_dict:
+            config[key] = from_model[key]
+
+
+class MMRecTask(Task):
+    """``task: mmrec`` in a dataset YAML: MMRecDataset + the MMRec protocol for any general recommender."""
+
+    name = "mmrec"
+
+    def check_model(self, model_class) -> None:
+        name = model_class.__name__
+        if getattr(model_class, "type", None) != ModelType.GENERAL or name in _USER_BATCH_MODELS:
+            raise UserError(f"model {name} cannot run under the MMRec protocol (it needs pairwise/pointwise "
+                            f"interaction batches of a general recommender)",
+                            fix="use a general recommender such as BPR, LightGCN, VBPR, FREEDOM, MGCN or MambaRec")
+
+    def check_data(self, config) -> None:
+        from recbole_ext.data.multimodal import missing_dataset_error, mmrec_source_folder
+        from pathlib import Path
+
+        if not Path(config["data_path"]).is_dir() and not mmrec_source_folder(config).is_dir():
+            raise missing_dataset_error(config)
+        _resolve_model_yaml_precedence(config)
+
+    def create_dataset(self, config):
+        from recbole_ext.data.multimodal import MMRecDataset
+
+        return MMRecDataset(config)
+
+    def data_preparation(self, config, dataset):
+        train_ds, valid_ds, test_ds = dataset.build()
+        pool = str(config["neg_sampling_pool"] or "train")
+        neg = config["train_neg_sample_args"] or {}
+        if neg.get("distribution") not in ("uniform", None) or neg.get("dynamic"):
+            raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
+                            fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
+        sampler = TrainItemNegativeSampler(train_ds, pool=pool)
+        train = TrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
+
+        users = train_ds.inter_feat[train_ds.uid_field].numpy()
+        items = train_ds.inter_feat[train_ds.iid_field].numpy()
+        train_hist = _pairs_csr(users, items, dataset.user_num, dataset.item_num)[:2]
+        test_mask = str(config["mmrec_test_mask"] or "train")
+        if test_mask == "train":
+            test_hist = train_hist
+        elif test_mask == "train_valid":
+            u = np.concatenate([users, valid_ds.inter_feat[valid_ds.uid_field].numpy()])
+            i = np.concatenate([items, valid_ds.inter_feat[valid_ds.iid_field].numpy()])
+            test_hist = _pairs_csr(u, i, dataset.user_num, dataset.item_num)[:2]
+        else:
+            raise UserError(f"mmrec_test_mask must be 'train' (MMRec) or 'train_valid' (RecBole), got {test_mask!r}",
+                            fix="set --mmrec_test_mask=train")
+        valid = MMRecEvalDataLoader(config, valid_ds, train_hist)
+        test = MMRecEvalDataLoader(config, test_ds, test_hist)
+        getLogger().info(f"[MMRec protocol] train {len(train_ds)} / valid {len(valid_ds)} / test {len(test_ds)} "
+                         f"interactions; {len(valid.uid_list)} valid and {len(test.uid_list)} test users; "
+                         f"test mask: {test_mask}; negatives from {pool} items")
+        return train, valid, test
+
+    def trainer_class(self, config, model_class):
+        return MMRecTrainer
+
+    def protocol(self, config) -> dict:
+        return {
+            "task": self.name,
+            "split": "x_label (0 train, 1 valid, 2 test), fixed per dataset",
+            "cold_start_users": "removed from valid/test" if config["filter_out_cold_start_users"] is not False
+            else "kept",
+            "ranking": "full ranking over all items",
+            "masking": {"valid": "train items", "test": "train items" if str(config["mmrec_test_mask"] or "train")
+                        == "train" else "train+valid items (RecBole variant)"},
+            "metrics": list(config["metrics"]), "topk": list(config["topk"] or []),
+            "valid_metric": config["valid_metric"],
+            "early_stopping": {"stopping_step": config["stopping_step"],
+                               "ties": str(config["early_stop_ties"] or "no_improvement")},
+            "learning_rate_scheduler": list(config["learning_rate_scheduler"] or [1.0, 50]),
+            "negatives": f"{(config['train_neg_sample_args'] or {}).get('sample_num', 1)} uniform per positive from "
+                         f"{config['neg_sampling_pool'] or 'train'} items",
+            "eval_users_per_batch": config["eval_users_per_batch"],
+        }
+
+
+def lr_at(epoch: int, base_lr: float, schedule=(1.0, 50)) -> float:
+    """Learning rate in effect during ``epoch`` (0-based) under MMRec's LambdaLR; for docs and tests."""
+    return base_lr * math.pow(schedule[0], epoch / schedule[1])

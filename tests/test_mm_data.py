@@ -1,0 +1,269 @@
+"""Multimodal data: MMRec folder conversion (every malformed input), atomic writes, synthetic generator,
+MMRecDataset feature alignment and the never-download rule."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recbole_ext.data import mm_format
+from recbole_ext.data.prepare.mmrec import convert_mmrec_folder, main_mmrec
+from recbole_ext.data.prepare.synthetic_mm import SyntheticMMSpec, generate
+from recbole_ext.data.prepare.synthetic_mm import main as synthetic_main
+from recbole_ext.errors import UserError
+from recbole_ext.utils.hashing import file_sha256
+
+HEADER = "userID\titemID\trating\ttimestamp\tx_label"
+
+
+def write_mmrec(folder: Path, name="toy", rows=None, image=None, text=None, header=HEADER) -> Path:
+    """A small valid MMRec folder: 4 users, 6 items; arguments replace parts with malformed ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2), (1, 3, 0), (1, 4, 0), (1, 5, 1), (1, 0, 2),
+                (2, 5, 0), (2, 1, 0), (2, 2, 2), (3, 4, 0), (3, 0, 0), (3, 5, 1)]
+    lines = [header] + [f"{u}\t{i}\t5.0\t{1000 + k}\t{x}" for k, (u, i, x) in enumerate(rows)]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    np.save(folder / "image_feat.npy", rng.random((6, 8)).astype(np.float32) if image is None else image)
+    np.save(folder / "text_feat.npy", rng.standard_normal((6, 5)).astype(np.float32) if text is None else text)
+    return folder
+
+
+def convert(tmp_path, **kwargs):
+    src = write_mmrec(tmp_path / "src", **kwargs)
+    return convert_mmrec_folder(src, tmp_path / "out" / "toy", "toy")
+
+
+def test_valid_folder_converts_with_manifest(tmp_path):
+    manifest = convert(tmp_path)
+    out = tmp_path / "out" / "toy"
+    assert sorted(p.name for p in out.iterdir()) == ["image_feat.npy", "mm_features.json", "text_feat.npy",
+                                                     "toy.inter", "toy.item"]
+    header = (out / "toy.inter").read_text().splitlines()[0].split("\t")
+    assert header == ["user_id:token", "item_id:token", "rating:float", "timestamp:float", "x_label:float"]
+    assert (out / "toy.item").read_text().split() == ["item_id:token"] + [str(i) for i in range(6)]
+    assert manifest["n_items"] == 6 and manifest["splits"]["n_train"] == 8
+    assert manifest["features"]["image"]["sha256"] == file_sha256(out / "image_feat.npy")
+    np.testing.assert_array_equal(np.load(out / "text_feat.npy"), np.load(tmp_path / "src" / "text_feat.npy"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(header="userID\titemID\trating\ttimestamp"), "lacks required column(s) x_label"),
+    (dict(rows=[(0, 0, 0), (0, 1, 3), (1, 5, 0)]), "x_label must be 0 (train), 1 (valid) or 2 (test); found [3]"),
+    (dict(rows=[(0, 0, 0), (0, 1, 0.5), (1, 5, 0)]), "column x_label must hold integers; line 3"),
+    (dict(rows=[(0, 0, 0), (0, -1, 0), (1, 5, 0)]), "negative itemID at line 3"),
+    (dict(rows=[(0, 0, 0), (0, 6, 0), (1, 5, 0)]), "has 6 rows but toy.inter uses item ids 0..6 (7 items)"),
+    (dict(image=np.ones((7, 8), np.float32)), "has 7 rows but toy.inter uses item ids 0..5 (6 items)"),
+    (dict(text=np.ones((6, 5), np.int64)), "has dtype int64; expected float16/float32/float64"),
+    (dict(image=np.ones(6, np.float32)), "expected a 2-D array"),
+    (dict(rows=[(0, 0, 1), (1, 5, 2)]), "has no training rows"),
+])
+def test_malformed_mmrec_inputs_are_named(tmp_path, kwargs, message):
+    with pytest.raises(UserError) as err:
+        convert(tmp_path, **kwargs)
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "inf")])
+def test_non_finite_feature_rows_are_named(tmp_path, bad, word):
+    image = np.random.default_rng(0).random((6, 8)).astype(np.float32)
+    image[3, 2] = bad
+    image[5, 0] = bad
+    with pytest.raises(UserError) as err:
+        convert(tmp_path, image=image)
+    assert f"2 row(s) contain {word}: row 3, row 5" in str(err.value)
+    assert "image_feat.npy" in str(err.value)
+
+
+def test_pickled_object_array_is_refused(tmp_path):
+    src = write_mmrec(tmp_path / "src")
+    np.save(src / "text_feat.npy", np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="not a plain numeric .npy array"):
+        convert_mmrec_folder(src, tmp_path / "out" / "toy", "toy")
+
+
+def test_missing_source_names_where_mmrec_publishes(tmp_path):
+    with pytest.raises(UserError) as err:
+        convert_mmrec_folder(tmp_path / "nowhere", tmp_path / "out" / "toy", "toy")
+    assert "drive.google.com" in str(err.value)
+
+
+def test_prepare_is_atomic_on_failure(tmp_path, monkeypatch):
+    """A failure after files were written leaves neither the target nor a temporary folder behind; an existing
+    dataset survives a failed --overwrite untouched."""
+    src = write_mmrec(tmp_path / "src")
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    assert main_mmrec(["--src", str(src), "--name", "toy"]) == 0
+    before = {p.name: file_sha256(p) for p in (tmp_path / "root" / "toy").iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mm_format.json, "dumps", boom)  # fails after the .inter/.item/.npy files are written
+    with pytest.raises(OSError):
+        main_mmrec(["--src", str(src), "--name", "fresh"])
+    with pytest.raises(OSError):
+        main_mmrec(["--src", str(src), "--name", "toy", "--overwrite"])
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["toy"]
+    assert {p.name: file_sha256(p) for p in (tmp_path / "root" / "toy").iterdir()} == before
+
+
+def test_prepare_refuses_to_overwrite_without_flag(tmp_path, monkeypatch):
+    src = write_mmrec(tmp_path / "src")
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    assert main_mmrec(["--src", str(src), "--name", "toy"]) == 0
+    with pytest.raises(UserError, match="already exists"):
+        main_mmrec(["--src", str(src), "--name", "toy"])
+
+
+# --- synthetic generator ------------------------------------------------------------------------------------------
+
+SMALL = SyntheticMMSpec(users=60, items=40, interactions=600, seed=3)
+
+
+def test_synthetic_is_deterministic_per_seed():
+    inter_a, feat_a = generate(SMALL)
+    inter_b, feat_b = generate(SMALL)
+    inter_c, _ = generate(SyntheticMMSpec(users=60, items=40, interactions=600, seed=4))
+    assert inter_a.equals(inter_b)
+    for m in ("image", "text"):
+        np.testing.assert_array_equal(feat_a[m], feat_b[m])
+    assert not inter_a[["userID", "itemID"]].equals(inter_c[["userID", "itemID"]])
+
+
+def test_synthetic_shape_split_and_feature_properties():
+    inter, feats = generate(SMALL)
+    assert 570 <= len(inter) <= 600  # per-user counts are capped at half the catalogue
+    assert inter.duplicated(["userID", "itemID"]).sum() == 0
+    assert feats["image"].shape == (40, 4096) and feats["text"].shape == (40, 384)
+    assert feats["image"].dtype == np.float32 and (feats["image"] >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(feats["text"], axis=1), 1.0, rtol=1e-5)
+    for _, g in inter.groupby("userID"):
+        n, counts = len(g), np.bincount(g["x_label"], minlength=3)
+        assert n >= 5
+        vt = 2 if n < 10 else n // 5
+        assert counts.tolist() == [n - vt, 1 if n < 10 else vt // 2, 1 if n < 10 else vt - vt // 2]
+
+
+def test_synthetic_cli_writes_identical_files_for_same_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
+    args = ["--users", "60", "--items", "40", "--interactions", "600", "--seed", "3"]
+    assert synthetic_main(["--name", "a"] + args) == 0
+    assert synthetic_main(["--name", "b"] + args + ["--feature-dtype", "float16"]) == 0
+    assert file_sha256(tmp_path / "a" / "a.inter") != ""
+    a_inter = (tmp_path / "a" / "a.inter").read_text()
+    assert a_inter == (tmp_path / "b" / "b.inter").read_text()
+    assert np.load(tmp_path / "b" / "image_feat.npy").dtype == np.float16
+    manifest = json.loads((tmp_path / "a" / "mm_features.json").read_text())
+    assert manifest["provenance"]["command"].endswith("--seed 3")
+    assert "CC0" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_synthetic_rejects_too_few_interactions():
+    with pytest.raises(UserError, match="below 5 per user"):
+        generate(SyntheticMMSpec(users=100, items=40, interactions=100))
+
+
+def test_bundled_synth_mm_matches_its_manifest(repo_root):
+    folder = repo_root / "dataset_atomic" / "synth-mm"
+    manifest = mm_format.read_manifest(folder)
+    for entry in manifest["features"].values():
+        assert file_sha256(folder / entry["file"]) == entry["sha256"]
+    lines = (folder / "synth-mm.inter").read_text().splitlines()
+    assert len(lines) - 1 == manifest["splits"]["n_interactions"]
+
+
+# --- MMRecDataset -------------------------------------------------------------------------------------------------
+
+
+def _mm_config(tmp_path, monkeypatch, dataset="toy", **extra):
+    from recbole_ext.config import build_config
+
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    values = {"task": "mmrec", "topk": [1, 2, 3], "valid_metric": "recall@2", "state": "WARNING",
+              "show_progress": False, **extra}
+    files = [str(Path(__file__).resolve().parents[1] / "properties" / "dataset" / "synth-mm.yaml")]
+    return build_config("BPR", dataset, values, files)
+
+
+def test_dataset_features_are_aligned_to_internal_ids(tmp_path, monkeypatch):
+    src = write_mmrec(tmp_path / "src")
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    main_mmrec(["--src", str(src), "--name", "toy"])
+    config, task = _mm_config(tmp_path, monkeypatch)
+    ds = task.create_dataset(config)
+    image, text = np.load(src / "image_feat.npy"), np.load(src / "text_feat.npy")
+    tokens = ds.field2id_token["item_id"]
+    for modality, source in (("image", image), ("text", text)):
+        feats = ds.mm_features[modality]
+        assert str(feats.dtype) == "torch.float32"
+        assert feats.shape == (ds.item_num, source.shape[1])
+        assert not feats[0].any()
+        for k in range(1, ds.item_num):
+            np.testing.assert_array_equal(feats[k].numpy(), source[int(tokens[k])])
+        assert ds.mm_feature_hash[modality] == file_sha256(tmp_path / "root" / "toy" / f"{modality}_feat.npy")
+    train, valid, test = ds.build()
+    assert train.mm_features is ds.mm_features  # shared, not copied
+    assert (len(train), len(valid), len(test)) == (8, 3, 3)  # every user has training rows: x_label decides
+
+
+def test_dataset_registers_items_without_interactions(tmp_path, monkeypatch):
+    rows = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 3, 0), (1, 0, 2), (1, 5, 0)]  # item 4 has no interaction
+    src = write_mmrec(tmp_path / "src", rows=rows)
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    main_mmrec(["--src", str(src), "--name", "toy"])
+    config, task = _mm_config(tmp_path, monkeypatch)
+    ds = task.create_dataset(config)
+    assert ds.item_num == 7 and "4" in list(ds.field2id_token["item_id"])
+
+
+def test_dataset_rejects_nan_feature_row_at_load(tmp_path, monkeypatch):
+    src = write_mmrec(tmp_path / "src")
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    main_mmrec(["--src", str(src), "--name", "toy"])
+    text = np.load(tmp_path / "root" / "toy" / "text_feat.npy")
+    text[2, 1] = np.nan
+    np.save(tmp_path / "root" / "toy" / "text_feat.npy", text)
+    config, task = _mm_config(tmp_path, monkeypatch)
+    with pytest.raises(UserError, match=r"contain NaN: row \d+ \(item 2\)"):
+        task.create_dataset(config)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_float64_overflowing_float32_is_caught(tmp_path, monkeypatch):
+    image = np.random.default_rng(0).random((6, 8))
+    image[4, 0] = 1e300  # finite in float64, inf once cast to float32
+    src = write_mmrec(tmp_path / "src", image=image)
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    main_mmrec(["--src", str(src), "--name", "toy"])
+    config, task = _mm_config(tmp_path, monkeypatch)
+    with pytest.raises(UserError, match=r"contain inf: row \d+ \(item 4\)"):
+        task.create_dataset(config)
+
+
+def test_unprepared_dataset_converts_from_mmrec_src(tmp_path, monkeypatch):
+    src = write_mmrec(tmp_path / "mmrec_copy" / "toy")
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    ds = task.create_dataset(config)
+    assert (tmp_path / "root" / "toy" / "mm_features.json").is_file()
+    assert ds.mm_features["image"].shape == (7, 8)
+
+
+def test_unprepared_baby_never_downloads(tmp_path, monkeypatch):
+    from recbole.data.dataset import Dataset
+
+    def no_download(self):
+        raise AssertionError("RecBole tried to download")
+
+    monkeypatch.setattr(Dataset, "_download", no_download)
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    from recbole_ext.config import build_config
+
+    with pytest.raises(UserError) as err:
+        build_config("BPR", "baby", {"state": "WARNING"})
+    text = str(err.value)
+    assert "drive.google.com" in text and "prepare mmrec --src <that folder> --name baby" in text

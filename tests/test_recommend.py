@@ -1,0 +1,218 @@
+"""recommend API and CLI on a fake loaded checkpoint (tiny, hand-checkable), plus every user-error path."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_ext.errors import UserError
+from recbole_ext.retrieval import cli, serving as rec
+from recbole_ext.retrieval.index import History
+from recbole_ext.retrieval.patient import load_patient, patient_batch
+
+# Items 1..5 (tokens i10..i50) in 2-d; user u1 = (1, 0) ranks them i10, i20, i30, i50, i40 and has seen i10.
+ITEM_VECTORS = torch.tensor([[0, 0], [5, 0], [4, 1], [3, -2], [-1, 7], [0.5, 0.5]])
+USER_VECTORS = torch.tensor([[0, 0], [1, 0], [0, 1]])
+
+
+class IPModel(torch.nn.Module):
+    def user_vectors(self, user_ids=None):
+        return USER_VECTORS if user_ids is None else USER_VECTORS[user_ids]
+
+    def item_vectors(self):
+        return ITEM_VECTORS
+
+
+class DenseOnlyModel(torch.nn.Module):
+    def full_sort_predict(self, interaction):
+        return (USER_VECTORS[interaction["user_id"]].float() @ ITEM_VECTORS.T.float()).view(-1)
+
+
+def _dataset():
+    users, items = ["[PAD]", "u1", "u2"], ["[PAD]", "i10", "i20", "i30", "i40", "i50"]
+    return SimpleNamespace(uid_field="user_id", iid_field="item_id", item_num=len(items),
+                           field2id_token={"user_id": np.array(users), "item_id": np.array(items)},
+                           field2token_id={"user_id": {t: i for i, t in enumerate(users)},
+                                           "item_id": {t: i for i, t in enumerate(items)}})
+
+
+def _loaded(tmp_path, model=None, task="general", config=None):
+    ckpt = tmp_path / "run" / "model.pth"
+    ckpt.parent.mkdir(exist_ok=True)
+    if not ckpt.exists():
+        ckpt.write_bytes(b"weights")
+    train = SimpleNamespace(inter_feat={"user_id": torch.tensor([1, 2, 2]), "item_id": torch.tensor([1, 4, 5])})
+    return rec.LoadedCheckpoint(ckpt, model or IPModel(), _dataset(), train, config or {}, task)
+
+
+@pytest.fixture
+def fake_load(monkeypatch, tmp_path):
+    state = {}
+
+    def load(path):
+        if not Path(path).is_file():
+            raise UserError(f"checkpoint {path} does not exist")
+        return state["loaded"]
+
+    def install(**kwargs):
+        state["loaded"] = _loaded(tmp_path, **kwargs)
+        return state["loaded"]
+
+    monkeypatch.setattr(rec, "load_checkpoint", load)
+    return install
+
+
+def test_history_for_gathers_each_users_training_items():
+    history = rec.history_for(np.array([2, 1, 3, 2]), np.array([1, 2, 2, 1, 2]), np.array([7, 4, 5, 8, 6]))
+    assert history.indptr.tolist() == [0, 3, 5, 5, 8]
+    assert history.items.tolist() == [4, 5, 6, 7, 8, 4, 5, 6]
+
+
+def test_top_k_masks_seen_items_and_prints_external_tokens(tmp_path):
+    loaded = _loaded(tmp_path)
+    [u1] = rec.top_k_items(loaded, ["u1"], k=3)
+    assert u1.items == ["i20", "i30", "i50"]  # i10 ranked first but seen in training
+    np.testing.assert_allclose(u1.scores, [4, 3, 0.5])
+    [u1_all] = rec.top_k_items(loaded, ["u1"], k=3, keep_seen=True)
+    assert u1_all.items == ["i10", "i20", "i30"]
+    # The index was written beside the checkpoint and is reused (not rebuilt) next time.
+    folder = rec.index_folder(loaded.path)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["checkpoint_name"] == "model.pth" and json.loads((folder / "item_tokens.json").read_text())[1] == "i10"
+    stamp = (folder / "index.faiss").stat().st_mtime_ns
+    rec.top_k_items(loaded, ["u2"], k=2)
+    assert (folder / "index.faiss").stat().st_mtime_ns == stamp
+
+
+def test_stale_index_is_a_user_error_until_rebuilt(tmp_path):
+    loaded = _loaded(tmp_path)
+    rec.top_k_items(loaded, ["u1"], k=2)
+    loaded.path.write_bytes(b"retrained weights")
+    with pytest.raises(UserError, match="built from another checkpoint"):
+        rec.top_k_items(loaded, ["u1"], k=2)
+    assert rec.top_k_items(loaded, ["u1"], k=2, rebuild_index=True)[0].items == ["i20", "i30"]
+
+
+def test_dense_fallback_matches_index_path(tmp_path, caplog):
+    dense = rec.top_k_items(_loaded(tmp_path, model=DenseOnlyModel()), ["u1", "u2"], k=3)
+    assert "scoring all items densely" in caplog.text
+    indexed = rec.top_k_items(_loaded(tmp_path / "..", model=IPModel()), ["u1", "u2"], k=3)
+    assert [r.items for r in dense] == [r.items for r in indexed] == [["i20", "i30", "i50"], ["i20", "i10", "i30"]]
+
+
+def test_cli_prints_top_k_and_batches_a_users_file(fake_load, tmp_path, capsys):
+    loaded = fake_load()
+    assert cli.main(["--checkpoint", str(loaded.path), "--user", "u1", "--k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["user u1: top-2", "1\ti20\t4.0000", "2\ti30\t3.0000"]
+    users = tmp_path / "users.txt"
+    users.write_text("u1\n# comment\nu2\n")
+    assert cli.main(["--checkpoint", str(loaded.path), "--users-file", str(users), "--k", "1", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["user"], x["items"]) for x in lines] == [("u1", ["i20"]), ("u2", ["i20"])]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--user", "u1"], "required: --checkpoint"),
+    (["--checkpoint", "X"], "one of the arguments"),
+    (["--checkpoint", "{ckpt}", "--user", "nobody"], "unknown user"),
+    (["--checkpoint", "{ckpt}", "--user", "[PAD]"], "unknown user"),
+    (["--checkpoint", "{ckpt}", "--user", "u1", "--k", "0"], "--k must be >= 1"),
+    (["--checkpoint", "{ckpt}", "--users-file", "{tmp}/none.txt"], "does not exist"),
+    (["--checkpoint", "{ckpt}", "--patient", "{tmp}/p.json"], "not a medication model"),
+    (["--checkpoint", "{tmp}/missing.pth", "--user", "u1"], "does not exist"),
+])
+def test_cli_user_errors_are_one_line(fake_load, tmp_path, argv, match):
+    loaded = fake_load()
+    (tmp_path / "p.json").write_text('{"visits": [{"diagnoses": ["d1"]}]}')
+    argv = [a.format(ckpt=loaded.path, tmp=tmp_path) for a in argv]
+    with pytest.raises(UserError, match=match) as err:
+        cli.main(argv)
+    assert "\n" not in err.value.one_line()
+
+
+def test_medication_checkpoint_refuses_users(fake_load):
+    loaded = fake_load(task="medrec")
+    with pytest.raises(UserError, match="use --patient"):
+        cli.main(["--checkpoint", str(loaded.path), "--user", "u1"])
+
+
+# ----------------------------------------------------------------------------------------------- medication
+class MedDataset(SimpleNamespace):
+    pass
+
+
+def _med_dataset():
+    ddi = torch.zeros(4, 4)
+    ddi[0, 2] = ddi[2, 0] = 1  # M1 x M3 interact
+    ddi[1, 3] = ddi[3, 1] = 1  # M2 x M4 interact (M4 will not be recommended)
+    return MedDataset(n_diag=2, n_proc=1, n_med=4, ddi_adj=ddi, diag_tokens=["[PAD]", "d1", "d2"],
+                      proc_tokens=["[PAD]", "p1"], med_tokens=["[PAD]", "M1", "M2", "M3", "M4"],
+                      med_names=["", "aspirin", "", "warfarin", "x"])
+
+
+class FixedMedModel(torch.nn.Module):
+    """Logits depend on the last visit's diagnoses so the test sees the batch really reached the model."""
+
+    def forward(self, batch):
+        self.seen = batch
+        P, T = batch.visit_mask.shape
+        logits = torch.full((P, T, 4), -3.0)
+        logits[:, -1] = torch.tensor([2.0, 0.5, 1.0, -1.0])
+        return logits
+
+
+def test_patient_json_to_visit_batch_and_ddi_flags(fake_load, tmp_path, capsys):
+    loaded = fake_load(model=FixedMedModel(), task="medrec")
+    loaded.dataset = _med_dataset()
+    patient = tmp_path / "p.json"
+    patient.write_text(json.dumps({"visits": [
+        {"diagnoses": ["d1", "d2"], "procedures": ["p1"], "medications": ["M2", "M4"]},
+        {"diagnoses": ["d2"], "procedures": [], "medications": ["M1"]}]}))
+    result = rec.recommend(loaded.path, patient=patient)
+    assert result.medications == ["M1", "M3", "M2"]  # sigmoid(2) > sigmoid(1) > sigmoid(.5) >= .5 > sigmoid(-1)
+    assert result.ddi_pairs == [("M1", "M3")]
+    batch = loaded.model.seen
+    assert batch.diag.tolist() == [[[1, 2], [2, 0]]] and batch.proc.tolist() == [[[1], [0]]]
+    assert batch.med.tolist() == [[[2, 4], [0, 0]]]  # the last visit's medications are not model input
+    assert batch.target[0, 0].tolist() == [0, 1, 0, 1]
+    assert cli.main(["--checkpoint", str(loaded.path), "--patient", str(patient)]) == 0
+    out = capsys.readouterr().out
+    assert "M1\t0.8808\taspirin\n" in out and "M2\t0.6225\n" in out
+    assert "DDI\tM1\tM3" in out and "M4" not in out
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", "not valid JSON"),
+    ('{"visits": []}', "non-empty list of visits"),
+    ('{"visits": [3]}', "visit 1 is a int"),
+    ('{"visits": [{"diagnosis": ["d1"]}]}', "unknown key"),
+    ('{"visits": [{"diagnoses": "d1"}]}', "must be a list"),
+    ('{"visits": [{"diagnoses": ["d1"]}, {"medications": ["M1"]}]}', "neither diagnoses nor procedures"),
+])
+def test_malformed_patient_files(tmp_path, text, match):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_patient(path)
+
+
+def test_unknown_patient_codes_are_named():
+    with pytest.raises(UserError, match="diagnoses code.*unknown.*d9"):
+        patient_batch(load_patient({"visits": [{"diagnoses": ["d1", "d9"]}]}), _med_dataset())
+    with pytest.raises(UserError, match="does not exist"):
+        load_patient("/nonexistent/patient.json")
+
+
+def test_history_rows_helper():
+    assert History.from_pairs([1, 0, 1], [5, 6, 7], 3).rows().tolist() == [0, 1, 1]
+
+
+def test_asking_for_another_index_type_rebuilds_it(tmp_path):
+    loaded = _loaded(tmp_path)
+    rec.top_k_items(loaded, ["u1"], k=2)
+    [u1] = rec.top_k_items(loaded, ["u1"], k=2, index_options={"faiss_index": "HNSW8", "faiss_ef_search": 32})
+    assert u1.items == ["i20", "i30"]
+    meta = json.loads((rec.index_folder(loaded.path) / "meta.json").read_text())
+    assert meta["factory"] == "HNSW8" and meta["ef_search"] == 32
