@@ -16,8 +16,7 @@ MODELS = [MambaRec, MGCN, VBPR, FREEDOM]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECBOLE_EXT_CACHE", str(tmp_path / "cache"))
+def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core box
     yield

@@ -10,8 +10,7 @@ D = 16
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECBOLE_EXT_CACHE", str(tmp_path / "cache"))
+def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
