@@ -82,11 +82,17 @@ def planted_clusters(n_users: int, n_items: int, n_interactions: int, n_clusters
     train, valid, test = _split_per_user(pairs, rng)
     feats = {}
     for name, dim in (("image", image_dim), ("text", text_dim)):
-        centroids = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-        x = centroids[item_cluster] + feature_noise * rng.standard_normal((n_items, dim)).astype(np.float32)
+        centroids = rng.standard_normal((n_clusters, dim), dtype=np.float32)
+        # filled in place, row 0 = PAD zeros: the Clothing-shaped image table alone is 377 MB
+        table = np.zeros((n_items + 1, dim), dtype=np.float32)
+        body = table[1:]
+        rng.standard_normal(out=body, dtype=np.float32)
+        body *= feature_noise
+        for c in range(n_clusters):
+            body[item_cluster == c] += centroids[c]
         if name == "image":
-            x = np.abs(x)  # CNN activations are non-negative
-        feats[name] = torch.from_numpy(np.vstack([np.zeros((1, dim), np.float32), x]))
+            np.abs(body, out=body)  # CNN activations are non-negative
+        feats[name] = torch.from_numpy(table)
     return ToyMMDataset(n_users + 1, n_items + 1, train, valid, test, feats, {})
 
 
