@@ -43,22 +43,25 @@ def test_matches_dense_reference(feats, normalisation):
 
 def test_cache_is_keyed_by_feature_content(feats, tmp_path):
     g1 = knn_graph(feats, 5, "sym")
-    files = list((tmp_path / "cache" / "knn").iterdir())
-    assert len(files) == 1
+    files = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "knn").iterdir())
+    assert files == ["graph", "neighbours"]
     g2 = knn_graph(feats, 5, "sym")  # second call reads the cache
     assert torch.equal(g1.to_dense(), g2.to_dense())
     changed = feats.copy()
     changed[3] += 1.0
     knn_graph(changed, 5, "sym")
     knn_graph(feats, 4, "sym")
-    knn_graph(feats, 5, "binary_sym")
-    assert len(list((tmp_path / "cache" / "knn").iterdir())) == 4
+    names = {p.name for p in (tmp_path / "cache" / "knn").iterdir()}
+    knn_graph(feats, 5, "binary_sym")  # new graph from the cached neighbours of the same features and k
+    added = {p.name for p in (tmp_path / "cache" / "knn").iterdir()} - names
+    assert len(added) == 1 and next(iter(added)).startswith("graph-")
+    assert len(names) == 6  # (graph, neighbours) x (original k=5, changed features, k=4)
 
 
 def test_corrupt_cache_is_rebuilt(feats, tmp_path):
     g1 = knn_graph(feats, 5, "sym").to_dense()
-    (path,) = (tmp_path / "cache" / "knn").iterdir()
-    path.write_bytes(b"not a npz")
+    for path in (tmp_path / "cache" / "knn").iterdir():
+        path.write_bytes(b"not a npz")
     assert torch.equal(knn_graph(feats, 5, "sym").to_dense(), g1)
 
 

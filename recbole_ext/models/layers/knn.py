@@ -3,7 +3,8 @@
 The official code builds a dense ``items x items`` cosine matrix and calls ``topk`` on it (2.1 GB for Clothing).
 Here the neighbours come from FAISS exact inner-product search over L2-normalised rows, which is the same cosine
 top-k in ``O(items x k)`` memory. Graphs are cached on disk under a key made of a hash of the feature content, ``k``
-and the normalisation, so a changed feature file can never reuse a stale graph (official quirk Q4).
+and the normalisation (and the neighbour lists under the hash and ``k``, so a second normalisation skips the
+search), so a changed feature file can never reuse a stale graph (official quirk Q4).
 
 Row 0 of every feature table is RecBole's PAD item: it is left out of the search (a zero row has no cosine) and
 gets neither neighbours nor in-edges.
@@ -63,14 +64,17 @@ def normalise_knn(idx: np.ndarray, sim: np.ndarray, normalisation: str) -> np.nd
     return (inv_sqrt[:, None] * weight * inv_sqrt[idx]).astype(np.float32)
 
 
-def _cache_path(feature_hash: str, n_rows: int, k: int, normalisation: str):
-    return cache_dir("knn") / f"{feature_hash[:32]}-n{n_rows}-k{k}-{normalisation}.npz"
+def _cache_path(kind: str, feature_hash: str, n_rows: int, k: int, normalisation: str | None = None):
+    suffix = f"-{normalisation}" if normalisation else ""
+    return cache_dir("knn") / f"{kind}-{feature_hash[:32]}-n{n_rows}-k{k}{suffix}.npz"
 
 
-def _load_cached(path, n_rows: int, k: int):
+def _load_cached(path, n_rows: int, k: int, value_name: str):
+    if not path.exists():
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            idx, val = z["index"], z["value"]
+            idx, val = z["index"], z[value_name]
     except Exception as exc:  # a corrupt cache entry is rebuilt, never trusted
         log.warning("ignoring unreadable kNN cache %s (%s)", path, exc)
         return None
@@ -83,12 +87,19 @@ def _load_cached(path, n_rows: int, k: int):
     return idx, val
 
 
+def _save(path, **arrays) -> None:
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def knn_graph(features: torch.Tensor | np.ndarray, k: int, normalisation: str = "sym", skip_pad: bool = True,
               use_cache: bool = True) -> torch.Tensor:
     """Sparse ``[n, n]`` item-item graph (coalesced COO, float32) from the rows of ``features``.
 
     With ``skip_pad`` row/column 0 is the PAD item and stays empty. Cached on disk (see module docstring).
     """
+    if normalisation not in NORMALISATIONS:
+        raise UserError(f"unknown kNN normalisation {normalisation!r}", fix=f"use one of {NORMALISATIONS}")
     feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if feats.ndim != 2:
         raise UserError(f"kNN features must be a 2-d array, got shape {feats.shape}")
@@ -101,19 +112,25 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int, normalisation: str = 
     k_eff = int(min(k, m))
     if k_eff < 1:
         raise UserError(f"cannot build a kNN graph with k={k} over {m} items", fix="set knn_k >= 1")
-    cached = None
-    path = None
     if use_cache:
-        path = _cache_path(array_sha256(body.astype(np.float32, copy=False)), m, k_eff, normalisation)
-        cached = _load_cached(path, m, k_eff) if path.exists() else None
-    if cached is None:
+        # two levels: the neighbour search (the costly part, shared by every normalisation) and the graph itself
+        feature_hash = array_sha256(body.astype(np.float32, copy=False))
+        graph_path = _cache_path("graph", feature_hash, m, k_eff, normalisation)
+        cached = _load_cached(graph_path, m, k_eff, "value")
+        if cached is not None:
+            idx, val = cached
+        else:
+            neighbour_path = _cache_path("neighbours", feature_hash, m, k_eff)
+            found = _load_cached(neighbour_path, m, k_eff, "similarity")
+            if found is None:
+                found = knn_neighbours(body, k_eff)
+                _save(neighbour_path, index=found[0], similarity=found[1])
+            idx = found[0]
+            val = normalise_knn(idx, found[1], normalisation)
+            _save(graph_path, index=idx, value=val)
+    else:
         idx, sim = knn_neighbours(body, k_eff)
         val = normalise_knn(idx, sim, normalisation)
-        if use_cache:
-            with atomic_file(path, "wb") as fh:
-                np.savez(fh, index=idx, value=val)
-    else:
-        idx, val = cached
     rows = np.repeat(np.arange(m, dtype=np.int64), k_eff) + offset
     cols = idx.reshape(-1) + offset
     indices = torch.from_numpy(np.stack([rows, cols]))
