@@ -1,0 +1,8 @@
+"""Multimodal top-K recommenders (MambaRec and its MMRec baselines). Import-free: the registry resolves lazily."""
+
+MODELS = {
+    "MambaRec": "recbole_ext.models.multimodal.mambarec:MambaRec",
+    "MGCN": "recbole_ext.models.multimodal.mgcn:MGCN",
+    "VBPR": "recbole_ext.models.multimodal.vbpr:VBPR",
+    "FREEDOM": "recbole_ext.models.multimodal.freedom:FREEDOM",
+}

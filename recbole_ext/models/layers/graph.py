@@ -1,0 +1,51 @@
+"""User-item graph helpers shared by the graph-based multimodal models."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def to_torch_sparse(matrix: sp.spmatrix) -> torch.Tensor:
+    """float32 torch CSR: on CPU ``csr @ dense`` and its backward run 2-4x faster than ``torch.sparse.mm`` on COO."""
+    coo = matrix.tocoo()
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    values = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(indices, values, coo.shape).coalesce().to_sparse_csr()
+
+
+def interaction_csr(inter_coo: sp.spmatrix, n_users: int, n_items: int, binary: bool = False) -> sp.csr_matrix:
+    """Training interactions as CSR; duplicates are summed (as scipy lil in the official code) unless ``binary``."""
+    coo = inter_coo.tocoo()
+    r = sp.csr_matrix((np.ones_like(coo.data, dtype=np.float64), (coo.row, coo.col)), shape=(n_users, n_items))
+    r.sum_duplicates()
+    if binary:
+        r.data[:] = 1.0
+    return r
+
+
+def normalised_bipartite(r: sp.csr_matrix, degree_eps: float = 0.0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(A_hat, R_hat)`` with ``A_hat = D^-1/2 [[0, R], [R^T, 0]] D^-1/2`` and ``R_hat`` its user->item block.
+
+    ``degree_eps = 0`` gives isolated nodes weight 0 (MGCN/LightGCN); FREEDOM adds ``1e-7`` to every degree.
+    """
+    n_users, n_items = r.shape
+    du = np.asarray(r.sum(axis=1)).ravel() + degree_eps
+    di = np.asarray(r.sum(axis=0)).ravel() + degree_eps
+    with np.errstate(divide="ignore"):
+        iu = np.where(du > 0, du ** -0.5, 0.0)
+        ii = np.where(di > 0, di ** -0.5, 0.0)
+    r_hat = sp.diags(iu) @ r @ sp.diags(ii)
+    a_hat = sp.bmat([[None, r_hat], [r_hat.T, None]], format="csr", dtype=np.float64)
+    a_hat.resize((n_users + n_items, n_users + n_items))
+    return a_hat.astype(np.float32), r_hat.tocsr().astype(np.float32)
+
+
+def lightgcn_mean(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``mean_{l=0..L} adj^l ego`` (LightGCN layer combination, layer 0 included)."""
+    total = ego
+    h = ego
+    for _ in range(n_layers):
+        h = adj @ h
+        total = total + h
+    return total / (n_layers + 1)

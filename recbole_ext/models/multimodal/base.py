@@ -1,0 +1,142 @@
+"""Common plumbing of the multimodal models: feature checks, graphs, cached retrieval vectors."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+
+from recbole_ext.errors import UserError
+from recbole_ext.models.layers.graph import interaction_csr, normalised_bipartite, to_torch_sparse
+from recbole_ext.models.layers.knn import knn_graph
+
+MODALITIES = ("image", "text")
+_MISSING = object()
+
+
+def config_value(config, key: str, default=_MISSING):
+    """``config[key]`` for a RecBole ``Config`` or a plain dict; ``default`` when absent or None."""
+    try:
+        value = config[key]
+    except KeyError:
+        value = None
+    if value is None:
+        if default is _MISSING:
+            raise UserError(f"config key {key!r} is missing", fix=f"set {key} in the model YAML or on the command line")
+        return default
+    if isinstance(value, (list, tuple)) and not isinstance(default, (list, tuple)) and default is not _MISSING:
+        raise UserError(f"config key {key!r} is a list {list(value)!r}; the model needs one value",
+                        fix="search lists with recbole_ext.models.multimodal.grid, pass scalars to the model")
+    return value
+
+
+class MultimodalRecommender(GeneralRecommender):
+    """Base of the inner-product multimodal models.
+
+    Subclasses implement :meth:`compute_vectors` returning the final ``(users [n_users, d], items [n_items, d])``.
+    In eval mode those are computed once and cached (``full_sort_predict`` would otherwise redo the whole
+    graph forward for every user batch); ``train()`` and ``load_state_dict`` drop the cache.
+    """
+
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self._vector_cache = None
+        self._graph_names: list[str] = []
+        feats = getattr(dataset, "mm_features", None)
+        if not isinstance(feats, dict) or not any(m in feats for m in MODALITIES):
+            raise UserError(f"{type(self).__name__} needs multimodal item features but the dataset has none",
+                            fix="use a dataset prepared with `run.py prepare mmrec` (task: mmrec)")
+        self.modalities = tuple(m for m in MODALITIES if m in feats and feats[m] is not None)
+        for m in self.modalities:
+            self.register_buffer(f"raw_{m}", self._checked_feature(m, feats[m]), persistent=False)
+
+    def _checked_feature(self, name: str, value) -> torch.Tensor:
+        t = torch.as_tensor(value)
+        if t.ndim != 2 or t.shape[0] != self.n_items:
+            raise UserError(f"{name} features have shape {tuple(t.shape)}, expected [{self.n_items}, d] "
+                            "aligned to the dataset's item ids (row 0 = PAD)", fix="re-run the mmrec preparation")
+        if not torch.is_floating_point(t):
+            raise UserError(f"{name} features have dtype {t.dtype}, expected float")
+        t = t.float()
+        if not torch.isfinite(t).all():
+            raise UserError(f"{name} features contain NaN or inf", fix="clean the feature .npy file")
+        return t
+
+    def raw_feature(self, modality: str) -> torch.Tensor:
+        return getattr(self, f"raw_{modality}")
+
+    # ---- graphs ---------------------------------------------------------------------------------------------
+    def set_graph(self, name: str, graph: torch.Tensor) -> None:
+        """Keep a sparse graph as a plain attribute that still follows ``.to()`` / ``.double()``.
+
+        Sparse CSR tensors cannot be buffers (no state-dict storage); they are derived data rebuilt at init.
+        """
+        if name not in self._graph_names:
+            self._graph_names.append(name)
+        setattr(self, name, graph)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        for name in self._graph_names:
+            graph = getattr(self, name)
+            if isinstance(graph, dict):
+                setattr(self, name, {k: fn(v) for k, v in graph.items()})
+            elif graph is not None:
+                setattr(self, name, fn(graph))
+        self._vector_cache = None
+        return result
+
+    def interaction_graphs(self, dataset, binary: bool = False, degree_eps: float = 0.0):
+        """``(A_hat, R_hat)`` as torch sparse tensors from the dataset's (training) interactions."""
+        r = interaction_csr(dataset.inter_matrix(form="coo"), self.n_users, self.n_items, binary=binary)
+        a_hat, r_hat = normalised_bipartite(r, degree_eps)
+        return r, to_torch_sparse(a_hat).to(self.device), to_torch_sparse(r_hat).to(self.device)
+
+    def item_knn_graph(self, modality: str, k: int, normalisation: str) -> torch.Tensor:
+        return knn_graph(self.raw_feature(modality), k, normalisation).to_sparse_csr().to(self.device)
+
+    # ---- retrieval contract ---------------------------------------------------------------------------------
+    def compute_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _vectors(self):
+        if self.training:
+            return self.compute_vectors()
+        if self._vector_cache is None:
+            with torch.no_grad():
+                users, items = self.compute_vectors()
+            self._vector_cache = (users.detach(), items.detach())
+        return self._vector_cache
+
+    def train(self, mode: bool = True):
+        self._vector_cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._vector_cache = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def user_vectors(self, user_ids: torch.Tensor | None = None) -> torch.Tensor:
+        users, _ = self._vectors()
+        return users if user_ids is None else users[user_ids]
+
+    def item_vectors(self) -> torch.Tensor:
+        return self._vectors()[1]
+
+    def predict(self, interaction):
+        users, items = self._vectors()
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        users, items = self._vectors()
+        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
+
+    def batch_ids(self, interaction):
+        return interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+
+
+def feature_table(raw: torch.Tensor, trainable: bool) -> nn.Parameter | None:
+    """A trainable copy of a raw feature table (official MGCN/MambaRec/FREEDOM: ``freeze=False``, Q11)."""
+    return nn.Parameter(raw.clone()) if trainable else None
