@@ -404,3 +404,19 @@ def test_packed_nodes_equal_padded_reference(tiny, cfg):
         assert torch.allclose(grad_pad[name], grad_packed[name], atol=1e-5, rtol=1e-4), name
     with pytest.raises(UserError, match="node_layout"):
         build(CafeMed, tiny, node_layout="ragged")
+
+
+def test_packed_layout_handles_visits_without_procedures(tiny):
+    """A visit with an empty procedure set: CHARM attends to one zero key, outputs and gradients stay finite."""
+    import dataclasses
+
+    batch = tiny.batches("train", 16)[0]
+    proc = batch.proc.clone()
+    proc[0, 0] = 0
+    batch = dataclasses.replace(batch, proc=proc)
+    model = build(CafeMed, tiny, seed=0, charm_attend_med=False)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(batch)).all()
