@@ -12,8 +12,9 @@ backbone (registered as ``CausalMed``). Each module has the same interface as th
 reading of the paper can be dropped in.
 
 Efficiency (spec §7.2 item 16): the per-visit modules only depend on visit k and k-1, so every visit of the batch
-is processed at once as dense padded tensors, and the GRUs encode each patient's whole history in one pass (the
-output at step t is the published model's prefix encoding for target visit t).
+is processed at once, as unpadded code nodes (``VisitNodes``, ``node_layout: packed``) or as the dense padded
+reference layout (``node_layout: padded``, same function), and the GRUs encode each patient's whole history in one
+pass (the output at step t is the published model's prefix encoding for target visit t).
 """
 from __future__ import annotations
 
