@@ -1,7 +1,7 @@
 """Seconds per training epoch and peak memory of every medication model on MIMIC-III-scale synthetic visits.
 
     PYTHONPATH=. python bench/medrec_epoch.py [--threads 2] [--batch-size 32] [--models CafeMed,RETAIN,...]
-                                             [--data task|inprocess]
+                                             [--data task|inprocess] [--set node_layout=padded]
 
 Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 procedures, 131 medications):
 ``--data task`` (default) prepares the medication task's ``synth-ehr`` dataset once in a temporary folder
@@ -45,7 +45,8 @@ def load_data(source: str, folder: str | None, batch_size: int):
     return dataset, list(MedRecDataLoader(config, dataset, "train", batch_size, shuffle=False))
 
 
-def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None) -> dict:
+def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None,
+              overrides: dict | None = None) -> dict:
     import torch
 
     import yaml
@@ -58,6 +59,7 @@ def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess"
     data, batches = load_data(source, folder, batch_size)
     gen_s = time.perf_counter() - t0
     config = yaml.safe_load((PROPERTIES_DIR / "model" / f"{name}.yaml").read_text()) or {}
+    config.update(overrides or {})
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = load_object(SPECS[name])(config, data)
@@ -79,11 +81,23 @@ def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess"
             step(batch)
         times.append(time.perf_counter() - t0)
     n_visits = sum(b.n_visits for b in batches)
-    return {"model": name, "epoch_s": min(times), "epoch_s_all": times, "init_s": init_s, "data_s": gen_s,
+    return {"model": name, "overrides": overrides or {}, "epoch_s": min(times), "epoch_s_all": times, "init_s": init_s, "data_s": gen_s,
             "train_patients": sum(len(b.patient_ids) for b in batches), "train_visits": n_visits,
             "batches": len(batches), "data": source,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def main(argv=None) -> int:
@@ -96,12 +110,15 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model config override for every model (YAML value), e.g. --set node_layout=padded")
     args = parser.parse_args(argv)
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(one_model(args.one, args.batch_size, args.epochs, args.data, args.folder)))
+        print(json.dumps(one_model(args.one, args.batch_size, args.epochs, args.data, args.folder,
+                                   parse_overrides(args.set))))
         return 0
     tmp = tempfile.TemporaryDirectory(prefix="medrec-bench-")
     if args.data == "task":
@@ -114,6 +131,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--data", args.data,
                "--folder", str(Path(tmp.name) / "synth-ehr"),
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
+        cmd += [f"--set={item}" for item in args.set]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:

@@ -384,3 +384,39 @@ def test_rgcn_matches_per_edge_reference():
         hd, hp, hm = new[0], new[1], root(hm)
     for got, want in zip(graph(*args), (hd, hp, hm)):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"use_cwg": False, "use_charm": False}, {"use_cwg": False, "static_graph": "linear"},
+                                 {"cwg_node_gate": True, "charm_attend_med": True}, {"cwg_effect_threshold": "none"}])
+def test_packed_nodes_equal_padded_reference(tiny, cfg):
+    """The unpadded (packed) node layout computes the same loss and gradients as the padded reference layout."""
+    batch = tiny.batches("train", 16)[0]
+    results = []
+    for layout in ("padded", "packed"):
+        model = build(CafeMed, tiny, seed=0, dropout_prob=0.0, node_layout=layout, **cfg)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_pad, grad_pad), (loss_packed, grad_packed) = results
+    assert torch.allclose(loss_pad, loss_packed, atol=1e-6)
+    assert grad_pad.keys() == grad_packed.keys() and len(grad_pad) > 10
+    for name in grad_pad:
+        assert torch.allclose(grad_pad[name], grad_packed[name], atol=1e-5, rtol=1e-4), name
+    with pytest.raises(UserError, match="node_layout"):
+        build(CafeMed, tiny, node_layout="ragged")
+
+
+def test_packed_layout_handles_visits_without_procedures(tiny):
+    """A visit with an empty procedure set: CHARM attends to one zero key, outputs and gradients stay finite."""
+    import dataclasses
+
+    batch = tiny.batches("train", 16)[0]
+    proc = batch.proc.clone()
+    proc[0, 0] = 0
+    batch = dataclasses.replace(batch, proc=proc)
+    model = build(CafeMed, tiny, seed=0, charm_attend_med=False)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(batch)).all()

@@ -12,8 +12,9 @@ backbone (registered as ``CausalMed``). Each module has the same interface as th
 reading of the paper can be dropped in.
 
 Efficiency (spec §7.2 item 16): the per-visit modules only depend on visit k and k-1, so every visit of the batch
-is processed at once as dense padded tensors, and the GRUs encode each patient's whole history in one pass (the
-output at step t is the published model's prefix encoding for target visit t).
+is processed at once, as unpadded code nodes (``VisitNodes``, ``node_layout: packed``) or as the dense padded
+reference layout (``node_layout: padded``, same function), and the GRUs encode each patient's whole history in one
+pass (the output at step t is the published model's prefix encoding for target visit t).
 """
 from __future__ import annotations
 
@@ -31,6 +32,62 @@ N_LEVELS = 6  # relation levels 0..5 per side; level 0 = first-visit placeholder
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).float()
     return (h * m).sum(-2) / m.sum(-2).clamp(min=1.0)
+
+
+def segment_sum(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Sum of the rows of ``values`` per segment id -> ``[n_segments, ...]`` (empty segments are 0)."""
+    return values.new_zeros(n_segments, *values.shape[1:]).index_add_(0, segment, values)
+
+
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    count = torch.bincount(segment, minlength=n_segments).clamp(min=1).to(values.dtype)
+    return segment_sum(values, segment, n_segments) / count.unsqueeze(-1)
+
+
+def same_visit_pairs(left_visit: torch.Tensor, right_visit: torch.Tensor, n_visits: int):
+    """All (left node, right node) index pairs of the same visit; both node lists are grouped by visit in order.
+
+    Row-major per visit (left node, then right node in order), i.e. the order of the padded ``[N, Ll, Lr]`` grid.
+    """
+    right_count = torch.bincount(right_visit, minlength=n_visits)
+    right_start = torch.cumsum(right_count, 0) - right_count
+    repeat = right_count[left_visit]
+    left = torch.repeat_interleave(torch.arange(len(left_visit), device=left_visit.device), repeat)
+    offset = torch.arange(len(left), device=left.device) - torch.repeat_interleave(torch.cumsum(repeat, 0) - repeat,
+                                                                                 repeat)
+    return left, right_start[left_visit[left]] + offset
+
+
+class VisitNodes:
+    """The code nodes of N visits without padding: one row per diagnosis, procedure and previous medication.
+
+    ``*_visit`` are the visit indices of the nodes (grouped by visit, codes in visit order) and ``*_code`` their
+    1-based ids. Visits without medication history (``first``) get one placeholder med node with id 0 (a zero
+    vector), as CausalMed's graph does. Node layout only: the padded layout computes the same function with
+    1.5-2.5x more rows (padding to the largest set of the batch).
+    """
+
+    def __init__(self, diag: torch.Tensor, proc: torch.Tensor, prev: torch.Tensor):
+        self.n_visits = diag.shape[0]
+        self.first = ~(prev > 0).any(-1)
+        self.width = {"diag": diag.shape[1], "proc": proc.shape[1], "med": prev.shape[1]}
+        self.diag_visit, self.diag_pos = (diag > 0).nonzero(as_tuple=True)
+        self.diag_code = diag[self.diag_visit, self.diag_pos]
+        self.proc_visit, self.proc_pos = (proc > 0).nonzero(as_tuple=True)
+        self.proc_code = proc[self.proc_visit, self.proc_pos]
+        med_node = prev > 0
+        med_node[:, 0] |= self.first
+        self.med_visit, self.med_pos = med_node.nonzero(as_tuple=True)
+        self.med_code = prev[self.med_visit, self.med_pos]
+        self._pairs = {}
+
+    def pairs(self, left: str, right: str):
+        """Cached ``same_visit_pairs`` of two node kinds ('diag', 'proc', 'med')."""
+        key = (left, right)
+        if key not in self._pairs:
+            self._pairs[key] = same_visit_pairs(getattr(self, f"{left}_visit"), getattr(self, f"{right}_visit"),
+                                                self.n_visits)
+        return self._pairs[key]
 
 
 class StaticRelationalGraph(nn.Module):
@@ -66,6 +123,31 @@ class StaticRelationalGraph(nn.Module):
         n, n_codes, n_meds, n_rel = adj.shape
         agg = adj.permute(0, 1, 3, 2).reshape(n, n_codes * n_rel, n_meds) @ h_m       # [N, Lx * R, d]
         return agg.reshape(n, n_codes, n_rel * h_m.shape[-1]) @ weights.reshape(-1, weights.shape[-1])
+
+    def _packed_edges(self, nodes: "VisitNodes", kind: str, c: torch.Tensor):
+        """Edges of the (code, med) pairs of ``nodes.pairs(kind, 'med')`` as (code * levels + level) slots."""
+        code, med = nodes.pairs(kind, "med")
+        level = (torch.ceil(5 * c) - 1).long().clamp(0, N_LEVELS - 1)
+        placeholder = nodes.first[getattr(nodes, f"{kind}_visit")[code]]  # first visits: only the placeholder med
+        edge = (c > self.threshold) | placeholder
+        level = torch.where(placeholder, torch.zeros_like(level), level)
+        n_codes = len(getattr(nodes, f"{kind}_code"))
+        slot = (code * N_LEVELS + level)[edge]
+        count = torch.bincount(slot, minlength=n_codes * N_LEVELS).clamp(min=1).unsqueeze(-1)
+        return slot, med[edge], count, n_codes
+
+    def packed(self, nodes, h_d, h_p, h_m, c_d, c_p):
+        """Same as ``forward`` on unpadded nodes; ``c_d``/``c_p`` are the effects of ``nodes.pairs(kind, 'med')``."""
+        edges = (self._packed_edges(nodes, "diag", c_d), self._packed_edges(nodes, "proc", c_p))
+        for layer, (root, rel) in enumerate(zip(self.roots, self.relations)):
+            if layer:
+                h_d, h_p, h_m = F.relu(h_d), F.relu(h_p), F.relu(h_m)
+            msgs = []
+            for (slot, med, count, n_codes), weights in zip(edges, (rel[:N_LEVELS], rel[N_LEVELS:])):
+                agg = segment_sum(h_m.index_select(0, med), slot, n_codes * N_LEVELS) / count  # mean per (code, relation)
+                msgs.append(agg.reshape(n_codes, -1) @ weights.reshape(-1, weights.shape[-1]))
+            h_d, h_p, h_m = root(h_d) + msgs[0], root(h_p) + msgs[1], root(h_m)
+        return h_d, h_p, h_m
 
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m, c_d, c_p, first):
         adj_d = self._adjacency(c_d, mask_d, mask_m, first)
@@ -125,6 +207,41 @@ class CausalWeightGenerator(nn.Module):
         to_med = omega.transpose(1, 2) @ mods["back"](h_x)
         return h_new, to_med
 
+    def _packed_side(self, mods, nodes, kind, h_x, h_m, c, state):
+        code, med = nodes.pairs(kind, "med")
+        if self.threshold is not None:
+            keep = c > self.threshold
+            code, med, c = code[keep], med[keep], c[keep]
+        if self.dynamic:
+            # the state term is per visit: add it per code node before gathering the pairs (one gather less)
+            node_term = mods["code"](h_x) + mods["state"](state).index_select(0, getattr(nodes, f"{kind}_visit"))
+            pre = (node_term.index_select(0, code) + mods["med"](h_m).index_select(0, med)
+                   + mods["effect"](c.unsqueeze(-1)))
+            weight = 2 * torch.sigmoid(mods["score"](torch.tanh(pre)).squeeze(-1)) * c
+        else:
+            weight = c
+        weight = weight / (segment_sum(weight.abs(), code, len(h_x)) + 1e-8).index_select(0, code)
+        weight = weight.unsqueeze(-1)
+        h_new = mods["norm"](h_x + segment_sum(weight * mods["value"](h_m).index_select(0, med), code, len(h_x)))
+        to_med = segment_sum(weight * mods["back"](h_x).index_select(0, code), med, len(h_m))
+        return h_new, to_med
+
+    def packed(self, nodes, h_d, h_p, h_m, c_d, c_p):
+        """Same as ``forward`` on unpadded nodes; ``c_d``/``c_p`` are the effects of ``nodes.pairs(kind, 'med')``."""
+        n = nodes.n_visits
+        state = self.state(torch.cat([segment_mean(h_d, nodes.diag_visit, n), segment_mean(h_p, nodes.proc_visit, n),
+                                      segment_mean(h_m, nodes.med_visit, n)], -1))
+        new_d, med_from_d = self._packed_side(self.sides["diag"], nodes, "diag", h_d, h_m, c_d, state)
+        new_p, med_from_p = self._packed_side(self.sides["proc"], nodes, "proc", h_p, h_m, c_p, state)
+        new_m = self.med_norm(h_m + med_from_d + med_from_p)
+        out = []
+        for h, new, visit in ((h_d, new_d, nodes.diag_visit), (h_p, new_p, nodes.proc_visit),
+                              (h_m, new_m, nodes.med_visit)):
+            if self.node_gate:
+                new = new * 2 * torch.sigmoid(self.alpha(torch.cat([new, state.index_select(0, visit)], -1)))
+            out.append(torch.where(nodes.first[visit].unsqueeze(-1), h, new))  # no history: nothing propagated
+        return tuple(out)
+
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m, c_d, c_p, first):
         state = self.state(torch.cat([masked_mean(h_d, mask_d), masked_mean(h_p, mask_p),
                                       masked_mean(h_m, mask_m)], -1))
@@ -141,6 +258,11 @@ class CausalWeightGenerator(nn.Module):
 
 class SumPooling(nn.Module):
     """CausalMed's pooling: visit vector of each modality = sum of its node vectors."""
+
+    def packed(self, nodes, h_d, h_p, h_m):
+        n = nodes.n_visits
+        return torch.stack([segment_sum(h_d, nodes.diag_visit, n), segment_sum(h_p, nodes.proc_visit, n),
+                            segment_sum(h_m, nodes.med_visit, n)], 1)
 
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m):
         return torch.stack([(h * m.unsqueeze(-1)).sum(-2) for h, m in ((h_d, mask_d), (h_p, mask_p), (h_m, mask_m))], 1)
@@ -170,6 +292,55 @@ class CHARM(SumPooling):
         out, _ = attn(query, keys, keys, key_padding_mask=~key_mask, need_weights=False)
         return out
 
+    @staticmethod
+    def _packed_attend(attn: nn.MultiheadAttention, n_visits, query, query_at, keys, key_at, key_width):
+        """``attn`` (its own weights) of unpadded query nodes over the key nodes of their own visit.
+
+        ``*_at = (visit, position)`` of each node. Projections and the output map run on real nodes only; the
+        attention itself runs on a per-visit ``[visits, heads, positions, head]`` layout (fused kernel, cheaper
+        than materialising every (query, key) pair). A visit without keys attends to one zero key (position 0,
+        projected: the bias), which is what the padded layout intends for an empty key set.
+        """
+        d, heads = attn.embed_dim, attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q_width = int(query_at[1].max()) + 1 if len(query) else 1
+        q = query.new_zeros(n_visits, q_width, d).index_put(query_at, F.linear(query, w[:d], b[:d]))
+        k = b[d:2 * d].expand(n_visits, key_width, d).index_put(key_at, F.linear(keys, w[d:2 * d], b[d:2 * d]))
+        v = b[2 * d:].expand(n_visits, key_width, d).index_put(key_at, F.linear(keys, w[2 * d:], b[2 * d:]))
+        allowed = torch.zeros(n_visits, key_width, dtype=torch.bool, device=query.device)
+        allowed[key_at] = True
+        allowed[:, 0] |= ~allowed.any(-1)
+
+        def split(x):
+            return x.view(n_visits, -1, heads, d // heads).transpose(1, 2)
+
+        # explicit softmax attention: for these short sets it is faster on CPU than the fused flash kernel
+        scores = split(q) @ split(k).transpose(-1, -2) * (d // heads) ** -0.5
+        weight = torch.softmax(scores.masked_fill(~allowed[:, None, None, :], float("-inf")), -1)
+        out = (weight @ split(v)).transpose(1, 2).reshape(n_visits, q_width, d)[query_at]
+        return attn.out_proj(out)
+
+    def packed(self, nodes, h_d, h_p, h_m):
+        """Same as ``forward`` on unpadded nodes."""
+        at_d, at_p = (nodes.diag_visit, nodes.diag_pos), (nodes.proc_visit, nodes.proc_pos)
+        keys_d, key_at_d, width_d = h_p, at_p, nodes.width["proc"]
+        keys_p, key_at_p, width_p = h_d, at_d, nodes.width["diag"]
+        if self.attend_med:  # keys = [proc | med] and [diag | med] positions, as the padded concatenation
+            keys_d, key_at_d = torch.cat([h_p, h_m]), (torch.cat([nodes.proc_visit, nodes.med_visit]),
+                                                        torch.cat([nodes.proc_pos, nodes.med_pos + width_d]))
+            keys_p, key_at_p = torch.cat([h_d, h_m]), (torch.cat([nodes.diag_visit, nodes.med_visit]),
+                                                        torch.cat([nodes.diag_pos, nodes.med_pos + width_p]))
+            width_d, width_p = width_d + nodes.width["med"], width_p + nodes.width["med"]
+        n = nodes.n_visits
+        att_d = self.norm_d(h_d + self._packed_attend(self.d_from_p, n, h_d, at_d, keys_d, key_at_d, width_d))
+        att_p = self.norm_p(h_p + self._packed_attend(self.p_from_d, n, h_p, at_p, keys_p, key_at_p, width_p))
+        return self._refine(super().packed(nodes, att_d, att_p, h_m))
+
+    def _refine(self, u):
+        a = self.channel(u.mean(-1)).unsqueeze(-1)                           # [N, 3, 1]
+        b = torch.sigmoid(self.feature(u.transpose(1, 2))).transpose(1, 2)   # [N, 1, d]
+        return self.out_norm(u + torch.maximum(a * u, b * u))
+
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m):
         keys_d, keys_p, mk_d, mk_p = h_d, h_p, mask_d, mask_p
         if self.attend_med:
@@ -177,10 +348,7 @@ class CHARM(SumPooling):
             keys_p, mk_p = torch.cat([h_p, h_m], 1), torch.cat([mask_p, mask_m], 1)
         att_d = self.norm_d(h_d + self._attend(self.d_from_p, h_d, keys_p, mk_p))
         att_p = self.norm_p(h_p + self._attend(self.p_from_d, h_p, keys_d, mk_d))
-        u = super().forward(att_d, att_p, h_m, mask_d, mask_p, mask_m)      # [N, 3, d]
-        a = self.channel(u.mean(-1)).unsqueeze(-1)                           # [N, 3, 1]
-        b = torch.sigmoid(self.feature(u.transpose(1, 2))).transpose(1, 2)   # [N, 1, d]
-        return self.out_norm(u + torch.maximum(a * u, b * u))
+        return self._refine(super().forward(att_d, att_p, h_m, mask_d, mask_p, mask_m))
 
 
 class CafeMed(MedRecModel):
@@ -195,6 +363,9 @@ class CafeMed(MedRecModel):
                                          ("rgcn", "linear"))
         self.head_input = check_choice("head_input", config_value(config, "head_input", "duplicated"),
                                        ("duplicated", "single"))
+        # packed: unpadded code nodes (fast); padded: the [visits, codes, meds] layout, kept as the reference.
+        self.node_layout = check_choice("node_layout", config_value(config, "node_layout", "packed"),
+                                        ("packed", "padded"))
         effects = check_choice("causal_effects", config_value(config, "causal_effects", "train"), ("train", "zero"))
         threshold = float(config_value(config, "effect_threshold", 0.2))
         cwg_threshold = config_value(config, "cwg_effect_threshold", threshold)
@@ -235,6 +406,30 @@ class CafeMed(MedRecModel):
         """``[P, T, 3, d]`` diagnosis/procedure/medication-history vectors of every visit."""
         mask = batch.visit_mask
         diag, proc, prev = batch.diag[mask], batch.proc[mask], previous_visit(batch.med)[mask]
+        if self.node_layout == "padded":
+            u = self._padded_visit_vectors(diag, proc, prev)
+        else:
+            u = self._packed_visit_vectors(VisitNodes(diag, proc, prev))
+        out = u.new_zeros(*mask.shape, 3, u.shape[-1])
+        out[mask] = u
+        return out
+
+    def _fuse(self, pairs):
+        rho = self.fusion
+        return [rho[i, 0] * h + rho[i, 1] * g for i, (h, g) in enumerate(pairs)]
+
+    def _packed_visit_vectors(self, nodes: VisitNodes) -> torch.Tensor:
+        h_d = self.dropout(self.diag_emb(nodes.diag_code))
+        h_p = self.dropout(self.proc_emb(nodes.proc_code))
+        h_m = self.dropout(self.med_emb(nodes.med_code)) * (nodes.med_code > 0).unsqueeze(-1)
+        code, med = nodes.pairs("diag", "med")
+        c_d = self.c_dm[nodes.diag_code[code], nodes.med_code[med]]
+        code, med = nodes.pairs("proc", "med")
+        c_p = self.c_pm[nodes.proc_code[code], nodes.med_code[med]]
+        g_d, g_p, g_m = self.graph.packed(nodes, h_d, h_p, h_m, c_d, c_p)
+        return self.pool.packed(nodes, *self._fuse(((h_d, g_d), (h_p, g_p), (h_m, g_m))))
+
+    def _padded_visit_vectors(self, diag, proc, prev) -> torch.Tensor:
         first = ~(prev > 0).any(-1)
         mask_d, mask_p, mask_m = diag > 0, proc > 0, prev > 0
         mask_m[:, 0] |= first  # placeholder med node (zero vector) for visits without history
@@ -244,12 +439,8 @@ class CafeMed(MedRecModel):
         c_d = self.c_dm[diag.unsqueeze(-1), prev.unsqueeze(-2)]
         c_p = self.c_pm[proc.unsqueeze(-1), prev.unsqueeze(-2)]
         g_d, g_p, g_m = self.graph(h_d, h_p, h_m, mask_d, mask_p, mask_m, c_d, c_p, first)
-        rho = self.fusion
-        f_d, f_p, f_m = (rho[i, 0] * h + rho[i, 1] * g for i, (h, g) in enumerate(((h_d, g_d), (h_p, g_p), (h_m, g_m))))
-        u = self.pool(f_d, f_p, f_m, mask_d, mask_p, mask_m)
-        out = u.new_zeros(*mask.shape, 3, u.shape[-1])
-        out[mask] = u
-        return out
+        f_d, f_p, f_m = self._fuse(((h_d, g_d), (h_p, g_p), (h_m, g_m)))
+        return self.pool(f_d, f_p, f_m, mask_d, mask_p, mask_m)
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
         u = self.visit_vectors(batch)
