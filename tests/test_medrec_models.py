@@ -420,3 +420,14 @@ def test_packed_layout_handles_visits_without_procedures(tiny):
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with torch.no_grad():
         assert torch.isfinite(model.eval()(batch)).all()
+
+
+@pytest.mark.parametrize("variant,switch", [("CafeMedNoCWG", "use_cwg"), ("CafeMedNoCHARM", "use_charm")])
+def test_named_ablations_equal_cafemed_with_the_switch_off(tiny, variant, switch):
+    from recbole_ext.registry import model_class
+
+    a = build(CafeMed, tiny, seed=3, **{switch: False}).eval()
+    b = build(model_class(variant), tiny, seed=3, **{switch: True}).eval()  # the class forces the switch off
+    batch = tiny.batches("test", 16)[0]
+    with torch.no_grad():
+        assert torch.equal(a(batch), b(batch))

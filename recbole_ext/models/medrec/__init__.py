@@ -3,6 +3,8 @@
 MODELS = {
     "CafeMed": "recbole_ext.models.medrec.cafemed:CafeMed",
     "CausalMed": "recbole_ext.models.medrec.cafemed:CausalMed",
+    "CafeMedNoCWG": "recbole_ext.models.medrec.cafemed:CafeMedNoCWG",
+    "CafeMedNoCHARM": "recbole_ext.models.medrec.cafemed:CafeMedNoCHARM",
     "RETAIN": "recbole_ext.models.medrec.retain:RETAIN",
     "GAMENet": "recbole_ext.models.medrec.gamenet:GAMENet",
     "SafeDrug": "recbole_ext.models.medrec.safedrug:SafeDrug",

@@ -458,6 +458,20 @@ class CausalMed(CafeMed):
         super().__init__(_Overlay(config, overrides), dataset)
 
 
+class CafeMedNoCWG(CafeMed):
+    r"""Ablation "w/o CWG": CafeMed with ``use_cwg = False`` (static causal graph, CHARM kept)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(_Overlay(config, {"use_cwg": False}), dataset)
+
+
+class CafeMedNoCHARM(CafeMed):
+    r"""Ablation "w/o CHARM": CafeMed with ``use_charm = False`` (sum pooling, CWG kept)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(_Overlay(config, {"use_charm": False}), dataset)
+
+
 class _Overlay:
     """Read-only view of a config with a few keys forced."""
 
