@@ -141,6 +141,11 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
                         f"topk={topk}", fix="set valid_metric to one of the computed metrics, e.g. recall@20")
 
     task = registry.get_task(config["task"] or "general")
+    needs = getattr(config.model_class, "required_task", None)
+    if needs and needs != task.name:
+        kind = {"mmrec": "a multimodal (MMRec-format)", "medrec": "a medication (visit)"}.get(needs, f"a '{needs}'")
+        raise UserError(f"model {model} needs {kind} dataset, but '{dataset}' is a '{task.name}' dataset",
+                        fix=f"pick a dataset whose YAML sets task: {needs}")
     task.check_model(config.model_class)
     task.check_data(config)
     return config, task

@@ -48,6 +48,9 @@ def _one_error_line(capsys):
     (["--model=BPR", "--dataset=ml-100k", "--metrics=['NoMetric']"], "no metric named"),
     (["--model=BPR", "--dataset=ml-100k", "--valid_metric=recall@50"], "valid_metric"),
     (["--model=BPR", "--dataset=ml-100k", "--config_files=missing.yaml"], "does not exist"),
+    (["--model=MambaRec", "--dataset=ml-100k"], "needs a multimodal"),
+    (["--model=CafeMed", "--dataset=synth-mm"], "needs a medication"),
+    (["--model=MambaRec", "--dataset=mimic3-demo"], "needs a multimodal"),
     (["frobnicate"], "unknown command"),
     (["prepare", "nothing"], "prepare needs a kind"),
 ])

@@ -89,6 +89,7 @@ class MedRecModel(AbstractRecommender):
 
     type = ModelType.GENERAL
     input_type = InputType.POINTWISE
+    required_task = "medrec"  # checked before any data is loaded (recbole_ext.config.build_config)
     # The medication task uses its own dataset and trainer; the registry/task use this flag to accept the model.
     medrec_model = True
 

@@ -39,6 +39,7 @@ class MultimodalRecommender(GeneralRecommender):
     """
 
     input_type = InputType.PAIRWISE
+    required_task = "mmrec"  # checked before any data is loaded (recbole_ext.config.build_config)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
