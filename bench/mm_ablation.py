@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 
@@ -51,10 +52,14 @@ def main() -> None:
     if args.diagnostic:
         patch_dream(args.diagnostic)
     overrides = json.loads(args.config)
+    scratch = tempfile.mkdtemp(prefix="mm_ablation_")
     config = {"epochs": 40, "show_progress": False, "state": "WARNING", "seed": args.seed, "stopping_step": 1000,
-              "run_dir": tempfile.mkdtemp(prefix="mm_ablation_") + "/run", **overrides}
+              "run_dir": scratch + "/run", **overrides}
     start = time.time()
-    result = run(args.model, args.dataset, config, saved=False)
+    try:
+        result = run(args.model, args.dataset, config, saved=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     rows = [(e["epoch"] + 1, e["train_loss"], (e["valid"] or {}).get("recall@20")) for e in result.history]
     best = max((r for r in rows if r[2] is not None), key=lambda r: r[2])
     shown = " ".join(f"e{e}:{loss:.3f}/{valid}" for e, loss, valid in rows if e % 20 == 0 or e == 1)
