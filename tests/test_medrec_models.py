@@ -431,3 +431,12 @@ def test_named_ablations_equal_cafemed_with_the_switch_off(tiny, variant, switch
     batch = tiny.batches("test", 16)[0]
     with torch.no_grad():
         assert torch.equal(a(batch), b(batch))
+
+
+def test_safedrug_without_rdkit_is_one_clear_error(tiny, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rdkit" else real(name, *a))
+    with pytest.raises(UserError, match="RDKit"):
+        build(SafeDrug, tiny)

@@ -164,6 +164,11 @@ class MolecularEncoder(nn.Module):
 
 class SafeDrug(MedRecModel):
     def __init__(self, config, dataset):
+        import importlib.util
+
+        if importlib.util.find_spec("rdkit") is None:  # an optional extra: say how to get it, no traceback
+            raise UserError("SafeDrug needs RDKit for its molecular encoder, and it is not installed",
+                            fix='pip install -e ".[mol]"  (or pip install rdkit)')
         super().__init__(config, dataset)
         d = self.embedding_size
         atc_smiles, substructures = load_drug_resources()
