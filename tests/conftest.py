@@ -22,6 +22,17 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors on a busy 2-core box: one intra-op thread avoids OpenMP spin-waits and is deterministic."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def quiet():
     """Config values that keep a test run short and silent."""
     return {"show_progress": False, "state": "WARNING", "epochs": 1}

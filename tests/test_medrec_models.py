@@ -19,13 +19,7 @@ from recbole_ext.models.medrec.testing import evaluate, fit, make_synthetic
 ALL_MODELS = [CafeMed, CausalMed, RETAIN, GAMENet, SafeDrug, MedFM, MedDeepFM, MedWideDeep]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two busy cores make intra-op threading spin; one thread is faster and deterministic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,14 @@
 """The medication models through recbole_ext.quick_start.run on the bundled datasets (needs the medication task)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-pytest.importorskip("recbole_ext.training.medrec", reason="the medication task (meddata) is not merged yet")
-
-from recbole_ext import quick_start  # noqa: E402
+from recbole_ext import quick_start
 
 FAST = {"epochs": 1, "show_progress": False, "state": "WARNING", "embedding_size": 16, "patients_per_batch": 32,
         "medrec_bootstrap_rounds": 3}
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_medrec_models import _one_thread  # noqa: E402,F401  (autouse fixture: one intra-op thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", ["CafeMed", "MedDeepFM"])

@@ -11,10 +11,8 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("recbole_ext.training.medrec", reason="the medication task is not available")
-
-from recbole_ext import quick_start  # noqa: E402
-from recbole_ext.utils.paths import dataset_root  # noqa: E402
+from recbole_ext import quick_start
+from recbole_ext.utils.paths import dataset_root
 
 CONTEXT_MODELS = ("MedFM", "MedDeepFM", "MedWideDeep")
 SETTINGS = {"epochs": 10, "show_progress": False, "state": "WARNING", "seed": 0}

@@ -15,12 +15,7 @@ from recbole_ext.models.multimodal.vbpr import VBPR
 MODELS = [MambaRec, MGCN, VBPR, FREEDOM]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core box
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

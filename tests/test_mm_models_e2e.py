@@ -6,12 +6,7 @@ from recbole_ext.models.multimodal.grid import run_grid
 from recbole_ext.quick_start import load_run, run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mambarec_runs_and_reloads_with_identical_scores(quiet, tmp_path):

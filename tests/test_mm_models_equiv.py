@@ -9,12 +9,7 @@ from recbole_ext.models.multimodal.toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -2,14 +2,12 @@
 import logging
 
 import numpy as np
-import pytest
 import torch
 
-pytest.importorskip("recbole")
-from recbole.data.interaction import Interaction  # noqa: E402
-from recbole.trainer import Trainer  # noqa: E402
+from recbole.data.interaction import Interaction
+from recbole.trainer import Trainer
 
-from recbole_ext.retrieval.evaluation import FaissEvalMixin, with_faiss_eval  # noqa: E402
+from recbole_ext.retrieval.evaluation import FaissEvalMixin, with_faiss_eval
 
 N_USERS, N_ITEMS, DIM = 6, 40, 4
 
