@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        sys.exit(2)
+    from recbole_ext.cli import run_as_script
+
+    run_as_script(main)

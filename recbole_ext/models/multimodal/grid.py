@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 
 import yaml
@@ -135,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        sys.exit(2)
+    from recbole_ext.cli import run_as_script
+
+    run_as_script(main)
