@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from recbole_ext.data import mm_format
@@ -207,8 +208,32 @@ def test_dataset_features_are_aligned_to_internal_ids(tmp_path, monkeypatch):
             np.testing.assert_array_equal(feats[k].numpy(), source[int(tokens[k])])
         assert ds.mm_feature_hash[modality] == file_sha256(tmp_path / "root" / "toy" / f"{modality}_feat.npy")
     train, valid, test = ds.build()
-    assert train.mm_features is ds.mm_features  # shared, not copied
+    assert train.mm_features is ds.mm_features  # one dict shared by the splits, not copied
     assert (len(train), len(valid), len(test)) == (8, 3, 3)  # every user has training rows: x_label decides
+
+
+def test_model_takes_the_features_and_the_dataset_reloads_them_on_demand(tmp_path, monkeypatch):
+    from recbole_ext.models.multimodal.mgcn import MGCN
+
+    src = write_mmrec(tmp_path / "src")
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    monkeypatch.setenv("RECBOLE_EXT_CACHE", str(tmp_path / "cache"))
+    main_mmrec(["--src", str(src), "--name", "toy"])
+    config, task = _mm_config(tmp_path, monkeypatch)
+    ds = task.create_dataset(config)
+    train = ds.build()[0]
+    before = {m: t.clone() for m, t in ds.mm_features.items()}
+    model = MGCN({**{k: config[k] for k in ("USER_ID_FIELD", "ITEM_ID_FIELD", "NEG_PREFIX", "device")},
+                  "knn_k": 2}, train)
+    assert ds._mm_cache == {}  # released for every split: the model's trainable copy is the only one in memory
+    assert torch.equal(model.table("image").detach(), before["image"])
+    for modality, values in before.items():  # a second model (grid search) gets the same tables from disk
+        assert torch.equal(ds.mm_features[modality], values)
+    ds.release_mm_features()
+    image = np.load(tmp_path / "root" / "toy" / "image_feat.npy")
+    np.save(tmp_path / "root" / "toy" / "image_feat.npy", image + 1)
+    with pytest.raises(UserError, match="changed on disk"):
+        ds.mm_features
 
 
 def test_dataset_registers_items_without_interactions(tmp_path, monkeypatch):

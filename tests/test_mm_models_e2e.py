@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from recbole_ext import checkpoint
 from recbole_ext.models.multimodal.grid import run_grid
 from recbole_ext.quick_start import load_run, run
 
@@ -9,11 +10,24 @@ from recbole_ext.quick_start import load_run, run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_mambarec_runs_and_reloads_with_identical_scores(quiet, tmp_path):
+def test_mambarec_runs_and_reloads_with_identical_scores(quiet, tmp_path, monkeypatch):
+    from recbole_ext.training import mmrec as mmrec_training
+
+    attached, attach = [], mmrec_training.attach_row_adam
+
+    def recording_attach(*args, **kwargs):
+        attached.append(attach(*args, **kwargs))
+        return attached[-1]
+
+    monkeypatch.setattr(mmrec_training, "attach_row_adam", recording_attach)
     result = run("MambaRec", "synth-mm", {**quiet, "runs_root": str(tmp_path / "runs")})
     assert result.task == "mmrec" and result.checkpoint
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
     assert result.config["n_ui_layers"] == 4 and result.config["stopping_step"] == 10
+    # the trainer ran the feature tables' Adam steps inside backward; their moments are saved with the optimiser
+    assert attached == [["image", "text"]]
+    moments = {tuple(s["exp_avg"].shape) for s in checkpoint.load(result.checkpoint)["optimizer"]["state"].values()}
+    assert {(1001, 4096), (1001, 384)} <= moments
     _, model, _, _, _, test_data = load_run(result.checkpoint)
     users = torch.arange(1, 9)
     scores = model.full_sort_predict({model.USER_ID: users}).view(len(users), -1)

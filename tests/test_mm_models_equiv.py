@@ -153,3 +153,44 @@ def test_single_bn_update_variant_uses_official_momentum():
     single = MambaRec(toy_config(embedding_size=8, dream_bn_double_update=False), ds)
     assert faithful.dream["image"].branch_bn.momentum == pytest.approx(0.19)
     assert single.dream["image"].branch_bn.momentum == pytest.approx(0.1)
+
+
+def _step_state(model, batch):
+    torch.manual_seed(7)  # dropout masks
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, \
+        {n: b.clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize("cls", ["MGCN", "MambaRec"])
+def test_recomputed_activations_give_identical_loss_gradients_and_running_stats(cls):
+    from recbole_ext.models.multimodal.mgcn import MGCN
+
+    model_cls = {"MGCN": MGCN, "MambaRec": MambaRec}[cls]
+    ds = planted_clusters(40, 30, 400, n_clusters=4, image_dim=64, text_dim=24, seed=3)
+    g = torch.Generator().manual_seed(1)
+    batch = {USER_FIELD: torch.randint(1, ds.n_users, (48,), generator=g),
+             ITEM_FIELD: torch.randint(1, ds.n_items, (48,), generator=g),
+             NEG_PREFIX + ITEM_FIELD: torch.randint(1, ds.n_items, (48,), generator=g)}
+    states, saved_bytes = [], []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = model_cls(toy_config(knn_k=4, recompute_activations=recompute), ds)
+        sizes = {}
+
+        def pack(t):  # bytes autograd keeps for backward, parameters excluded
+            if not isinstance(t, torch.nn.Parameter) and t.layout == torch.strided:
+                sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            states.append(_step_state(model, batch))
+        saved_bytes.append(sum(sizes.values()))
+    (loss0, grads0, bufs0), (loss1, grads1, bufs1) = states
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys() and bufs0.keys() == bufs1.keys()
+    for name in grads0:
+        assert torch.equal(grads0[name], grads1[name]), name
+    for name in bufs0:  # DREAM's running statistics: updated once, not again by the recomputation
+        assert torch.equal(bufs0[name], bufs1[name]), name
+    assert saved_bytes[1] < 0.7 * saved_bytes[0], saved_bytes

@@ -132,21 +132,46 @@ class MMRecDataset(Dataset):
             missing = internal_tokens[rows < 0][:5].tolist()
             raise UserError(f"items {missing} occur in {self.dataset_name}.inter but not in {item_list.name}, so "
                             f"they have no feature row", fix="re-run the prepare command with --overwrite")
-        self.mm_features, self.mm_feature_hash, self.mm_feature_files = {}, {}, {}
+        self._mm_rows, self._mm_tokens = rows, (tokens, internal_tokens)
+        # a dict object shared by the split datasets (RecBole's copy() is shallow), so a release frees them all
+        self._mm_cache, self.mm_feature_hash, self.mm_feature_files = {}, {}, {}
         for modality in MODALITIES:
-            entry = self.mm_manifest["features"][modality]
-            path = self.mm_folder / entry["file"]
-            source = open_feature_matrix(path, n_rows=len(tokens), modality=modality)
-            aligned = np.zeros((len(internal_tokens) + 1, source.shape[1]), dtype=np.float32)
-            for start in range(0, len(rows), _COPY_CHUNK):  # chunked: never a second full-size temporary
-                aligned[1 + start:1 + start + _COPY_CHUNK] = source[rows[start:start + _COPY_CHUNK]]
-            # checked after the cast: float64 values beyond float32's range become inf here
-            check_finite_rows(aligned[1:], path, tokens=internal_tokens)
-            self.mm_features[modality] = torch.from_numpy(aligned)
+            path = self.mm_folder / self.mm_manifest["features"][modality]["file"]
+            self._mm_cache[modality] = self._read_mm_feature(modality)
             self.mm_feature_hash[modality] = _feature_sha256(path)
             self.mm_feature_files[modality] = str(path)
-            if entry.get("sha256") and entry["sha256"] != self.mm_feature_hash[modality]:
+            expected = self.mm_manifest["features"][modality].get("sha256")
+            if expected and expected != self.mm_feature_hash[modality]:
                 self.logger.warning(f"{path} changed since it was prepared (sha256 differs from {MANIFEST_NAME})")
+
+    def _read_mm_feature(self, modality: str) -> torch.Tensor:
+        """One feature file as float32 rows aligned to RecBole's internal item ids (row 0 = PAD, zeros)."""
+        tokens, internal_tokens = self._mm_tokens
+        rows = self._mm_rows
+        path = self.mm_folder / self.mm_manifest["features"][modality]["file"]
+        source = open_feature_matrix(path, n_rows=len(tokens), modality=modality)
+        aligned = np.zeros((len(internal_tokens) + 1, source.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), _COPY_CHUNK):  # chunked: never a second full-size temporary
+            aligned[1 + start:1 + start + _COPY_CHUNK] = source[rows[start:start + _COPY_CHUNK]]
+        # checked after the cast: float64 values beyond float32's range become inf here
+        check_finite_rows(aligned[1:], path, tokens=internal_tokens)
+        return torch.from_numpy(aligned)
+
+    @property
+    def mm_features(self) -> dict[str, torch.Tensor]:
+        """``{modality: [item_num, d] float32}``; read again from disk after :meth:`release_mm_features`."""
+        for modality in MODALITIES:
+            if modality not in self._mm_cache:
+                if _feature_sha256(Path(self.mm_feature_files[modality])) != self.mm_feature_hash[modality]:
+                    raise UserError(f"{self.mm_feature_files[modality]} changed on disk while {self.dataset_name} "
+                                    "was loaded", fix="restart the run so the dataset is loaded again")
+                self._mm_cache[modality] = self._read_mm_feature(modality)
+        return self._mm_cache
+
+    def release_mm_features(self) -> None:
+        """Drop the in-memory tables (a model that took them keeps its own reference). On Clothing the image
+        table is 377 MB: keeping the dataset's copy next to a model's trained copy doubles it."""
+        self._mm_cache.clear()
 
     # --- split -------------------------------------------------------------------------------------------------
 
@@ -176,6 +201,7 @@ class MMRecDataset(Dataset):
 
     def __str__(self):
         info = super().__str__()
-        dims = ", ".join(f"{m} {tuple(t.shape)}" for m, t in getattr(self, "mm_features", {}).items())
+        dims = ", ".join(f"{m} ({self.item_num}, {entry['shape'][1]})"
+                         for m, entry in self.mm_manifest["features"].items()) if hasattr(self, "_mm_cache") else ""
         return f"{info}\nMultimodal features: {dims}"
 

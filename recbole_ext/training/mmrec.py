@@ -31,6 +31,7 @@ from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
 from recbole_ext.errors import UserError
+from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
 
 # RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
@@ -149,6 +150,11 @@ class MMRecTrainer(Trainer):
                             fix="set --early_stop_ties=no_improvement")
         self.ties_improve = ties == "improve"
         self.stopped_on_nan = False
+        # big trainable feature tables: Adam step inside backward, no full-size gradient (same update)
+        self.row_updated_tables = attach_row_adam(self.model, self.optimizer, config["clip_grad_norm"],
+                                                  enabled=config["row_update_features"] is not False)
+        if self.row_updated_tables:
+            self.logger.info(f"Adam steps of feature tables {self.row_updated_tables} run inside backward")
 
     def _check_nan(self, loss):
         if torch.isnan(loss):

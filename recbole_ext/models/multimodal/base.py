@@ -9,6 +9,7 @@ from recbole.utils import InputType
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import interaction_csr, normalised_bipartite, to_torch_sparse
 from recbole_ext.models.layers.knn import knn_graph
+from recbole_ext.models.layers.row_update import RowUpdate, linear_with_row_update
 
 MODALITIES = ("image", "text")
 _MISSING = object()
@@ -36,6 +37,10 @@ class MultimodalRecommender(GeneralRecommender):
     Subclasses implement :meth:`compute_vectors` returning the final ``(users [n_users, d], items [n_items, d])``.
     In eval mode those are computed once and cached (``full_sort_predict`` would otherwise redo the whole
     graph forward for every user batch); ``train()`` and ``load_state_dict`` drop the cache.
+
+    Memory: the raw feature tables are taken over from the dataset (``release_mm_features``: the dataset
+    reloads them from disk if asked again), and a model that trains a copy of a table drops its raw buffer
+    (:meth:`train_feature_tables`), so one copy of each table is alive, not two.
     """
 
     input_type = InputType.PAIRWISE
@@ -52,6 +57,10 @@ class MultimodalRecommender(GeneralRecommender):
         self.modalities = tuple(m for m in MODALITIES if m in feats and feats[m] is not None)
         for m in self.modalities:
             self.register_buffer(f"raw_{m}", self._checked_feature(m, feats[m]), persistent=False)
+        release = getattr(dataset, "release_mm_features", None)
+        if callable(release):
+            release()
+        self._row_updates: dict[str, RowUpdate] = {}
 
     def _checked_feature(self, name: str, value) -> torch.Tensor:
         t = torch.as_tensor(value)
@@ -67,6 +76,31 @@ class MultimodalRecommender(GeneralRecommender):
 
     def raw_feature(self, modality: str) -> torch.Tensor:
         return getattr(self, f"raw_{modality}")
+
+    def table(self, modality: str) -> torch.Tensor:
+        """The feature table the forward uses: the trainable copy when there is one, else the raw features."""
+        tables = getattr(self, "feature_tables", None)
+        return tables[modality] if tables is not None and modality in tables else self.raw_feature(modality)
+
+    def train_feature_tables(self, trainable: bool) -> None:
+        """``self.feature_tables``: trainable copies of the raw tables (official MGCN/MambaRec/FREEDOM:
+        ``freeze=False``, Q11), whose raw buffers are then dropped; empty when ``trainable`` is False."""
+        self.feature_tables = nn.ParameterDict(
+            {m: nn.Parameter(self.raw_feature(m).clone()) for m in self.modalities} if trainable else {})
+        for m in self.feature_tables:
+            del self._buffers[f"raw_{m}"]
+
+    # ---- optimiser steps inside backward for big tables (recbole_ext.models.layers.row_update) --------------
+    def row_update_tables(self) -> dict[str, nn.Parameter]:
+        """Trainable tables that enter the forward through exactly one :meth:`table_linear` call each."""
+        return {}
+
+    def attach_row_update(self, name: str, update: RowUpdate) -> None:
+        self._row_updates[name] = update
+
+    def table_linear(self, name: str, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        """``F.linear(table, weight, bias)``, with the table's optimiser step inside backward when attached."""
+        return linear_with_row_update(table, weight, bias, self._row_updates.get(name))
 
     # ---- graphs ---------------------------------------------------------------------------------------------
     def set_graph(self, name: str, graph: torch.Tensor) -> None:
@@ -137,7 +171,3 @@ class MultimodalRecommender(GeneralRecommender):
     def batch_ids(self, interaction):
         return interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
 
-
-def feature_table(raw: torch.Tensor, trainable: bool) -> nn.Parameter | None:
-    """A trainable copy of a raw feature table (official MGCN/MambaRec/FREEDOM: ``freeze=False``, Q11)."""
-    return nn.Parameter(raw.clone()) if trainable else None

@@ -17,7 +17,7 @@ from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value, feature_table
+from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
 
 _DEGREE_EPS = 1e-7
 
@@ -60,10 +60,9 @@ class FREEDOM(MultimodalRecommender):
         else:
             mixed = next(iter(graphs.values()))
         self.set_graph("mm_adj", mixed.to_sparse_csr().to(self.device))
-        self.feature_tables = nn.ParameterDict(
-            {m: feature_table(self.raw_feature(m), True) for m in self.modalities} if not self.freeze_features else {})
+        self.train_feature_tables(not self.freeze_features)
         self.projection = nn.ModuleDict(
-            {m: nn.Linear(self.raw_feature(m).shape[1], self.feat_embed_dim) for m in self.modalities})
+            {m: nn.Linear(self.table(m).shape[1], self.feat_embed_dim) for m in self.modalities})
 
     def _degree_weights(self, edges: torch.Tensor) -> torch.Tensor:
         """``1/sqrt(d_u d_i)`` of each user-item edge with degrees counted over ``edges`` (+1e-7)."""
@@ -91,9 +90,6 @@ class FREEDOM(MultimodalRecommender):
         if mode and not self.training:
             self._needs_resample = True  # RecBole's trainer calls train() at the start of every epoch
         return super().train(mode)
-
-    def table(self, modality: str) -> torch.Tensor:
-        return self.feature_tables[modality] if modality in self.feature_tables else self.raw_feature(modality)
 
     def encode(self, adj: torch.Tensor):
         h = self.item_id_embedding.weight

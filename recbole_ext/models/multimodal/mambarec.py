@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.dream import DREAM
 from recbole_ext.models.layers.losses import gaussian_mmd
+from recbole_ext.models.layers.recompute import recomputed
 from recbole_ext.models.multimodal.base import config_value
 from recbole_ext.models.multimodal.mgcn import MGCN
 
@@ -49,23 +49,25 @@ class MambaRec(MGCN):
         d = self.embedding_size
         self.projection = nn.ModuleDict()
         for m in self.modalities:
-            width = self.raw_feature(m).shape[1]
+            width = self.table(m).shape[1]
             if m == "image":
                 self.image_reduce = nn.Linear(width, width // self.reduction_factor)
                 self.projection[m] = nn.Linear(width // self.reduction_factor, d)
             else:
                 self.projection[m] = nn.Linear(width, d)
 
-    def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        if modality != "image":
-            return self.projection[modality](x)
+    def project(self, modality: str) -> torch.Tensor:
+        """The modality's table mapped to ``[n_items, d]`` (one ``table_linear`` call: see ``row_update_tables``)."""
+        x = self.table(modality)
         outer = self.projection[modality]
+        if modality != "image":
+            return self.table_linear(modality, x, outer.weight, outer.bias)
         if not self.fuse_image_projection:
-            return outer(self.image_reduce(x))
+            return outer(self.table_linear(modality, x, self.image_reduce.weight, self.image_reduce.bias))
         # (x W_r^T + b_r) W_v^T + b_v = x (W_v W_r)^T + (W_v b_r + b_v): 8x fewer flops on the 4096-wide table.
         weight = outer.weight @ self.image_reduce.weight
         bias = outer.weight @ self.image_reduce.bias + outer.bias
-        return F.linear(x, weight, bias)
+        return self.table_linear(modality, x, weight, bias)
 
     def modality_features(self, cache: dict) -> dict[str, torch.Tensor]:
         feats, dreamed = {}, {}
@@ -73,7 +75,7 @@ class MambaRec(MGCN):
             # PAD (row 0) is left out so DREAM's BatchNorm sees exactly the real items (spec §6.1 item 2). The
             # projection's output is sliced, not the raw table: slicing a [n_items, 4096] parameter would make
             # autograd allocate and copy a full-size zero gradient every step.
-            dreamed[m] = self.dream[m](self.project(m, self.table(m))[1:])
+            dreamed[m] = self.dream[m](self.project(m)[1:], recompute=self.recompute_activations)
             x = self.dropout(self.layer_norm(dreamed[m]))
             feats[m] = torch.cat([x.new_zeros(1, x.shape[1]), x])
         cache["dream"] = dreamed
@@ -84,6 +86,6 @@ class MambaRec(MGCN):
         if set(self.modalities) == {"image", "text"}:
             _, pos, _ = self.batch_ids(interaction)
             dreamed = enc["dream"]  # rows start at item id 1
-            terms["mmd"] = self.mmd_weight * gaussian_mmd(dreamed["image"], dreamed["text"], pos - 1,
-                                                          self.mmd_bandwidth)
+            terms["mmd"] = self.mmd_weight * recomputed(gaussian_mmd, dreamed["image"], dreamed["text"], pos - 1,
+                                                        self.mmd_bandwidth, enabled=self.recompute_activations)
         return terms, enc

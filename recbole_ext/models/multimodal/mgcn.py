@@ -15,7 +15,8 @@ import torch.nn as nn
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2, info_nce
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value, feature_table
+from recbole_ext.models.layers.recompute import recomputed
+from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
 
 REG_DENOMINATORS = ("train_batch_size", "batch")
 
@@ -38,6 +39,8 @@ class MGCN(MultimodalRecommender):
                             fix=f"use one of {REG_DENOMINATORS}")
         self.train_batch_size = int(config_value(config, "train_batch_size", 2048))
         self.freeze_features = bool(config_value(config, "freeze_features", False))
+        # same function: cheap blocks are run again in backward instead of storing their activations
+        self.recompute_activations = bool(config_value(config, "recompute_activations", True))
 
         d = self.embedding_size
         self.user_embedding = nn.Embedding(self.n_users, d)
@@ -49,8 +52,7 @@ class MGCN(MultimodalRecommender):
         self.set_graph("norm_adj", norm_adj)
         self.set_graph("r_hat", r_hat)
         self.set_graph("item_graphs", {m: self.item_knn_graph(m, self.knn_k, "sym") for m in self.modalities})
-        self.feature_tables = nn.ParameterDict(
-            {m: feature_table(self.raw_feature(m), True) for m in self.modalities} if not self.freeze_features else {})
+        self.train_feature_tables(not self.freeze_features)
         self.build_projections()
         self.purifier_gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
         self.prefer_gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
@@ -59,14 +61,15 @@ class MGCN(MultimodalRecommender):
     # ---- pieces subclasses change ---------------------------------------------------------------------------
     def build_projections(self):
         self.projection = nn.ModuleDict(
-            {m: nn.Linear(self.raw_feature(m).shape[1], self.embedding_size) for m in self.modalities})
-
-    def table(self, modality: str) -> torch.Tensor:
-        return self.feature_tables[modality] if modality in self.feature_tables else self.raw_feature(modality)
+            {m: nn.Linear(self.table(m).shape[1], self.embedding_size) for m in self.modalities})
 
     def modality_features(self, cache: dict) -> dict[str, torch.Tensor]:
         """Per-modality item features ``[n_items, d]`` that drive the purifier gates."""
-        return {m: self.projection[m](self.table(m)) for m in self.modalities}
+        return {m: self.table_linear(m, self.table(m), self.projection[m].weight, self.projection[m].bias)
+                for m in self.modalities}
+
+    def row_update_tables(self):
+        return dict(self.feature_tables.items())  # each enters the forward once, through table_linear
 
     # ---- forward --------------------------------------------------------------------------------------------
     def encode(self) -> dict:
@@ -83,14 +86,19 @@ class MGCN(MultimodalRecommender):
         if len(views) == 1:
             side = next(iter(views.values()))
         else:
-            scores = torch.cat([self.query_common(views[m]) for m in self.modalities], dim=-1)
-            weights = torch.softmax(scores, dim=-1)
-            common = sum(weights[:, j:j + 1] * views[m] for j, m in enumerate(self.modalities))
-            specific = sum(torch.sigmoid(self.prefer_gate[m](content)) * (views[m] - common) for m in self.modalities)
-            side = (specific + common) / 3
+            side = recomputed(self.fuse_views, content, *views.values(), enabled=self.recompute_activations)
         final = content + side
         cache.update(users=final[:self.n_users], items=final[self.n_users:], side=side, content=content)
         return cache
+
+    def fuse_views(self, content: torch.Tensor, *views: torch.Tensor) -> torch.Tensor:
+        """Attention-weighted common part + preference-gated specific parts of the modality views."""
+        scores = torch.cat([self.query_common(v) for v in views], dim=-1)
+        weights = torch.softmax(scores, dim=-1)
+        common = sum(weights[:, j:j + 1] * v for j, v in enumerate(views))
+        specific = sum(torch.sigmoid(self.prefer_gate[m](content)) * (v - common)
+                       for m, v in zip(self.modalities, views))
+        return (specific + common) / 3
 
     def compute_vectors(self):
         enc = self.encode()
@@ -102,8 +110,9 @@ class MGCN(MultimodalRecommender):
         u, p, n = enc["users"][users], enc["items"][pos], enc["items"][neg]
         denominator = self.train_batch_size if self.reg_denominator == "train_batch_size" else len(users)
         side, content, nu = enc["side"], enc["content"], self.n_users
-        cl = (info_nce(side[nu:], content[nu:], pos, self.cl_temperature)
-              + info_nce(side[:nu], content[:nu], users, self.cl_temperature))
+        recompute = self.recompute_activations
+        cl = (recomputed(info_nce, side[nu:], content[nu:], pos, self.cl_temperature, enabled=recompute)
+              + recomputed(info_nce, side[:nu], content[:nu], users, self.cl_temperature, enabled=recompute))
         terms = {
             "bpr": bpr_logsigmoid(u, p, n),
             "reg": self.reg_weight * half_squared_l2(u, p, n, denominator=denominator),
