@@ -9,7 +9,8 @@ from recbole_ext.errors import UserError
 from recbole_ext.models.medrec import MODELS
 from recbole_ext.models.medrec import causal
 from recbole_ext.models.medrec.base import MedRecModel, margin_targets, multihot, set_ddi_rate
-from recbole_ext.models.medrec.cafemed import CHARM, CafeMed, CausalMed, CausalWeightGenerator, StaticRelationalGraph
+from recbole_ext.models.medrec.cafemed import (CHARM, CafeMed, CausalMed, CausalWeightGenerator, StaticRelationalGraph,
+                                              SumPooling, VisitNodes)
 from recbole_ext.models.medrec.context_adapter import MedDeepFM, MedFM, MedWideDeep
 from recbole_ext.models.medrec.gamenet import GAMENet
 from recbole_ext.models.medrec.retain import RETAIN
@@ -381,13 +382,19 @@ def test_rgcn_matches_per_edge_reference():
 
 
 @pytest.mark.parametrize("cfg", [{}, {"use_cwg": False, "use_charm": False}, {"use_cwg": False, "static_graph": "linear"},
-                                 {"cwg_node_gate": True, "charm_attend_med": True}, {"cwg_effect_threshold": "none"}])
+                                 {"cwg_node_gate": True, "charm_attend_med": True}, {"cwg_effect_threshold": "none"},
+                                 {"charm_norm": "post", "charm_out_norm": True, "charm_rezero": False},
+                                 {"charm_norm": "pre", "charm_attend_med": True, "charm_fusion": "maps"}])
 def test_packed_nodes_equal_padded_reference(tiny, cfg):
     """The unpadded (packed) node layout computes the same loss and gradients as the padded reference layout."""
     batch = tiny.batches("train", 16)[0]
     results = []
     for layout in ("padded", "packed"):
         model = build(CafeMed, tiny, seed=0, dropout_prob=0.0, node_layout=layout, **cfg)
+        with torch.no_grad():  # ReZero scales start at 0; open them so the attention and refinement are compared too
+            for name, param in model.named_parameters():
+                if name.endswith("_scale"):
+                    param.fill_(0.7)
         loss = model.calculate_loss(batch)
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
@@ -398,6 +405,43 @@ def test_packed_nodes_equal_padded_reference(tiny, cfg):
         assert torch.allclose(grad_pad[name], grad_packed[name], atol=1e-5, rtol=1e-4), name
     with pytest.raises(UserError, match="node_layout"):
         build(CafeMed, tiny, node_layout="ragged")
+
+
+def _random_visit_nodes(seed=0, n_visits=6, dim=8):
+    gen = torch.Generator().manual_seed(seed)
+    codes = [torch.randint(0, 5, (n_visits, width), generator=gen) for width in (7, 4, 5)]
+    for c in codes:
+        c[:, 0] = c[:, 0].clamp(min=1)  # at least one code of each kind per visit
+    nodes = VisitNodes(*codes)
+    h = [torch.randn(len(getattr(nodes, f"{kind}_code")), dim, generator=gen) for kind in ("diag", "proc", "med")]
+    return nodes, h
+
+
+@pytest.mark.parametrize("out_norm", [True, False])
+def test_charm_with_rezero_starts_as_sum_pooling(out_norm):
+    """Default CHARM (pre-norm, ReZero) is sum pooling (+ out LayerNorm) at initialisation; v1 is not."""
+    nodes, (h_d, h_p, h_m) = _random_visit_nodes()
+    torch.manual_seed(0)
+    charm = CHARM(8, heads=2, out_norm=out_norm)
+    assert charm.norm == "pre" and charm.rezero
+    pooled = SumPooling().packed(nodes, h_d, h_p, h_m)
+    want = torch.nn.functional.layer_norm(pooled, (8,)) if out_norm else pooled
+    got = charm.packed(nodes, h_d, h_p, h_m)
+    assert torch.allclose(got, want, atol=1e-6)
+    got.square().sum().backward()  # the scales still learn: the refinement can leave the identity
+    assert charm.attention_scale.grad.abs() > 0 and charm.refine_scale.grad.abs() > 0
+    torch.manual_seed(0)
+    v1 = CHARM(8, heads=2, out_norm=out_norm, norm="post", rezero=False)
+    assert not torch.allclose(v1.packed(nodes, h_d, h_p, h_m), want, atol=1e-3)
+
+
+def test_charm_options_are_checked(tiny):
+    for key in ("charm_norm", "charm_fusion"):
+        with pytest.raises(UserError, match=key):
+            build(CafeMed, tiny, **{key: "sideways"})
+    v1 = build(CafeMed, tiny, charm_norm="post", charm_rezero=False, charm_out_norm=False, charm_fusion="maps")
+    assert (v1.pool.norm, v1.pool.rezero, v1.pool.fusion) == ("post", False, "maps")
+    assert isinstance(v1.pool.out_norm, torch.nn.Identity) and not hasattr(v1.pool, "attention_scale")
 
 
 def test_packed_layout_handles_visits_without_procedures(tiny):

@@ -9,7 +9,9 @@ The backbone (embeddings, causal-effect graph with 5-level relation typing and t
 not available: the Causal Weight Generator (CWG) and the Channel Harmonized Attention Refinement Module (CHARM)
 are the spec's reconstruction (§1.4) behind the switches ``use_cwg`` / ``use_charm``; both off is the CausalMed
 backbone (registered as ``CausalMed``). Each module has the same interface as the part it replaces, so a better
-reading of the paper can be dropped in.
+reading of the paper can be dropped in. CHARM's open choices (pre-norm attention, ReZero residuals starting CHARM
+at sum pooling) were chosen on validation Jaccard; ``charm_norm: post`` + ``charm_rezero: False`` is the first
+reconstruction (see ``CHARM``).
 
 Efficiency (spec §7.2 item 16): the per-visit modules only depend on visit k and k-1, so every visit of the batch
 is processed at once, as unpadded code nodes (``VisitNodes``, ``node_layout: packed``) or as the dense padded
@@ -273,17 +275,38 @@ class CHARM(SumPooling):
 
     Channels are the three modalities ``U = [u_d; u_p; u_m]``; the channel branch gives one weight per modality,
     the feature branch one weight per feature, fused by an element-wise max as in the author's DREAM module.
+
+    Choices the paper's text leaves open (chosen on validation Jaccard, docs/medication-models.md "CHARM variants"):
+
+    * ``norm="pre"`` (default): ``H + g_att * MHA(LN H, LN K)``; the residual stream keeps the embedding scale, as
+      sum pooling of the backbone does. ``"post"``: ``LN(H + g_att * MHA(H, K))`` (v1 of this reconstruction).
+    * ``rezero=True`` (default): both residual branches (attention, channel x feature fusion) are scaled by learned
+      scalars ``g_att``, ``g_ref`` that start at 0 (ReZero, Bachlechner et al. 2021), so at initialisation CHARM is
+      sum pooling followed by ``out_norm`` and the refinement is learned from there. ``False``: ``g = 1`` (v1).
+    * ``out_norm``: final LayerNorm of the refined visit vectors (spec step 6, default on).
+    * ``fusion="features"``: ``max(a * U, b * U)`` (spec step 5); ``"maps"``: ``max(a, b) * U`` (DREAM fuses the
+      two attention maps before multiplying them into the features).
+
+    v1 (the first reconstruction, kept for the ablation): ``norm="post", rezero=False``.
     """
 
-    def __init__(self, dim: int, heads: int = 4, reduction: int = 3, attend_med: bool = False):
+    def __init__(self, dim: int, heads: int = 4, reduction: int = 3, attend_med: bool = False, norm: str = "pre",
+                 out_norm: bool = True, rezero: bool = True, fusion: str = "features"):
         super().__init__()
-        self.attend_med = attend_med
+        self.attend_med, self.norm, self.fusion = attend_med, norm, fusion
         self.d_from_p = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.p_from_d = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_d, self.norm_p = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if norm == "pre" and attend_med:
+            self.norm_m = nn.LayerNorm(dim)
         self.channel = nn.Sequential(nn.Linear(3, reduction), nn.ReLU(), nn.Linear(reduction, 3), nn.Sigmoid())
         self.feature = nn.Linear(3, 1)
-        self.out_norm = nn.LayerNorm(dim)
+        self.out_norm = nn.LayerNorm(dim) if out_norm else nn.Identity()
+        # ReZero (Bachlechner et al. 2021): both residual branches scaled by a learned scalar that starts at 0.
+        self.rezero = rezero
+        if rezero:
+            self.attention_scale = nn.Parameter(torch.zeros(()))
+            self.refine_scale = nn.Parameter(torch.zeros(()))
 
     @staticmethod
     def _attend(attn, query, keys, key_mask):
@@ -323,31 +346,49 @@ class CHARM(SumPooling):
     def packed(self, nodes, h_d, h_p, h_m):
         """Same as ``forward`` on unpadded nodes."""
         at_d, at_p = (nodes.diag_visit, nodes.diag_pos), (nodes.proc_visit, nodes.proc_pos)
-        keys_d, key_at_d, width_d = h_p, at_p, nodes.width["proc"]
-        keys_p, key_at_p, width_p = h_d, at_d, nodes.width["diag"]
+        q_d, q_p, q_m = self._attention_inputs(h_d, h_p, h_m)
+        keys_d, key_at_d, width_d = q_p, at_p, nodes.width["proc"]
+        keys_p, key_at_p, width_p = q_d, at_d, nodes.width["diag"]
         if self.attend_med:  # keys = [proc | med] and [diag | med] positions, as the padded concatenation
-            keys_d, key_at_d = torch.cat([h_p, h_m]), (torch.cat([nodes.proc_visit, nodes.med_visit]),
+            keys_d, key_at_d = torch.cat([q_p, q_m]), (torch.cat([nodes.proc_visit, nodes.med_visit]),
                                                         torch.cat([nodes.proc_pos, nodes.med_pos + width_d]))
-            keys_p, key_at_p = torch.cat([h_d, h_m]), (torch.cat([nodes.diag_visit, nodes.med_visit]),
+            keys_p, key_at_p = torch.cat([q_d, q_m]), (torch.cat([nodes.diag_visit, nodes.med_visit]),
                                                         torch.cat([nodes.diag_pos, nodes.med_pos + width_p]))
             width_d, width_p = width_d + nodes.width["med"], width_p + nodes.width["med"]
         n = nodes.n_visits
-        att_d = self.norm_d(h_d + self._packed_attend(self.d_from_p, n, h_d, at_d, keys_d, key_at_d, width_d))
-        att_p = self.norm_p(h_p + self._packed_attend(self.p_from_d, n, h_p, at_p, keys_p, key_at_p, width_p))
+        att_d = self._residual(h_d, self._packed_attend(self.d_from_p, n, q_d, at_d, keys_d, key_at_d, width_d),
+                               self.norm_d)
+        att_p = self._residual(h_p, self._packed_attend(self.p_from_d, n, q_p, at_p, keys_p, key_at_p, width_p),
+                               self.norm_p)
         return self._refine(super().packed(nodes, att_d, att_p, h_m))
+
+    def _attention_inputs(self, h_d, h_p, h_m):
+        """What the attention reads: the nodes (post-norm) or their LayerNorm (pre-norm, residual stream untouched)."""
+        if self.norm == "post":
+            return h_d, h_p, h_m
+        return self.norm_d(h_d), self.norm_p(h_p), self.norm_m(h_m) if self.attend_med else h_m
+
+    def _residual(self, h, attended, norm):
+        if self.rezero:
+            attended = self.attention_scale * attended
+        return norm(h + attended) if self.norm == "post" else h + attended
 
     def _refine(self, u):
         a = self.channel(u.mean(-1)).unsqueeze(-1)                           # [N, 3, 1]
         b = torch.sigmoid(self.feature(u.transpose(1, 2))).transpose(1, 2)   # [N, 1, d]
-        return self.out_norm(u + torch.maximum(a * u, b * u))
+        fused = torch.maximum(a * u, b * u) if self.fusion == "features" else torch.maximum(a, b) * u
+        if self.rezero:
+            fused = self.refine_scale * fused
+        return self.out_norm(u + fused)
 
     def forward(self, h_d, h_p, h_m, mask_d, mask_p, mask_m):
-        keys_d, keys_p, mk_d, mk_p = h_d, h_p, mask_d, mask_p
+        q_d, q_p, q_m = self._attention_inputs(h_d, h_p, h_m)
+        keys_d, keys_p, mk_d, mk_p = q_d, q_p, mask_d, mask_p
         if self.attend_med:
-            keys_d, mk_d = torch.cat([h_d, h_m], 1), torch.cat([mask_d, mask_m], 1)
-            keys_p, mk_p = torch.cat([h_p, h_m], 1), torch.cat([mask_p, mask_m], 1)
-        att_d = self.norm_d(h_d + self._attend(self.d_from_p, h_d, keys_p, mk_p))
-        att_p = self.norm_p(h_p + self._attend(self.p_from_d, h_p, keys_d, mk_d))
+            keys_d, mk_d = torch.cat([q_d, q_m], 1), torch.cat([mask_d, mask_m], 1)
+            keys_p, mk_p = torch.cat([q_p, q_m], 1), torch.cat([mask_p, mask_m], 1)
+        att_d = self._residual(h_d, self._attend(self.d_from_p, q_d, keys_p, mk_p), self.norm_d)
+        att_p = self._residual(h_p, self._attend(self.p_from_d, q_p, keys_d, mk_d), self.norm_p)
         return self._refine(super().forward(att_d, att_p, h_m, mask_d, mask_p, mask_m))
 
 
@@ -389,7 +430,13 @@ class CafeMed(MedRecModel):
         if self.use_charm:
             self.pool = CHARM(d, int(config_value(config, "charm_heads", 4)),
                               int(config_value(config, "charm_reduction", 3)),
-                              config_flag(config, "charm_attend_med", False))
+                              config_flag(config, "charm_attend_med", False),
+                              norm=check_choice("charm_norm", config_value(config, "charm_norm", "pre"),
+                                                ("post", "pre")),
+                              out_norm=config_flag(config, "charm_out_norm", True),
+                              rezero=config_flag(config, "charm_rezero", True),
+                              fusion=check_choice("charm_fusion", config_value(config, "charm_fusion", "features"),
+                                                  ("features", "maps")))
         self.fusion = nn.Parameter(torch.ones(3, 2))  # rho: embedding vs graph output, per modality
         self.grus = nn.ModuleList(nn.GRU(d, d, batch_first=True) for _ in range(3))
         self.head = nn.Linear((6 if self.head_input == "duplicated" else 3) * d, self.n_med)
