@@ -136,6 +136,17 @@ def test_synthetic_is_deterministic_per_seed():
     assert not inter_a[["userID", "itemID"]].equals(inter_c[["userID", "itemID"]])
 
 
+def test_synthetic_draw_in_user_blocks_does_not_change_the_data(monkeypatch):
+    from recbole_ext.data.prepare import synthetic_mm
+
+    inter_a, feat_a = generate(SMALL)  # one block
+    monkeypatch.setattr(synthetic_mm, "_BLOCK_CELLS", 7 * SMALL.items)  # blocks of 7 users (memory at any scale)
+    inter_b, feat_b = generate(SMALL)
+    assert inter_a.equals(inter_b)
+    for m in ("image", "text"):
+        np.testing.assert_array_equal(feat_a[m], feat_b[m])
+
+
 def test_synthetic_shape_split_and_feature_properties():
     inter, feats = generate(SMALL)
     assert 570 <= len(inter) <= 600  # per-user counts are capped at half the catalogue

@@ -74,6 +74,9 @@ def _split_labels(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
+_BLOCK_CELLS = 1 << 22  # users x items cells per block of the interaction draw (32 MB of float64)
+
+
 def generate(spec: SyntheticMMSpec) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Return (MMRec-style interaction frame, {"image": [I, 4096], "text": [I, 384]} float32)."""
     if spec.users < 2 or spec.items < 2 * MIN_PER_USER:
@@ -95,16 +98,22 @@ def generate(spec: SyntheticMMSpec) -> tuple[pd.DataFrame, dict[str, np.ndarray]
     user_f = centroids[liked].mean(axis=1) + spec.user_noise * rng.standard_normal((n_users, k)) / np.sqrt(k)
 
     popularity = (1.0 + rng.permutation(n_items)) ** -spec.popularity_exponent
-    logits = spec.sharpness * (user_f @ item_f.T) + spec.popularity_weight * np.log(popularity)
+    log_popularity = spec.popularity_weight * np.log(popularity)
 
     extra = spec.interactions - MIN_PER_USER * n_users
     per_user = MIN_PER_USER + rng.multinomial(extra, rng.dirichlet(np.full(n_users, 2.0)))
     per_user = np.minimum(per_user, n_items // 2)
-    gumbel = logits + rng.gumbel(size=logits.shape)
-    ranked = np.argsort(-gumbel, axis=1)
-    take = np.arange(n_items)[None, :] < per_user[:, None]
+    # Gumbel top-k per user = sampling without replacement by softmax(logits). Blocks of users keep memory at
+    # O(block x items) (a dense users x items matrix is 7 GB at Clothing size); the draws come from the generator
+    # in the same order as one full-size draw, so the data do not depend on the block size.
     users = np.repeat(np.arange(n_users), per_user)
-    items = ranked[take]
+    items, block = [], max(1, _BLOCK_CELLS // n_items)
+    for start in range(0, n_users, block):
+        rows = slice(start, min(start + block, n_users))
+        logits = spec.sharpness * (user_f[rows] @ item_f.T) + log_popularity
+        ranked = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)
+        items.append(ranked[np.arange(n_items)[None, :] < per_user[rows, None]])
+    items = np.concatenate(items)
 
     labels = _split_labels(users, rng)
     timestamps = 1_300_000_000 + np.sort(rng.integers(0, 10**8, len(users)))
