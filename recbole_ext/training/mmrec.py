@@ -151,8 +151,10 @@ class MMRecTrainer(Trainer):
         self.ties_improve = ties == "improve"
         self.stopped_on_nan = False
         # big trainable feature tables: Adam step inside backward, no full-size gradient (same update)
-        self.row_updated_tables = attach_row_adam(self.model, self.optimizer, config["clip_grad_norm"],
-                                                  enabled=config["row_update_features"] is not False)
+        # (not with a loss scaler: the update would see scaled gradients)
+        self.row_updated_tables = attach_row_adam(
+            self.model, self.optimizer, config["clip_grad_norm"],
+            enabled=config["row_update_features"] is not False and not self.enable_scaler)
         if self.row_updated_tables:
             self.logger.info(f"Adam steps of feature tables {self.row_updated_tables} run inside backward")
 
