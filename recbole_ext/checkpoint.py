@@ -93,13 +93,18 @@ def _version() -> str:
     return __version__
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a recbole-ext checkpoint safely; every failure is a one-line ``UserError``."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a recbole-ext checkpoint safely; every failure is a one-line ``UserError``.
+
+    ``mmap=True`` maps the file instead of reading it: only the tensors used are read. Loading the selected
+    weights for evaluation reads the model, not the optimiser's moments (twice the model's size with Adam: 1.3 GB
+    read for 0.4 GB of weights on Clothing-shaped data).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", fix="pass the .pth file from a run directory")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
@@ -118,3 +123,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         if key not in state:
             raise UserError(f"checkpoint {path} lacks '{key}'", fix="the file is damaged; re-train the model")
     return state
+
+
+def load_weights(model, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
+    """Load only the weights (``state_dict`` and RecBole's ``other_parameter``) of a checkpoint into ``model``."""
+    state = load(path, map_location=map_location, mmap=True)
+    model.load_state_dict(state["state_dict"])
+    model.load_other_parameter(state.get("other_parameter"))

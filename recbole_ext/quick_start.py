@@ -219,7 +219,7 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     from recbole_ext.config import build_config
     from recbole_ext.registry import model_class
 
-    state = ckpt.load(checkpoint_path)
+    state = ckpt.load(checkpoint_path, mmap=True)  # the optimiser state is never read
     external = dict(state["external_config"])
     external.update(config_overrides or {})
     external.pop("run_dir", None)

@@ -43,11 +43,25 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     with pytest.raises(UserError, match="refusing to load"):
         checkpoint.load(evil)
     assert not (tmp_path / "pwned-by-checkpoint").exists()
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint.load_weights(torch.nn.Linear(2, 2), evil)  # the memory-mapped path unpickles as safely
     raw = tmp_path / "raw.pkl"
     raw.write_bytes(pickle.dumps(_Boom()))
-    with pytest.raises(UserError):
-        checkpoint.load(raw)
+    for read in (checkpoint.load, lambda path: checkpoint.load(path, mmap=True)):
+        with pytest.raises(UserError):
+            read(raw)
     assert not (tmp_path / "pwned-by-checkpoint").exists()
+
+
+def test_load_weights_reads_the_weights_only(bpr_run):
+    config, model, *_ = load_run(bpr_run.checkpoint)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    checkpoint.load_weights(model, bpr_run.checkpoint)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
 
 
 def test_foreign_and_missing_checkpoints(tmp_path):

@@ -315,9 +315,7 @@ class MedRecTrainer(Trainer):
 
         path = model_file or self.saved_model_file
         if model_file is not None or (path and Path(path).is_file()):
-            state = checkpoint.load(path, map_location=self.device)
-            self.model.load_state_dict(state["state_dict"])
-            self.model.load_other_parameter(state.get("other_parameter"))
+            checkpoint.load_weights(self.model, path, map_location=self.device)
         elif self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         else:
