@@ -8,7 +8,8 @@ Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 
 (``prepare synthetic-ehr`` defaults) and reads it through ``MedRecDataset`` / ``MedRecDataLoader`` exactly as
 training does; ``--data inprocess`` uses ``recbole_ext.models.medrec.testing.make_synthetic`` (planted
 diagnosis->medication effects, 448 DDI pairs). The training split is the first 2/3 of the patients. Each model runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own;
-the epoch is one pass over the training patients with Adam, after one warm-up batch.
+the epoch is one pass over the training patients with Adam built as ``MedRecTrainer`` builds it (fused on CPU
+unless ``--set fused_adam=false``), after one warm-up batch.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess"
 
     from recbole_ext.models.medrec import MODELS as SPECS
     from recbole_ext.registry import load_object
+    from recbole_ext.training.medrec import fused_adam_enabled
+    from recbole_ext.training.optim import fuse_adam_on_cpu
     from recbole_ext.utils.paths import PROPERTIES_DIR
 
     t0 = time.perf_counter()
@@ -64,7 +67,10 @@ def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess"
     t0 = time.perf_counter()
     model = load_object(SPECS[name])(config, data)
     init_s = time.perf_counter() - t0
-    opt = torch.optim.Adam(model.parameters(), lr=float(config.get("learning_rate", 1e-3)))
+    # RecBole's Adam, then the medication trainer's rule (fused on CPU unless fused_adam: False): every model alike
+    opt = torch.optim.Adam(model.parameters(), lr=float(config.get("learning_rate", 1e-3)),
+                           weight_decay=float(config.get("weight_decay", 0.0) or 0.0))
+    opt = fuse_adam_on_cpu(opt, fused_adam_enabled(config))
     model.train()
 
     def step(batch):
