@@ -302,30 +302,33 @@ class CHARM(SumPooling):
         materialising every (query, key) pair). A visit without keys attends to one zero key (position 0,
         projected: the bias), which is what the padded layout intends for an empty key set.
 
-        The scores are laid out keys x queries and normalised over dim 1: PyTorch's CPU softmax over a short last
-        dimension (5-30 keys) is ~20x slower than over a non-last one. The key mask enters as an additive
-        0 / -inf bias of the same ``baddbmm`` that computes the scaled scores (one kernel, no masked_fill pass).
+        The scores are laid out keys x queries and normalised over dim 1, with the query positions padded to a
+        multiple of 16: PyTorch's CPU softmax is 5-20x slower when the contiguous dimension (5-30 codes) is not
+        a multiple of the vector width. The key mask enters as an additive 0 / -inf bias of the same ``baddbmm``
+        that computes the scaled scores (one kernel, no masked_fill pass).
         """
         d, heads = attn.embed_dim, attn.num_heads
         head = d // heads
         w, b = attn.in_proj_weight, attn.in_proj_bias
-        q_width = int(query_at[1].max()) + 1 if len(query) else 1
-        q = query.new_zeros(n_visits, heads, q_width, head)
-        q[query_at[0], :, query_at[1]] = F.linear(query, w[:d], b[:d]).view(-1, heads, head)
+        q_width = -(-(int(query_at[1].max()) + 1 if len(query) else 1) // 16) * 16  # see below
+        # nodes go to flat (visit, position) rows with index_copy (its backward is index_select, not an index_put)
+        q_row = query_at[0] * q_width + query_at[1]
+        k_row = key_at[0] * key_width + key_at[1]
+        q = query.new_zeros(n_visits * q_width, d).index_copy(0, q_row, F.linear(query, w[:d], b[:d]))
         # key/value slots start as the projection of a zero key (the bias): only a keyless visit's slot 0 is read
-        kv = b[d:].view(2, 1, heads, 1, head).expand(2, n_visits, heads, key_width, head).contiguous()
-        kv[:, key_at[0], :, key_at[1]] = F.linear(keys, w[d:], b[d:]).view(-1, 2, heads, head)
-        allowed = torch.zeros(n_visits, key_width, dtype=torch.bool, device=query.device)
-        allowed[key_at] = True
+        kv = b[d:].expand(n_visits * key_width, 2 * d).index_copy(0, k_row, F.linear(keys, w[d:], b[d:]))
+        q = q.view(n_visits, q_width, heads, head).permute(0, 2, 3, 1).reshape(n_visits * heads, head, q_width)
+        k, v = kv.view(n_visits, key_width, 2, heads, head).permute(2, 0, 3, 1, 4).reshape(
+            2, n_visits * heads, key_width, head)
+        allowed = torch.zeros(n_visits * key_width, dtype=torch.bool, device=query.device)
+        allowed = allowed.index_fill_(0, k_row, True).view(n_visits, key_width)
         allowed[:, 0] |= ~allowed.any(-1)
         bias = torch.zeros(n_visits, key_width, dtype=query.dtype, device=query.device)
         bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, :, None].expand(n_visits, heads, key_width, 1)
-        k, v = kv.view(2, n_visits * heads, key_width, head)
-        scores = torch.baddbmm(bias.reshape(n_visits * heads, key_width, 1), k,
-                               q.view(n_visits * heads, q_width, head).transpose(1, 2), alpha=head ** -0.5)
+        scores = torch.baddbmm(bias.reshape(n_visits * heads, key_width, 1), k, q, alpha=head ** -0.5)
         weight = torch.softmax(scores, 1)                                          # [visits * heads, keys, queries]
-        out = (weight.transpose(1, 2) @ v).view(n_visits, heads, q_width, head)[query_at[0], :, query_at[1]]
-        return attn.out_proj(out.reshape(len(query), d))
+        out = (weight.transpose(1, 2) @ v).view(n_visits, heads, q_width, head).transpose(1, 2)
+        return attn.out_proj(out.reshape(n_visits * q_width, d).index_select(0, q_row))
 
     def packed(self, nodes, h_d, h_p, h_m):
         """Same as ``forward`` on unpadded nodes."""
