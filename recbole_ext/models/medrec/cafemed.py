@@ -45,6 +45,19 @@ def segment_mean(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -
     return segment_sum(values, segment, n_segments) / count.unsqueeze(-1)
 
 
+def weighted_message(linear: nn.Linear, rows: torch.Tensor, weight: torch.Tensor, source: torch.Tensor,
+                     target: torch.Tensor, n_target: int) -> torch.Tensor:
+    """``segment_sum(weight * linear(rows)[source], target, n_target)`` for a linear map without bias.
+
+    The map commutes with the weighted sum, so it is applied on whichever side has fewer rows (before the gather
+    or after the sum): the same function with less arithmetic (e.g. 716 instead of 1,089 rows for diagnoses)."""
+    if linear.bias is not None:
+        raise ValueError("weighted_message needs a linear map without bias")
+    if n_target < len(rows):
+        return linear(segment_sum(weight * rows.index_select(0, source), target, n_target))
+    return segment_sum(weight * linear(rows).index_select(0, source), target, n_target)
+
+
 def same_visit_pairs(left_visit: torch.Tensor, right_visit: torch.Tensor, n_visits: int):
     """All (left node, right node) index pairs of the same visit; both node lists are grouped by visit in order.
 
@@ -217,14 +230,14 @@ class CausalWeightGenerator(nn.Module):
             # the state term is per visit: add it per code node before gathering the pairs (one gather less)
             node_term = mods["code"](h_x) + mods["state"](state).index_select(0, getattr(nodes, f"{kind}_visit"))
             pre = (node_term.index_select(0, code) + mods["med"](h_m).index_select(0, med)
-                   + mods["effect"](c.unsqueeze(-1)))
+                   + c.unsqueeze(-1) * mods["effect"].weight.squeeze(-1))  # Linear(1, g) without bias: an outer product
             weight = 2 * torch.sigmoid(mods["score"](torch.tanh(pre)).squeeze(-1)) * c
         else:
             weight = c
         weight = weight / (segment_sum(weight.abs(), code, len(h_x)) + 1e-8).index_select(0, code)
         weight = weight.unsqueeze(-1)
-        h_new = mods["norm"](h_x + segment_sum(weight * mods["value"](h_m).index_select(0, med), code, len(h_x)))
-        to_med = segment_sum(weight * mods["back"](h_x).index_select(0, code), med, len(h_m))
+        h_new = mods["norm"](h_x + weighted_message(mods["value"], h_m, weight, med, code, len(h_x)))
+        to_med = weighted_message(mods["back"], h_x, weight, code, med, len(h_m))
         return h_new, to_med
 
     def packed(self, nodes, h_d, h_p, h_m, c_d, c_p):
