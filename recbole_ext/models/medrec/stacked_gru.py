@@ -64,13 +64,11 @@ class _StackedGRU(torch.autograd.Function):
             rows = slice(start, start + size)
             h = h[:, :size]                            # patients are ordered longest first: a prefix stays active
             gh = torch.baddbmm(b_hh_row, h, w_hh_t)
-            rz = torch.sigmoid_(gi[:, rows, :2 * hid] + gh[..., :2 * hid])
+            # results are written straight into the saved buffers (out=), no copies
+            rz = torch.add(gi[:, rows, :2 * hid], gh[..., :2 * hid], out=gates[:, rows, :2 * hid]).sigmoid_()
             r, z = rz[..., :hid], rz[..., hid:]
-            n = torch.tanh_(torch.addcmul(gi[:, rows, 2 * hid:], r, gh[..., 2 * hid:]))
-            h = torch.addcmul(n, z, h - n)             # (1 - z) * n + z * h
-            out[:, rows] = h
-            gates[:, rows, :2 * hid] = rz
-            gates[:, rows, 2 * hid:] = n
+            n = torch.addcmul(gi[:, rows, 2 * hid:], r, gh[..., 2 * hid:], out=gates[:, rows, 2 * hid:]).tanh_()
+            h = torch.addcmul(n, z, h - n, out=out[:, rows])  # (1 - z) * n + z * h
             gh_n[:, rows] = gh[..., 2 * hid:]
             start += size
         ctx.batch_sizes = batch_sizes
@@ -86,31 +84,35 @@ class _StackedGRU(torch.autograd.Function):
         hid = w_hh.shape[-1]
         d_gi = x.new_empty(n_g, n_rows, 3 * hid)       # d loss / d (W_i x + b_i), per gate
         d_gh = x.new_empty(n_g, n_rows, 3 * hid)       # d loss / d (W_h h + b_h), per gate
-        h_prev = torch.zeros_like(out)                 # state entering each packed row
         dh = out.new_zeros(n_g, batch_sizes[0] if batch_sizes else 0, hid)
-        ends = torch.tensor(batch_sizes).cumsum(0).tolist()
+        sizes = torch.tensor(batch_sizes, dtype=torch.long)
+        starts = (torch.cumsum(sizes, 0) - sizes).tolist()
         for step in reversed(range(len(batch_sizes))):
-            size, end = batch_sizes[step], ends[step]
-            rows = slice(end - size, end)
-            if step:
-                prev_start = end - size - batch_sizes[step - 1]
-                h_prev[:, rows] = out[:, prev_start:prev_start + size]
+            size, start = batch_sizes[step], starts[step]
+            rows = slice(start, start + size)
             r, z, n = gates[:, rows].split(hid, -1)
+            h_prev = out[:, starts[step - 1]:starts[step - 1] + size] if step else torch.zeros_like(n)
             dh_t = dh[:, :size] + d_out[:, rows]
-            d_n = dh_t * (1 - z) * (1 - n * n)         # through tanh
-            d_z = dh_t * (h_prev[:, rows] - n) * z * (1 - z)   # through sigmoid
-            d_r = d_n * gh_n[:, rows] * r * (1 - r)
-            d_gi[:, rows, :hid], d_gi[:, rows, hid:2 * hid], d_gi[:, rows, 2 * hid:] = d_r, d_z, d_n
-            d_gh[:, rows, :2 * hid] = d_gi[:, rows, :2 * hid]
-            d_gh[:, rows, 2 * hid:] = d_n * r
-            dh[:, :size] = torch.baddbmm(dh_t * z, d_gh[:, rows], w_hh)
+            d_gi_t, d_gh_t = d_gi[:, rows], d_gh[:, rows]
+            d_n = torch.mul(dh_t * (1 - z), 1 - n * n, out=d_gi_t[..., 2 * hid:])                # through tanh
+            torch.mul(dh_t * (h_prev - n), z * (1 - z), out=d_gi_t[..., hid:2 * hid])            # through sigmoid
+            torch.mul(d_n * gh_n[:, rows], r * (1 - r), out=d_gi_t[..., :hid])
+            d_gh_t[..., :2 * hid] = d_gi_t[..., :2 * hid]
+            torch.mul(d_n, r, out=d_gh_t[..., 2 * hid:])
+            dh[:, :size] = torch.baddbmm(dh_t * z, d_gh_t, w_hh)
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
         if ctx.needs_input_grad[0]:
             d_x = torch.bmm(d_gi, w_ih)
         if ctx.needs_input_grad[2]:
             d_w_ih = torch.bmm(d_gi.transpose(1, 2), x)
-        if ctx.needs_input_grad[3]:
-            d_w_hh = torch.bmm(d_gh.transpose(1, 2), h_prev)
+        if ctx.needs_input_grad[3] and len(batch_sizes) > 1:
+            # the state entering row i of step t >= 1 is output row i of step t - 1 (step 0 starts from zero)
+            step = torch.repeat_interleave(torch.arange(len(sizes)), sizes)[batch_sizes[0]:]
+            first = torch.tensor(starts, dtype=torch.long)
+            prev_row = first[step - 1] + torch.arange(batch_sizes[0], n_rows) - first[step]
+            d_w_hh = torch.bmm(d_gh[:, batch_sizes[0]:].transpose(1, 2), out.index_select(1, prev_row.to(out.device)))
+        elif ctx.needs_input_grad[3]:
+            d_w_hh = w_hh.new_zeros(w_hh.shape)
         if ctx.needs_input_grad[4]:
             d_b_ih = d_gi.sum(1)
         if ctx.needs_input_grad[5]:
