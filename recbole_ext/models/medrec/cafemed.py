@@ -14,7 +14,8 @@ reading of the paper can be dropped in.
 Efficiency (spec §7.2 item 16): the per-visit modules only depend on visit k and k-1, so every visit of the batch
 is processed at once, as unpadded code nodes (``VisitNodes``, ``node_layout: packed``) or as the dense padded
 reference layout (``node_layout: padded``, same function), and the GRUs encode each patient's whole history in one
-pass (the output at step t is the published model's prefix encoding for target visit t).
+pass (the output at step t is the published model's prefix encoding for target visit t); in the packed layout the
+three GRUs run on packed visit sequences as one autograd node (``stacked_gru``, same function).
 """
 from __future__ import annotations
 
