@@ -2,13 +2,15 @@
 
     PYTHONPATH=. python bench/medrec_epoch.py [--threads 2] [--batch-size 32] [--models CafeMed,RETAIN,...]
                                              [--data task|inprocess] [--set node_layout=padded]
+                                             [--epochs 3 --interleave]
 
 Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 procedures, 131 medications):
 ``--data task`` (default) prepares the medication task's ``synth-ehr`` dataset once in a temporary folder
 (``prepare synthetic-ehr`` defaults) and reads it through ``MedRecDataset`` / ``MedRecDataLoader`` exactly as
 training does; ``--data inprocess`` uses ``recbole_ext.models.medrec.testing.make_synthetic`` (planted
 diagnosis->medication effects, 448 DDI pairs). The training split is the first 2/3 of the patients. Each model runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own;
-the epoch is one pass over the training patients with Adam, after one warm-up batch.
+the epoch is one pass over the training patients with Adam built as ``MedRecTrainer`` builds it (fused on CPU
+unless ``--set fused_adam=false``), after one warm-up batch.
 """
 from __future__ import annotations
 
@@ -45,26 +47,27 @@ def load_data(source: str, folder: str | None, batch_size: int):
     return dataset, list(MedRecDataLoader(config, dataset, "train", batch_size, shuffle=False))
 
 
-def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None,
-              overrides: dict | None = None) -> dict:
+def training_step(name: str, data, overrides: dict | None = None):
+    """``(step(batch), init seconds)`` of one model: RecBole's Adam turned fused by the medication trainer's rule."""
     import torch
-
     import yaml
 
     from recbole_ext.models.medrec import MODELS as SPECS
     from recbole_ext.registry import load_object
+    from recbole_ext.training.medrec import fused_adam_enabled
+    from recbole_ext.training.optim import fuse_adam_on_cpu
     from recbole_ext.utils.paths import PROPERTIES_DIR
 
-    t0 = time.perf_counter()
-    data, batches = load_data(source, folder, batch_size)
-    gen_s = time.perf_counter() - t0
     config = yaml.safe_load((PROPERTIES_DIR / "model" / f"{name}.yaml").read_text()) or {}
     config.update(overrides or {})
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = load_object(SPECS[name])(config, data)
     init_s = time.perf_counter() - t0
-    opt = torch.optim.Adam(model.parameters(), lr=float(config.get("learning_rate", 1e-3)))
+    # as MedRecTrainer builds it (fused on CPU unless fused_adam: False), so every model gets the same optimizer
+    opt = torch.optim.Adam(model.parameters(), lr=float(config.get("learning_rate", 1e-3)),
+                           weight_decay=float(config.get("weight_decay", 0.0) or 0.0))
+    opt = fuse_adam_on_cpu(opt, fused_adam_enabled(config))
     model.train()
 
     def step(batch):
@@ -73,19 +76,57 @@ def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess"
         loss.backward()
         opt.step()
 
+    return step, init_s
+
+
+def timed_epoch(step, batches) -> float:
+    t0 = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return time.perf_counter() - t0
+
+
+def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None,
+              overrides: dict | None = None) -> dict:
+    import torch
+
+    t0 = time.perf_counter()
+    data, batches = load_data(source, folder, batch_size)
+    gen_s = time.perf_counter() - t0
+    step, init_s = training_step(name, data, overrides)
     step(batches[0])
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        for batch in batches:
-            step(batch)
-        times.append(time.perf_counter() - t0)
-    n_visits = sum(b.n_visits for b in batches)
-    return {"model": name, "overrides": overrides or {}, "epoch_s": min(times), "epoch_s_all": times, "init_s": init_s, "data_s": gen_s,
-            "train_patients": sum(len(b.patient_ids) for b in batches), "train_visits": n_visits,
-            "batches": len(batches), "data": source,
+    times = [timed_epoch(step, batches) for _ in range(epochs)]
+    return {"model": name, "overrides": overrides or {}, "epoch_s": min(times), "epoch_s_all": times,
+            "init_s": init_s, "data_s": gen_s, **batch_stats(batches), "data": source,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
+
+
+def batch_stats(batches) -> dict:
+    return {"train_patients": sum(len(b.patient_ids) for b in batches),
+            "train_visits": sum(b.n_visits for b in batches), "batches": len(batches)}
+
+
+def interleaved(names: list[str], batch_size: int, epochs: int, source: str, folder: str | None,
+                overrides: dict) -> list[dict]:
+    """All models in this process on the same batches, their epochs alternating (model 1, 2, ..., 1, 2, ...):
+    on a shared machine the load then hits every model alike, so the ratios are comparable (minimum per model).
+    Peak RSS is the whole process's."""
+    import torch
+
+    data, batches = load_data(source, folder, batch_size)
+    steps = {}
+    for name in names:
+        steps[name] = training_step(name, data, overrides)
+        steps[name][0](batches[0])
+    times = {name: [] for name in names}
+    for _ in range(epochs):
+        for name in names:
+            times[name].append(timed_epoch(steps[name][0], batches))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [{"model": name, "overrides": overrides, "epoch_s": min(times[name]), "epoch_s_all": times[name],
+             "init_s": steps[name][1], **batch_stats(batches), "data": source, "peak_rss_mb": rss,
+             "threads": torch.get_num_threads(), "interleaved": True} for name in names]
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -110,6 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--interleave", action="store_true",
+                        help="one process, the models' epochs alternating (robust ratios on a shared machine; "
+                             "peak RSS is then the process's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override for every model (YAML value), e.g. --set node_layout=padded")
     args = parser.parse_args(argv)
@@ -127,7 +171,20 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(io.StringIO()):
             prepare_synthetic(["--out", tmp.name, "--name", "synth-ehr"])
     rows = []
-    for name in args.models.split(","):
+    names = args.models.split(",")
+    if args.interleave:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        rows = interleaved(names, args.batch_size, args.epochs, args.data, str(Path(tmp.name) / "synth-ehr"),
+                           parse_overrides(args.set))
+        for row in rows:
+            print(f"{row['model']:12s} epoch {row['epoch_s']:7.2f} s   (all: "
+                  f"{' '.join(f'{t:.2f}' for t in row['epoch_s_all'])})", flush=True)
+        print(f"process peak RSS {rows[0]['peak_rss_mb']:.0f} MB, {rows[0]['threads']} threads, "
+              f"{rows[0]['train_visits']} visits, {rows[0]['batches']} batches")
+        names = []
+    for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--data", args.data,
                "--folder", str(Path(tmp.name) / "synth-ehr"),
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]

@@ -478,3 +478,89 @@ def test_safedrug_without_rdkit_is_one_clear_error(tiny, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rdkit" else real(name, *a))
     with pytest.raises(UserError, match="RDKit"):
         build(SafeDrug, tiny)
+
+
+# -- fast paths of the packed layout (each against its reference) ------------------------------------------------
+@pytest.mark.parametrize("lengths", [[2, 4, 1, 4, 3], [3, 3], [1]])
+def test_stacked_gru_equals_nn_gru(lengths):
+    """stacked_gru on packed visits = three nn.GRU calls on the padded grid, outputs and all gradients."""
+    from recbole_ext.models.medrec.stacked_gru import PackedVisits, stacked_gru
+
+    torch.manual_seed(0)
+    grus = torch.nn.ModuleList(torch.nn.GRU(6, 5, batch_first=True) for _ in range(3))
+    lengths = torch.tensor(lengths)
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]
+    x = torch.randn(*mask.shape, 3, 6) * mask[..., None, None]
+    probe = torch.randn(*mask.shape, 3, 5)
+    results = []
+    for fast in (False, True):
+        inputs = x.clone().requires_grad_(True)
+        if fast:
+            seq = PackedVisits(mask)
+            packed = inputs[mask].index_select(0, seq.visit_of_packed).transpose(0, 1).contiguous()
+            out = stacked_gru(grus, packed, seq.batch_sizes).index_select(1, seq.packed_of_visit).transpose(0, 1)
+        else:
+            out = torch.stack([gru(inputs[:, :, i])[0] for i, gru in enumerate(grus)], 2)[mask]
+        (out * probe[mask]).sum().backward()
+        results.append((out.detach(), inputs.grad, [p.grad.clone() for p in grus.parameters()]))
+        grus.zero_grad()
+    (out_ref, dx_ref, dw_ref), (out_fast, dx_fast, dw_fast) = results
+    assert torch.allclose(out_ref, out_fast, atol=1e-6)
+    assert torch.allclose(dx_ref, dx_fast, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(dw_ref, dw_fast))
+    with pytest.raises(ValueError, match="one-layer"):
+        stacked_gru([torch.nn.GRU(6, 5, num_layers=2)], torch.zeros(1, 1, 6), [1])
+
+
+def test_packed_visits_order():
+    from recbole_ext.models.medrec.stacked_gru import PackedVisits
+
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    seq = PackedVisits(mask)
+    assert seq.batch_sizes == [3, 2, 1]
+    # mask order: (0,0) (0,1) (1,0) (1,1) (1,2) (2,0); longest patient first within each step
+    assert seq.packed_of_visit.tolist() == [1, 4, 0, 3, 5, 2]
+    assert torch.equal(seq.packed_of_visit[seq.visit_of_packed], torch.arange(6))
+
+
+@pytest.mark.parametrize("n_target", [3, 40])
+def test_weighted_message_commutes_the_linear_map(n_target):
+    """Both branches (map before the gather, map after the sum) equal the direct formula, gradients included."""
+    from recbole_ext.models.medrec.cafemed import segment_sum, weighted_message
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 4, bias=False)
+    rows = torch.randn(10, 4, requires_grad=True)
+    weight = torch.randn(30, 1)
+    source, target = torch.randint(0, 10, (30,)), torch.randint(0, n_target, (30,))
+    direct = segment_sum(weight * linear(rows).index_select(0, source), target, n_target)
+    fast = weighted_message(linear, rows, weight, source, target, n_target)
+    assert torch.allclose(direct, fast, atol=1e-6)
+    g_direct = torch.autograd.grad(direct.sum(), [rows, linear.weight])
+    g_fast = torch.autograd.grad(fast.sum(), [rows, linear.weight])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_direct, g_fast))
+    with pytest.raises(ValueError, match="without bias"):
+        weighted_message(torch.nn.Linear(4, 4), rows, weight, source, target, n_target)
+
+
+def test_node_dropout_has_the_distribution_of_nn_dropout(tiny):
+    """Packed node dropout: keep probability 1 - p, kept values scaled by 1 / (1 - p), placeholders zeroed; eval and
+    p = 0 are the identity (up to the placeholder mask)."""
+    from recbole_ext.models.medrec.base import previous_visit
+    from recbole_ext.models.medrec.cafemed import VisitNodes
+
+    batch = tiny.batches("train", 24)[0]
+    mask = batch.visit_mask
+    nodes = VisitNodes(batch.diag[mask], batch.proc[mask], previous_visit(batch.med)[mask])
+    model = build(CafeMed, tiny, dropout_prob=0.7)
+    torch.manual_seed(1)
+    m_d, m_p, m_m = model._node_dropout(nodes)
+    values = torch.cat([m_d, m_p]).flatten()
+    kept = values[values != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.3))
+    assert abs((values > 0).float().mean().item() - 0.3) < 0.02
+    placeholder = nodes.med_code == 0
+    assert placeholder.any() and (m_m[placeholder] == 0).all()
+    model.eval()
+    none_d, none_p, m_m = model._node_dropout(nodes)
+    assert none_d is None and none_p is None and torch.equal(m_m.squeeze(-1), (~placeholder).float())

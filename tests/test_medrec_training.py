@@ -70,3 +70,40 @@ def test_bad_task_options_are_user_errors(tmp_path, key, value):
     with pytest.raises(UserError, match=match):
         quick_start.run("MedLogReg", "mimic3-demo", config_dict={key: value, "epochs": 1, "runs_root": str(tmp_path)})
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_trainer_uses_fused_adam_on_cpu_unless_switched_off(run_result):
+    """MedRecTrainer turns RecBole's plain Adam into fused Adam on CPU (fused_adam, default True), hyper-parameters
+    kept; fused_adam: False keeps the per-tensor Adam. The bench builds its optimizer through the same rule."""
+    import torch
+
+    from recbole_ext.training.medrec import MedRecTrainer
+
+    config, model, *_ = quick_start.load_run(run_result.checkpoint, {"runs_root": run_result.run_dir})
+    trainer = MedRecTrainer(config, model)
+    assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.defaults["fused"]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    config["fused_adam"] = False
+    assert not MedRecTrainer(config, model).optimizer.defaults.get("fused")
+
+
+def test_fused_adam_is_the_same_update():
+    import torch
+
+    from recbole_ext.training.optim import fuse_adam_on_cpu
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = torch.optim.Adam(params, lr=0.1, weight_decay=0.01)
+    fused = fuse_adam_on_cpu(torch.optim.Adam(copies, lr=0.1, weight_decay=0.01))
+    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    for step in range(3):
+        for group in (params, copies):
+            for p in group:
+                p.grad = torch.full_like(p, 0.5 * (step + 1)) + p.detach()
+        plain.step()
+        fused.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, copies))
+    sgd = torch.optim.SGD(params, lr=0.1)
+    assert fuse_adam_on_cpu(sgd) is sgd and fuse_adam_on_cpu(plain, enabled=False) is plain

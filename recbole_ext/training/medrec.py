@@ -29,7 +29,9 @@ from tqdm import tqdm
 from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
+from recbole_ext.models.medrec.base import config_flag
 from recbole_ext.evaluation.medrec_metrics import THRESHOLD, bootstrap_rows, config_value, summarise_rounds
+from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.tasks import Task
 from recbole_ext.utils.paths import dataset_root
 
@@ -49,6 +51,11 @@ def number_key(config, key: str, default, kind=int, minimum=None, maximum=None):
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise UserError(f"config key '{key}' = {value} is outside [{minimum}, {maximum}]", fix=f"default is {default}")
     return value
+
+
+def fused_adam_enabled(config) -> bool:
+    """``fused_adam`` of the medication task: True unless set to False (the default lives here, not in overall.yaml)."""
+    return config_flag(config, "fused_adam", True)
 
 
 def dataset_folder(config) -> Path:
@@ -229,6 +236,11 @@ class MedRecTrainer(Trainer):
         self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, 1)
         self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float, 0.0, 1.0)
         self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0)
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer; plain Adam on CPU runs fused (``fused_adam``, default True: the same update in one
+        kernel; bench/medrec_epoch.py builds its optimizer through this same rule for every model)."""
+        return fuse_adam_on_cpu(super()._build_optimizer(**kwargs), fused_adam_enabled(self.config))
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()

@@ -32,6 +32,7 @@ from recbole.utils import ModelType
 
 from recbole_ext import checkpoint
 from recbole_ext.errors import UserError
+from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
 
@@ -176,13 +177,7 @@ class MMRecTrainer(Trainer):
         """RecBole's optimizer; plain Adam on CPU becomes fused Adam (``fused_adam: True``), the same update in one
         kernel per step: bench/mm_epoch.py measured 18 % less time per step and ~750 MB less peak memory with the
         4096-d trainable image table of MambaRec on clothing-shaped data."""
-        optimizer = super()._build_optimizer(**kwargs)
-        on_cpu = all(p.device.type == "cpu" for g in optimizer.param_groups for p in g["params"])
-        if type(optimizer) is torch.optim.Adam and on_cpu and self.config["fused_adam"] is not False:
-            keys = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-            groups = [{"params": g["params"], **{k: g[k] for k in keys}} for g in optimizer.param_groups]
-            optimizer = torch.optim.Adam(groups, fused=True)
-        return optimizer
+        return fuse_adam_on_cpu(super()._build_optimizer(**kwargs), self.config["fused_adam"] is not False)
 
     def _improved(self, score: float) -> bool:
         if self.best_valid_result is None:
