@@ -6,13 +6,14 @@ import torch
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal.freedom import FREEDOM
+from recbole_ext.models.multimodal.lattice import LATTICE
 from recbole_ext.models.multimodal.mambarec import MambaRec
 from recbole_ext.models.multimodal.mgcn import MGCN
 from recbole_ext.models.multimodal.toy import (ITEM_FIELD, NEG_PREFIX, USER_FIELD, fit, planted_clusters,
                                                 recall_at_k, toy_config)
 from recbole_ext.models.multimodal.vbpr import VBPR
 
-MODELS = [MambaRec, MGCN, VBPR, FREEDOM]
+MODELS = [MambaRec, MGCN, VBPR, FREEDOM, LATTICE]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +56,7 @@ def test_retrieval_contract_and_cache(cls, tiny):
     assert not any(k.startswith("raw_") for k in model.state_dict())  # features are non-persistent buffers
 
 
-@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM])
+@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM, LATTICE])
 def test_feature_tables_trainable_by_default_and_freezable(cls, tiny):
     torch.manual_seed(0)
     official = cls(toy_config(embedding_size=8), tiny)
@@ -106,6 +107,18 @@ def test_bad_inputs_raise_user_errors(tiny):
         MambaRec(toy_config(embedding_size=8, mmd_weight=[0.1, 0.2]), tiny)
 
 
+@pytest.mark.parametrize("cls", MODELS)
+def test_every_model_refuses_bad_features(cls, tiny):
+    cfg = toy_config(embedding_size=8)
+    text = tiny.mm_features["text"]
+    nan = text.clone()
+    nan[3, 1] = float("inf")
+    for features, message in (({}, "needs multimodal item features"), ({"text": text[:-1]}, "shape"),
+                              ({"text": nan}, "NaN or inf"), ({"text": text.long()}, "dtype")):
+        with pytest.raises(UserError, match=message):
+            cls(cfg, tiny.with_features(features))
+
+
 def test_freedom_resamples_edges_once_per_epoch(tiny):
     torch.manual_seed(0)
     model = FREEDOM(toy_config(embedding_size=8, dropout=0.5), tiny)
@@ -150,7 +163,7 @@ def lightgcn_recall(planted):
     return recall
 
 
-@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM])
+@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM, LATTICE])
 def test_multimodal_beats_lightgcn_and_shuffled_features_remove_the_gain(cls, planted, lightgcn_recall):
     real, _ = _train_eval(cls, planted)
     shuffled, _ = _train_eval(cls, planted.shuffled_features(seed=0))
