@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal import lattice as lattice_module
 from recbole_ext.models.multimodal.lattice import LATTICE, blockwise_cosine_topk
-from recbole_ext.models.multimodal.toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD, planted_clusters, toy_config
+from recbole_ext.models.multimodal.toy import planted_clusters, random_batch, toy_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -14,13 +14,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny():
     return planted_clusters(30, 40, 300, n_clusters=3, image_dim=24, text_dim=16, seed=0)
-
-
-def batch_of(ds, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {USER_FIELD: torch.randint(1, ds.n_users, (n,), generator=g),
-            ITEM_FIELD: torch.randint(1, ds.n_items, (n,), generator=g),
-            NEG_PREFIX + ITEM_FIELD: torch.randint(1, ds.n_items, (n,), generator=g)}
 
 
 def dense_knn(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,22 +82,22 @@ def test_learned_graph_gets_gradient_in_first_batch_of_epoch_only(tiny):
     model = LATTICE(toy_config(embedding_size=8), tiny)
     model.train()
     model.pre_epoch_processing()
-    model.calculate_loss(batch_of(tiny)).backward()
+    model.calculate_loss(random_batch(tiny)).backward()
     first = model.item_graph
     assert model.modal_weight.grad is not None and model.projection["image"].weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
-    model.calculate_loss(batch_of(tiny, seed=1)).backward()
+    model.calculate_loss(random_batch(tiny, seed=1)).backward()
     assert model.item_graph is first  # same epoch, same detached graph
     assert model.modal_weight.grad is None and model.projection["image"].weight.grad is None
     assert model.item_id_embedding.weight.grad is not None
     model.pre_epoch_processing()
-    model.calculate_loss(batch_of(tiny)).backward()
+    model.calculate_loss(random_batch(tiny)).backward()
     assert model.item_graph is not first
 
     every = LATTICE(toy_config(embedding_size=8, graph_rebuild="batch"), tiny)
     for seed in range(2):
         every.zero_grad(set_to_none=True)
-        every.calculate_loss(batch_of(tiny, seed=seed)).backward()
+        every.calculate_loss(random_batch(tiny, seed=seed)).backward()
         assert every.modal_weight.grad is not None
 
 

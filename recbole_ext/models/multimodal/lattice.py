@@ -172,7 +172,9 @@ class LATTICE(MultimodalRecommender):
         return super().load_state_dict(*args, **kwargs)
 
     def training_item_graph(self) -> torch.Tensor:
-        if self.graph_rebuild == "batch" or self._rebuild_graph or self.item_graph is None:
+        if self.graph_rebuild == "batch":
+            return self.build_item_graph()
+        if self._rebuild_graph or self.item_graph is None:
             self._rebuild_graph = False
             graph = self.build_item_graph()
             with torch.no_grad():
