@@ -14,7 +14,7 @@ feature tables: ``K_m`` = cosine top-``k`` of ``f_m`` (weighted, not normalised)
     h = S^n_layers E_item                       # item ID embeddings on the latent item graph
     users, items = LightGCN(A_hat, [E_user; E_item], n_ui_layers)
     items = items + l2_normalise(h)             # row-wise, as MMRec
-    loss = BPR + reg_weight * (½‖u‖² + ½‖p‖² + ½‖n‖²) / train_batch_size   (final embeddings, quirk Q3)
+    loss = BPR + reg_weight * (½‖u‖² + ½‖p‖² + ½‖n‖²) / train_batch_size  (final embeddings, Q3)
 
 Graph schedule (``graph_rebuild: epoch``, official): MMRec rebuilds ``S`` with gradient in the **first batch of
 every epoch** (``pre_epoch_processing`` sets ``build_item_graph``); the other batches of the epoch propagate on a
