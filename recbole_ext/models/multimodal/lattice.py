@@ -31,9 +31,18 @@ differently). Memory is ``O(items x k)``; no dense ``items x items`` matrix exis
 
 PAD: RecBole's item 0 (absent in MMRec) has no features; it gets neither neighbours nor in-edges, in both graphs.
 
-``cf_model``: MMRec's LATTICE offers ``ngcf``, ``lightgcn`` and ``mf`` backbones; ``lightgcn`` (its yaml default,
-[INFERRED] from memory of MMRec's lattice.yaml, as is ``n_ui_layers = len(weight_size) = 2``) and ``mf`` are
+``cf_model``: MMRec's LATTICE offers ``ngcf``, ``lightgcn`` and ``mf`` backbones; ``lightgcn`` and ``mf`` are
 implemented, ``ngcf`` is refused with a UserError.
+
+[INFERRED] (not recorded in the spec, which gives only the yaml values of its Appendix A; taken from memory of MMRec
+and the original LATTICE code, unverified here): ``cf_model: lightgcn`` is the yaml default; ``n_ui_layers = 2``
+(``len(weight_size)`` with ``weight_size: [64, 64]``); the per-epoch graph schedule above; the learned graph mixes
+the unnormalised kNN matrices before one normalisation while the original graphs are mixed after theirs;
+``modal_weight`` starts at ``[0.5, 0.5]``; the L2 term uses the final (propagated) batch embeddings divided by
+``train_batch_size``. MMRec also projects the feature tables in every forward and discards them when the graph is
+not rebuilt; here they are projected only when used, which is the same function (with torch >= 2's
+``zero_grad(set_to_none=True)`` an unused parameter gets no Adam step; under torch < 2 the official run would also
+move those parameters by Adam momentum in the other batches; that is not reproduced).
 """
 from __future__ import annotations
 
