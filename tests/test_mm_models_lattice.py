@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal import lattice as lattice_module
 from recbole_ext.models.multimodal.lattice import LATTICE, blockwise_cosine_topk
-from recbole_ext.models.multimodal.toy import planted_clusters, random_batch, toy_config
+from recbole_ext.models.multimodal.toy import fit, planted_clusters, random_batch, recall_at_k, toy_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,3 +121,15 @@ def test_lambda_one_is_the_fixed_original_graph(tiny):
     graph = model.build_item_graph().to_dense()
     original = sum(0.5 * model.original_graphs[m].to_dense() for m in model.modalities)
     assert torch.allclose(graph, original, atol=1e-7)
+
+
+def test_same_seed_same_numbers(tiny):
+    def trained():
+        torch.manual_seed(0)
+        model = LATTICE(toy_config(embedding_size=8), tiny)
+        history = fit(model, tiny, 3, learning_rate=1e-2, batch_size=64, seed=0)
+        return history, recall_at_k(model, tiny, "test", 10), model.modal_weight.detach().clone()
+
+    (h1, r1, w1), (h2, r2, w2) = trained(), trained()
+    assert h1 == h2 and r1 == r2 and torch.equal(w1, w2)
+    assert not torch.equal(w1, torch.full_like(w1, 0.5))  # the modality weights did train
