@@ -144,7 +144,9 @@ class LATTICE(MultimodalRecommender):
         rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
         degree = torch.zeros(self.n_items, dtype=values.dtype, device=values.device).index_add(0, rows, values)
         # MMRec: d^-1/2 with inf -> 0; a non-positive row sum (possible only with negative cosines) -> 0 as in knn.py
-        inv_sqrt = torch.where(degree > 0, degree.clamp_min(torch.finfo(degree.dtype).tiny).rsqrt(),
+        # (the masked branch is fed 1, not 0, so no inf/NaN appears even in a gradient that is then discarded)
+        positive = degree > 0
+        inv_sqrt = torch.where(positive, torch.where(positive, degree, torch.ones_like(degree)).rsqrt(),
                                torch.zeros_like(degree))
         learned = values * inv_sqrt[rows] * inv_sqrt[cols]
         indices = [torch.stack([rows, cols])]
