@@ -27,7 +27,7 @@ import time
 import yaml
 
 SHAPES = {"baby": (19445, 7050, 160_792), "clothing": (39387, 23033, 278_677)}
-MODELS = ["MambaRec", "MGCN", "FREEDOM", "VBPR", "LightGCN", "BPR"]
+MODELS = ["MambaRec", "MGCN", "FREEDOM", "LATTICE", "VBPR", "LightGCN", "BPR"]
 
 
 def one(model_name: str, shape: str, threads: int, epochs: int, adam: str = "fused", row_update: bool = True,

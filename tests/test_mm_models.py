@@ -6,13 +6,14 @@ import torch
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal.freedom import FREEDOM
+from recbole_ext.models.multimodal.lattice import LATTICE
 from recbole_ext.models.multimodal.mambarec import MambaRec
 from recbole_ext.models.multimodal.mgcn import MGCN
-from recbole_ext.models.multimodal.toy import (ITEM_FIELD, NEG_PREFIX, USER_FIELD, fit, planted_clusters,
+from recbole_ext.models.multimodal.toy import (ITEM_FIELD, USER_FIELD, fit, planted_clusters, random_batch,
                                                 recall_at_k, toy_config)
 from recbole_ext.models.multimodal.vbpr import VBPR
 
-MODELS = [MambaRec, MGCN, VBPR, FREEDOM]
+MODELS = [MambaRec, MGCN, VBPR, FREEDOM, LATTICE]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,18 +24,11 @@ def tiny():
     return planted_clusters(30, 25, 300, n_clusters=3, image_dim=48, text_dim=16, seed=0)
 
 
-def batch_of(ds, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {USER_FIELD: torch.randint(1, ds.n_users, (n,), generator=g),
-            ITEM_FIELD: torch.randint(1, ds.n_items, (n,), generator=g),
-            NEG_PREFIX + ITEM_FIELD: torch.randint(1, ds.n_items, (n,), generator=g)}
-
-
 @pytest.mark.parametrize("cls", MODELS)
 def test_retrieval_contract_and_cache(cls, tiny):
     torch.manual_seed(0)
     model = cls(toy_config(embedding_size=8), tiny)
-    loss = model.calculate_loss(batch_of(tiny))
+    loss = model.calculate_loss(random_batch(tiny))
     assert torch.isfinite(loss)
     loss.backward()
     model.eval()
@@ -55,7 +49,7 @@ def test_retrieval_contract_and_cache(cls, tiny):
     assert not any(k.startswith("raw_") for k in model.state_dict())  # features are non-persistent buffers
 
 
-@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM])
+@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM, LATTICE])
 def test_feature_tables_trainable_by_default_and_freezable(cls, tiny):
     torch.manual_seed(0)
     official = cls(toy_config(embedding_size=8), tiny)
@@ -71,7 +65,7 @@ def test_feature_tables_trainable_by_default_and_freezable(cls, tiny):
 
 
 def test_reg_denominator_variant(tiny):
-    batch = batch_of(tiny, n=16)
+    batch = random_batch(tiny, n=16)
     terms = {}
     for variant in ("train_batch_size", "batch"):
         torch.manual_seed(0)
@@ -85,10 +79,10 @@ def test_reg_denominator_variant(tiny):
 def test_mambarec_adds_mmd_only_with_both_modalities(tiny):
     torch.manual_seed(0)
     both = MambaRec(toy_config(embedding_size=8), tiny)
-    assert "mmd" in both.loss_terms(batch_of(tiny))[0]
+    assert "mmd" in both.loss_terms(random_batch(tiny))[0]
     image_only = tiny.with_features({"image": tiny.mm_features["image"]})
     single = MambaRec(toy_config(embedding_size=8), image_only)
-    terms, _ = single.loss_terms(batch_of(tiny))
+    terms, _ = single.loss_terms(random_batch(tiny))
     assert "mmd" not in terms and torch.isfinite(sum(terms.values()))
 
 
@@ -106,17 +100,29 @@ def test_bad_inputs_raise_user_errors(tiny):
         MambaRec(toy_config(embedding_size=8, mmd_weight=[0.1, 0.2]), tiny)
 
 
+@pytest.mark.parametrize("cls", MODELS)
+def test_every_model_refuses_bad_features(cls, tiny):
+    cfg = toy_config(embedding_size=8)
+    text = tiny.mm_features["text"]
+    nan = text.clone()
+    nan[3, 1] = float("inf")
+    for features, message in (({}, "needs multimodal item features"), ({"text": text[:-1]}, "shape"),
+                              ({"text": nan}, "NaN or inf"), ({"text": text.long()}, "dtype")):
+        with pytest.raises(UserError, match=message):
+            cls(cfg, tiny.with_features(features))
+
+
 def test_freedom_resamples_edges_once_per_epoch(tiny):
     torch.manual_seed(0)
     model = FREEDOM(toy_config(embedding_size=8, dropout=0.5), tiny)
     model.train()
-    model.calculate_loss(batch_of(tiny))
+    model.calculate_loss(random_batch(tiny))
     first = model.masked_adj
-    model.calculate_loss(batch_of(tiny, seed=1))
+    model.calculate_loss(random_batch(tiny, seed=1))
     assert model.masked_adj is first  # same epoch, same pruned graph
     model.eval()
     model.train()
-    model.calculate_loss(batch_of(tiny))
+    model.calculate_loss(random_batch(tiny))
     assert model.masked_adj is not first
     kept = first.to_dense()
     assert torch.allclose(kept, kept.T)  # pruned user-item graph stays symmetric
@@ -150,7 +156,7 @@ def lightgcn_recall(planted):
     return recall
 
 
-@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM])
+@pytest.mark.parametrize("cls", [MambaRec, MGCN, FREEDOM, LATTICE])
 def test_multimodal_beats_lightgcn_and_shuffled_features_remove_the_gain(cls, planted, lightgcn_recall):
     real, _ = _train_eval(cls, planted)
     shuffled, _ = _train_eval(cls, planted.shuffled_features(seed=0))

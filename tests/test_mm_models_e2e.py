@@ -42,3 +42,18 @@ def test_grid_through_quick_start_selects_on_validation(quiet, tmp_path):
     scores = [p["best_valid_score"] for p in out.points]
     assert out.chosen == out.points[scores.index(max(scores))]["params"]
     assert "recall@20" in out.test_result
+
+
+def test_lattice_runs_through_the_pipeline_and_reloads(quiet, tmp_path):
+    result = run("LATTICE", "synth-mm", {**quiet, "runs_root": str(tmp_path / "runs")})
+    assert result.task == "mmrec" and 0.0 <= result.test_result["recall@20"] <= 1.0
+    assert result.config["lambda_coeff"] == 0.9 and list(result.config["learning_rate_scheduler"]) == [0.96, 50]
+    state = checkpoint.load(result.checkpoint)["state_dict"]
+    assert {"modal_weight", "feature_tables.image", "feature_tables.text"} <= set(state)
+    _, model, _, _, _, _ = load_run(result.checkpoint)
+    assert torch.equal(model.modal_weight.detach(), state["modal_weight"])
+    assert torch.equal(model.feature_tables["image"].detach(), state["feature_tables.image"])
+    model.eval()
+    users = torch.arange(1, 9)
+    scores = model.full_sort_predict({model.USER_ID: users}).view(len(users), -1)
+    assert torch.allclose(scores, model.user_vectors(users) @ model.item_vectors().T)

@@ -5,4 +5,5 @@ MODELS = {
     "MGCN": "recbole_ext.models.multimodal.mgcn:MGCN",
     "VBPR": "recbole_ext.models.multimodal.vbpr:VBPR",
     "FREEDOM": "recbole_ext.models.multimodal.freedom:FREEDOM",
+    "LATTICE": "recbole_ext.models.multimodal.lattice:LATTICE",
 }

@@ -53,6 +53,14 @@ def toy_config(**overrides) -> dict:
     return cfg
 
 
+def random_batch(dataset: ToyMMDataset, n: int = 32, seed: int = 0) -> dict:
+    """A pairwise batch of ``n`` uniform (user, positive, negative) ids (PAD excluded), for unit tests."""
+    g = torch.Generator().manual_seed(seed)
+    return {USER_FIELD: torch.randint(1, dataset.n_users, (n,), generator=g),
+            ITEM_FIELD: torch.randint(1, dataset.n_items, (n,), generator=g),
+            NEG_PREFIX + ITEM_FIELD: torch.randint(1, dataset.n_items, (n,), generator=g)}
+
+
 def planted_clusters(n_users: int, n_items: int, n_interactions: int, n_clusters: int = 20,
                      image_dim: int = 4096, text_dim: int = 384, feature_noise: float = 1.0,
                      clusters_per_user: int = 2, popularity_skew: float = 2.0, seed: int = 0) -> ToyMMDataset:
