@@ -35,6 +35,7 @@ from recbole_ext.errors import UserError
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
+from recbole_ext.utils.memory import release_freed_memory
 
 # RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
 _USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
@@ -205,6 +206,7 @@ class MMRecTrainer(Trainer):
                 self.logger.warning(f"training loss became NaN in epoch {epoch}; stopping and keeping the best "
                                     f"epoch so far (MMRec behaviour)")
                 break
+            release_freed_memory()  # the step's freed activations, before evaluation allocates its own buffers
             self.train_loss_dict[epoch] = sum(loss) if isinstance(loss, tuple) else loss
             self.lr_scheduler.step()
             if verbose:
