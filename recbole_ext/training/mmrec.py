@@ -339,7 +339,9 @@ class MMRecTask(Task):
             "learning_rate_scheduler": list(config["learning_rate_scheduler"] or [1.0, 50]),
             "negatives": f"{(config['train_neg_sample_args'] or {}).get('sample_num', 1)} uniform per positive from "
                          f"{config['neg_sampling_pool'] or 'train'} items",
+            # users per evaluation batch: eval_users_per_batch, or eval_batch_size score cells // items
             "eval_users_per_batch": config["eval_users_per_batch"],
+            "eval_batch_size": config["eval_batch_size"],
         }
 
 
