@@ -387,7 +387,25 @@ def test_rgcn_matches_per_edge_reference():
                                  {"charm_norm": "pre", "charm_attend_med": True, "charm_fusion": "maps"}])
 def test_packed_nodes_equal_padded_reference(tiny, cfg):
     """The unpadded (packed) node layout computes the same loss and gradients as the padded reference layout."""
+    _assert_layouts_agree(tiny, tiny.batches("train", 16)[0], cfg)
+    with pytest.raises(UserError, match="node_layout"):
+        build(CafeMed, tiny, node_layout="ragged")
+
+
+@pytest.mark.parametrize("cfg", [{}, {"charm_attend_med": True}, {"charm_norm": "post", "charm_rezero": False}])
+def test_layouts_agree_on_visits_without_procedures(tiny, cfg):
+    """Visits with an empty procedure set (their diagnoses attend to one zero key in the reference layout, the
+    pooled attention has no (diagnosis, procedure) pair for them): same loss and gradients in both layouts."""
+    import dataclasses
+
     batch = tiny.batches("train", 16)[0]
+    proc = batch.proc.clone()
+    proc[0, :] = 0
+    proc[1, 0] = 0
+    _assert_layouts_agree(tiny, dataclasses.replace(batch, proc=proc), cfg)
+
+
+def _assert_layouts_agree(tiny, batch, cfg):
     results = []
     for layout in ("padded", "packed"):
         model = build(CafeMed, tiny, seed=0, dropout_prob=0.0, node_layout=layout, **cfg)
@@ -403,8 +421,6 @@ def test_packed_nodes_equal_padded_reference(tiny, cfg):
     assert grad_pad.keys() == grad_packed.keys() and len(grad_pad) > 10
     for name in grad_pad:
         assert torch.allclose(grad_pad[name], grad_packed[name], atol=1e-5, rtol=1e-4), name
-    with pytest.raises(UserError, match="node_layout"):
-        build(CafeMed, tiny, node_layout="ragged")
 
 
 def _random_visit_nodes(seed=0, n_visits=6, dim=8):

@@ -17,7 +17,9 @@ Efficiency (spec §7.2 item 16): the per-visit modules only depend on visit k an
 is processed at once, as unpadded code nodes (``VisitNodes``, ``node_layout: packed``) or as the dense padded
 reference layout (``node_layout: padded``, same function), and the GRUs encode each patient's whole history in one
 pass (the output at step t is the published model's prefix encoding for target visit t); in the packed layout the
-three GRUs run on packed visit sequences as one autograd node (``stacked_gru``, same function).
+three GRUs run on packed visit sequences as one autograd node (``stacked_gru``, same function). Pre-norm CHARM's
+attention is only ever summed per visit, so it is computed in that pooled form (``CHARM._pooled_attend``: value and
+output maps on one row per visit, same function).
 """
 from __future__ import annotations
 
@@ -325,8 +327,11 @@ class CHARM(SumPooling):
 
     @staticmethod
     def _attend(attn, query, keys, key_mask):
+        # an empty key set would give NaN: attend to a zero key instead. Padding rows are not zero here (a padded
+        # node's LayerNorm output is the norm's bias), so they are zeroed first, as the packed layout's zero key.
+        keys = keys * key_mask.unsqueeze(-1)
         key_mask = key_mask.clone()
-        key_mask[:, 0] |= ~key_mask.any(-1)  # an empty key set would give NaN; attend to a zero pad instead
+        key_mask[:, 0] |= ~key_mask.any(-1)
         out, _ = attn(query, keys, keys, key_padding_mask=~key_mask, need_weights=False)
         return out
 
@@ -367,6 +372,54 @@ class CHARM(SumPooling):
         out = (weight.transpose(1, 2) @ v).view(n_visits, heads, q_width, head).transpose(1, 2)
         return attn.out_proj(out.reshape(n_visits * q_width, d).index_select(0, q_row))
 
+    @staticmethod
+    def _pooled_attend(attn: nn.MultiheadAttention, n_visits, query, query_at, keys, key_at, key_width):
+        """Per visit, the sum over its query nodes of ``_packed_attend``'s output: ``[visits, d]``.
+
+        Same function with less arithmetic (pre-norm CHARM only, where sum pooling directly follows the residual
+        attention). The output map is linear, so it moves after the sum: ``sum_q (W_o a_q + b_o) = W_o sum_q a_q +
+        n_q b_o``; and ``sum_q a_q`` per head ``h`` is ``sum_k c_hk v_hk`` with ``c_hk = sum_q softmax_hqk`` (the
+        softmax's column sums over the visit's real queries), where the value map also moves after the sum:
+        ``sum_k c_hk (W_v^h x_k + b_v^h) = W_v^h (sum_k c_hk x_k) + n_q b_v^h``. Values and the output map then run
+        on one row per visit instead of one per node, and no per-query attention output is formed.
+        """
+        d, heads = attn.embed_dim, attn.num_heads
+        head = d // heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q_width = -(-(int(query_at[1].max()) + 1 if len(query) else 1) // 16) * 16  # as in _packed_attend
+        # Queries and keys go straight to head-major rows ((visit, head), position) by one index_copy each, so no
+        # permute copy is needed. Key slots without a node stay 0: they are masked, except a keyless visit's
+        # slot 0, whose softmax weight is 1 whatever its score.
+        head_of = torch.arange(heads, device=query.device)
+        q_row = ((query_at[0] * heads).unsqueeze(-1) + head_of) * q_width + query_at[1].unsqueeze(-1)
+        k_row = ((key_at[0] * heads).unsqueeze(-1) + head_of) * key_width + key_at[1].unsqueeze(-1)
+        q = query.new_zeros(n_visits * heads * q_width, head).index_copy(
+            0, q_row.view(-1), F.linear(query, w[:d], b[:d]).view(-1, head)).view(n_visits * heads, q_width, head)
+        k = keys.new_zeros(n_visits * heads * key_width, head).index_copy(
+            0, k_row.view(-1), F.linear(keys, w[d:2 * d], b[d:2 * d]).view(-1, head)).view(
+            n_visits * heads, key_width, head)
+        key_slot = key_at[0] * key_width + key_at[1]
+        allowed = torch.zeros(n_visits * key_width, dtype=torch.bool, device=query.device)
+        allowed = allowed.index_fill_(0, key_slot, True).view(n_visits, key_width)
+        allowed[:, 0] |= ~allowed.any(-1)
+        bias = torch.zeros(n_visits, key_width, dtype=query.dtype, device=query.device)
+        bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, :, None].expand(n_visits, heads, key_width, 1)
+        scores = torch.baddbmm(bias.reshape(n_visits * heads, key_width, 1), k, q.transpose(1, 2),
+                               alpha=head ** -0.5)
+        weight = torch.softmax(scores, 1)                                          # [visits * heads, keys, queries]
+        # column sums over the real queries: a padded query column is 0, so its weights are the softmax of the
+        # mask bias alone, uniform over the allowed keys; subtract those instead of masking the grid
+        n_q = torch.bincount(query_at[0], minlength=n_visits).to(query.dtype).unsqueeze(-1)
+        uniform = allowed / allowed.sum(-1, keepdim=True)
+        column = weight.sum(-1).view(n_visits, heads, key_width) - ((q_width - n_q) * uniform).unsqueeze(1)
+        # a keyless visit's one allowed key is a zero input (its value is the bias alone), as in _packed_attend
+        x = keys.new_zeros(n_visits * key_width, d).index_copy(0, key_slot, keys).view(n_visits, key_width, d)
+        pooled_x = (column @ x).reshape(n_visits, heads * d)                       # [visits, heads * d]
+        # W_o concat_h(W_v^h s_h) = sum_h (W_o^h W_v^h) s_h: one [d, heads * d] map, formed once per call
+        w_o = attn.out_proj.weight
+        joint = torch.einsum("ohe,hei->ohi", w_o.view(d, heads, head), w[2 * d:].view(heads, head, d))
+        return F.linear(pooled_x, joint.reshape(d, heads * d)) + n_q * (F.linear(b[2 * d:], w_o) + attn.out_proj.bias)
+
     def packed(self, nodes, h_d, h_p, h_m):
         """Same as ``forward`` on unpadded nodes."""
         at_d, at_p = (nodes.diag_visit, nodes.diag_pos), (nodes.proc_visit, nodes.proc_pos)
@@ -380,6 +433,15 @@ class CHARM(SumPooling):
                                                         torch.cat([nodes.diag_pos, nodes.med_pos + width_p]))
             width_d, width_p = width_d + nodes.width["med"], width_p + nodes.width["med"]
         n = nodes.n_visits
+        if self.norm == "pre":
+            # h + g * MHA(...) is only summed per visit next: sum the attention inside it (``_pooled_attend``)
+            pooled = super().packed(nodes, h_d, h_p, h_m)
+            att_d = self._pooled_attend(self.d_from_p, n, q_d, at_d, keys_d, key_at_d, width_d)
+            att_p = self._pooled_attend(self.p_from_d, n, q_p, at_p, keys_p, key_at_p, width_p)
+            attended = torch.stack([att_d, att_p, torch.zeros_like(att_d)], 1)
+            if self.rezero:
+                attended = self.attention_scale * attended
+            return self._refine(pooled + attended)
         att_d = self._residual(h_d, self._packed_attend(self.d_from_p, n, q_d, at_d, keys_d, key_at_d, width_d),
                                self.norm_d)
         att_p = self._residual(h_p, self._packed_attend(self.p_from_d, n, q_p, at_p, keys_p, key_at_p, width_p),
