@@ -336,6 +336,22 @@ class CHARM(SumPooling):
         return out
 
     @staticmethod
+    def _query_width(query_at, n_query: int) -> int:
+        """Query positions of the score grid, padded to a multiple of 16 (see ``_packed_attend``)."""
+        return -(-(int(query_at[1].max()) + 1 if n_query else 1) // 16) * 16
+
+    @staticmethod
+    def _key_mask(n_visits: int, heads: int, key_slot: torch.Tensor, key_width: int, dtype):
+        """``(allowed [visits, keys], bias [visits * heads, keys, 1])`` of the score grid: keys present in their
+        visit, as a 0 / -inf bias added to the scores; a visit without keys gets slot 0 (one zero key)."""
+        allowed = torch.zeros(n_visits * key_width, dtype=torch.bool, device=key_slot.device)
+        allowed = allowed.index_fill_(0, key_slot, True).view(n_visits, key_width)
+        allowed[:, 0] |= ~allowed.any(-1)
+        bias = torch.zeros(n_visits, key_width, dtype=dtype, device=key_slot.device)
+        bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, :, None].expand(n_visits, heads, key_width, 1)
+        return allowed, bias.reshape(n_visits * heads, key_width, 1)
+
+    @staticmethod
     def _packed_attend(attn: nn.MultiheadAttention, n_visits, query, query_at, keys, key_at, key_width):
         """``attn`` (its own weights) of unpadded query nodes over the key nodes of their own visit.
 
@@ -352,7 +368,7 @@ class CHARM(SumPooling):
         d, heads = attn.embed_dim, attn.num_heads
         head = d // heads
         w, b = attn.in_proj_weight, attn.in_proj_bias
-        q_width = -(-(int(query_at[1].max()) + 1 if len(query) else 1) // 16) * 16  # see below
+        q_width = CHARM._query_width(query_at, len(query))
         # nodes go to flat (visit, position) rows with index_copy (its backward is index_select, not an index_put)
         q_row = query_at[0] * q_width + query_at[1]
         k_row = key_at[0] * key_width + key_at[1]
@@ -362,12 +378,8 @@ class CHARM(SumPooling):
         q = q.view(n_visits, q_width, heads, head).permute(0, 2, 3, 1).reshape(n_visits * heads, head, q_width)
         k, v = kv.view(n_visits, key_width, 2, heads, head).permute(2, 0, 3, 1, 4).reshape(
             2, n_visits * heads, key_width, head)
-        allowed = torch.zeros(n_visits * key_width, dtype=torch.bool, device=query.device)
-        allowed = allowed.index_fill_(0, k_row, True).view(n_visits, key_width)
-        allowed[:, 0] |= ~allowed.any(-1)
-        bias = torch.zeros(n_visits, key_width, dtype=query.dtype, device=query.device)
-        bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, :, None].expand(n_visits, heads, key_width, 1)
-        scores = torch.baddbmm(bias.reshape(n_visits * heads, key_width, 1), k, q, alpha=head ** -0.5)
+        _, bias = CHARM._key_mask(n_visits, heads, k_row, key_width, query.dtype)
+        scores = torch.baddbmm(bias, k, q, alpha=head ** -0.5)
         weight = torch.softmax(scores, 1)                                          # [visits * heads, keys, queries]
         out = (weight.transpose(1, 2) @ v).view(n_visits, heads, q_width, head).transpose(1, 2)
         return attn.out_proj(out.reshape(n_visits * q_width, d).index_select(0, q_row))
@@ -386,7 +398,7 @@ class CHARM(SumPooling):
         d, heads = attn.embed_dim, attn.num_heads
         head = d // heads
         w, b = attn.in_proj_weight, attn.in_proj_bias
-        q_width = -(-(int(query_at[1].max()) + 1 if len(query) else 1) // 16) * 16  # as in _packed_attend
+        q_width = CHARM._query_width(query_at, len(query))
         # Queries and keys go straight to head-major rows ((visit, head), position) by one index_copy each, so no
         # permute copy is needed. Key slots without a node stay 0: they are masked, except a keyless visit's
         # slot 0, whose softmax weight is 1 whatever its score.
@@ -399,13 +411,8 @@ class CHARM(SumPooling):
             0, k_row.view(-1), F.linear(keys, w[d:2 * d], b[d:2 * d]).view(-1, head)).view(
             n_visits * heads, key_width, head)
         key_slot = key_at[0] * key_width + key_at[1]
-        allowed = torch.zeros(n_visits * key_width, dtype=torch.bool, device=query.device)
-        allowed = allowed.index_fill_(0, key_slot, True).view(n_visits, key_width)
-        allowed[:, 0] |= ~allowed.any(-1)
-        bias = torch.zeros(n_visits, key_width, dtype=query.dtype, device=query.device)
-        bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, :, None].expand(n_visits, heads, key_width, 1)
-        scores = torch.baddbmm(bias.reshape(n_visits * heads, key_width, 1), k, q.transpose(1, 2),
-                               alpha=head ** -0.5)
+        allowed, bias = CHARM._key_mask(n_visits, heads, key_slot, key_width, query.dtype)
+        scores = torch.baddbmm(bias, k, q.transpose(1, 2), alpha=head ** -0.5)
         weight = torch.softmax(scores, 1)                                          # [visits * heads, keys, queries]
         # column sums over the real queries: a padded query column is 0, so its weights are the softmax of the
         # mask bias alone, uniform over the allowed keys; subtract those instead of masking the grid
