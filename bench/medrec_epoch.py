@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/medrec_epoch.py [--threads 2] [--batch-size 32] [--models CafeMed,RETAIN,...]
                                              [--data task|inprocess] [--set node_layout=padded]
-                                             [--epochs 3 --interleave]
+                                             [--epochs 3 --interleave] [--compile]
 
 Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 procedures, 131 medications):
 ``--data task`` (default) prepares the medication task's ``synth-ehr`` dataset once in a temporary folder
@@ -48,8 +48,11 @@ def load_data(source: str, folder: str | None, batch_size: int):
     return dataset, list(MedRecDataLoader(config, dataset, "train", batch_size, shuffle=False))
 
 
-def training_step(name: str, data, overrides: dict | None = None):
-    """``(step(batch), init seconds)`` of one model: RecBole's Adam turned fused by the medication trainer's rule."""
+def training_step(name: str, data, overrides: dict | None = None, compile_loss: bool = False):
+    """``(step(batch), init seconds)`` of one model: RecBole's Adam turned fused by the medication trainer's rule.
+
+    ``compile_loss``: the loss goes through ``torch.compile(..., dynamic=True)`` (a measured, rejected variant, see
+    docs/medication-models.md "Speed work, round 4"); the first epochs then include the compilation."""
     import torch
     import yaml
 
@@ -70,10 +73,11 @@ def training_step(name: str, data, overrides: dict | None = None):
                            weight_decay=float(config.get("weight_decay", 0.0) or 0.0))
     opt = fuse_adam_on_cpu(opt, fused_adam_enabled(config))
     model.train()
+    loss_fn = torch.compile(model.calculate_loss, dynamic=True) if compile_loss else model.calculate_loss
 
     def step(batch):
         opt.zero_grad()
-        loss = model.calculate_loss(batch)
+        loss = loss_fn(batch)
         loss.backward()
         opt.step()
 
@@ -88,13 +92,13 @@ def timed_epoch(step, batches) -> float:
 
 
 def one_model(name: str, batch_size: int, epochs: int, source: str = "inprocess", folder: str | None = None,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, compile_loss: bool = False) -> dict:
     import torch
 
     t0 = time.perf_counter()
     data, batches = load_data(source, folder, batch_size)
     gen_s = time.perf_counter() - t0
-    step, init_s = training_step(name, data, overrides)
+    step, init_s = training_step(name, data, overrides, compile_loss)
     step(batches[0])
     times = [timed_epoch(step, batches) for _ in range(epochs)]
     return {"model": name, "overrides": overrides or {}, "epoch_s": min(times), "epoch_s_all": times,
@@ -109,7 +113,7 @@ def batch_stats(batches) -> dict:
 
 
 def interleaved(names: list[str], batch_size: int, epochs: int, source: str, folder: str | None,
-                overrides: dict) -> list[dict]:
+                overrides: dict, compile_loss: bool = False) -> list[dict]:
     """All models in this process on the same batches, their epochs alternating (model 1, 2, ..., 1, 2, ...):
     on a shared machine the load then hits every model alike, so the ratios are comparable (minimum per model).
     Peak RSS is the whole process's."""
@@ -118,7 +122,7 @@ def interleaved(names: list[str], batch_size: int, epochs: int, source: str, fol
     data, batches = load_data(source, folder, batch_size)
     steps = {}
     for name in names:
-        steps[name] = training_step(name, data, overrides)
+        steps[name] = training_step(name, data, overrides, compile_loss)
         steps[name][0](batches[0])
     times = {name: [] for name in names}
     for _ in range(epochs):
@@ -128,6 +132,12 @@ def interleaved(names: list[str], batch_size: int, epochs: int, source: str, fol
     return [{"model": name, "overrides": overrides, "epoch_s": min(times[name]), "epoch_s_all": times[name],
              "init_s": steps[name][1], **batch_stats(batches), "data": source, "peak_rss_mb": rss,
              "threads": torch.get_num_threads(), "interleaved": True} for name in names]
+
+
+def per_step_ms(row: dict) -> float:
+    """Milliseconds per optimiser step of the fastest epoch: with ``--batch-size 1`` nearly all of it is the fixed
+    per-step cost (kernel dispatch, autograd, optimizer), which larger batches amortise."""
+    return 1000 * row["epoch_s"] / max(row["batches"], 1)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -157,13 +167,15 @@ def main(argv=None) -> int:
                              "peak RSS is then the process's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override for every model (YAML value), e.g. --set node_layout=padded")
+    parser.add_argument("--compile", action="store_true",
+                        help="run each model's loss through torch.compile(dynamic=True) (needs a C++ compiler)")
     args = parser.parse_args(argv)
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
         print(json.dumps(one_model(args.one, args.batch_size, args.epochs, args.data, args.folder,
-                                   parse_overrides(args.set))))
+                                   parse_overrides(args.set), args.compile)))
         return 0
     tmp = tempfile.TemporaryDirectory(prefix="medrec-bench-")
     if args.data == "task":
@@ -178,9 +190,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         rows = interleaved(names, args.batch_size, args.epochs, args.data, str(Path(tmp.name) / "synth-ehr"),
-                           parse_overrides(args.set))
+                           parse_overrides(args.set), args.compile)
         for row in rows:
-            print(f"{row['model']:12s} epoch {row['epoch_s']:7.2f} s   (all: "
+            print(f"{row['model']:12s} epoch {row['epoch_s']:7.2f} s = {per_step_ms(row):6.2f} ms/step   (all: "
                   f"{' '.join(f'{t:.2f}' for t in row['epoch_s_all'])})", flush=True)
         print(f"process peak RSS {rows[0]['peak_rss_mb']:.0f} MB, {rows[0]['threads']} threads, "
               f"{rows[0]['train_visits']} visits, {rows[0]['batches']} batches")
@@ -189,7 +201,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--data", args.data,
                "--folder", str(Path(tmp.name) / "synth-ehr"),
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
-        cmd += [f"--set={item}" for item in args.set]
+        cmd += [f"--set={item}" for item in args.set] + (["--compile"] if args.compile else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
@@ -197,7 +209,7 @@ def main(argv=None) -> int:
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{name:12s} epoch {row['epoch_s']:7.2f} s   peak RSS {row['peak_rss_mb']:7.0f} MB   "
+        print(f"{name:12s} epoch {row['epoch_s']:7.2f} s = {per_step_ms(row):6.2f} ms/step   peak RSS {row['peak_rss_mb']:7.0f} MB   "
               f"init {row['init_s']:5.2f} s   ({row['train_patients']} patients, {row['train_visits']} visits, "
               f"{row['batches']} batches, {row['threads']} threads, data {row['data']})", flush=True)
     by_name = {r["model"]: r for r in rows}
