@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,71 @@ def check_types(internal: dict, external: dict, sources: dict[str, str]) -> None
                             fix=f"set {key} to {_type_name(default)}")
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed values of a numeric option: ``low <= value <= high``; an ``*_open`` side is strict, None unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'<' if self.high_open else '<='} {self.high}"
+
+
+AT_LEAST_ONE = Bounds(1)
+NON_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, low_open=True)
+UNIT_INTERVAL = Bounds(0, 1)
+DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero every input
+
+# Read by every trainer; torch's optimizers refuse other values with a bare ValueError once the data is loaded.
+TRAINING_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE}
+
+
+def _option(config: Any, key: str) -> Any:
+    try:
+        return config[key]
+    except (KeyError, TypeError):
+        return None
+
+
+def option_bounds(model_class) -> dict[str, Bounds]:
+    """The ``option_bounds`` of a model class and of its bases (a subclass's entry wins)."""
+    merged: dict[str, Bounds] = {}
+    for klass in reversed(getattr(model_class, "__mro__", ())):
+        merged.update(vars(klass).get("option_bounds", {}))
+    return merged
+
+
+def check_options(model_class, config: Any) -> None:
+    """Every bounded numeric option of the model (``option_bounds``) and of training within its bounds, then the
+    model's own cross-option check (classmethod ``check_config(config)``), as one-line errors. ``build_config``
+    runs this before any data is read; the models' constructors run it too (direct use with a dict config)."""
+    name = getattr(model_class, "__name__", str(model_class))
+    for key, bounds in {**TRAINING_BOUNDS, **option_bounds(model_class)}.items():
+        value = _option(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent, or of the wrong type (check_types reports that)
+        if not bounds.admits(value):
+            raise UserError(f"{name}: option {key}={value!r} must be {bounds}", fix=f"set {key} {bounds}")
+    hook = getattr(model_class, "check_config", None)
+    if callable(hook):
+        hook(config)
+
+
 @contextlib.contextmanager
 def _argv_isolated():
     """RecBole's Config parses sys.argv; our CLI passes values explicitly instead."""
@@ -130,6 +197,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
         except ValueError as exc:
             raise UserError(f"invalid configuration: {exc}", fix="check the option values") from None
     check_types(config.internal_config_dict, config.external_config_dict, sources)
+    check_options(config.model_class, config)
     config["data_path"] = os.path.abspath(config["data_path"])
 
     valid_metric = str(config["valid_metric"]).lower()
@@ -143,6 +211,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
     task = registry.get_task(config["task"] or "general")
     needs = getattr(config.model_class, "required_task", None)
     if needs and needs != task.name:
+        task.check_data(config)  # a dataset that does not exist: say so, not that it has the wrong task
         kind = {"mmrec": "a multimodal (MMRec-format)", "medrec": "a medication (visit)"}.get(needs, f"a '{needs}'")
         raise UserError(f"model {model} needs {kind} dataset, but '{dataset}' is a '{task.name}' dataset",
                         fix=f"pick a dataset whose YAML sets task: {needs}")

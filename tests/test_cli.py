@@ -51,6 +51,11 @@ def _one_error_line(capsys):
     (["--model=MambaRec", "--dataset=ml-100k"], "needs a multimodal"),
     (["--model=CafeMed", "--dataset=synth-mm"], "needs a medication"),
     (["--model=MambaRec", "--dataset=mimic3-demo"], "needs a multimodal"),
+    (["--model=CafeMed", "--dataset=no-such-data"], "dataset 'no-such-data' not found"),
+    (["--model=CafeMed", "--dataset=mimic3-demo", "--charm_heads=5"], "not divisible by charm_heads=5"),
+    (["--model=CafeMed", "--dataset=mimic3-demo", "--dropout_prob=1.0"], "dropout_prob=1.0 must be in [0, 1)"),
+    (["--model=BPR", "--dataset=ml-100k", "--learning_rate=-0.1"], "learning_rate=-0.1 must be > 0"),
+    (["--model=MambaRec", "--dataset=synth-mm", "--embedding_size=0"], "embedding_size=0 must be >= 1"),
     (["frobnicate"], "unknown command"),
     (["prepare", "nothing"], "prepare needs a kind"),
 ])

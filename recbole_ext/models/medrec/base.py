@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 
@@ -92,9 +93,14 @@ class MedRecModel(AbstractRecommender):
     required_task = "medrec"  # checked before any data is loaded (recbole_ext.config.build_config)
     # The medication task uses its own dataset and trainer; the registry/task use this flag to accept the model.
     medrec_model = True
+    # checked before any data is loaded (recbole_ext.config.check_options); subclasses add their own keys
+    option_bounds = {"embedding_size": AT_LEAST_ONE, "loss_bce_weight": NON_NEGATIVE,
+                     "loss_margin_weight": NON_NEGATIVE, "ddi_loss_scale": NON_NEGATIVE, "target_ddi": POSITIVE,
+                     "ddi_anneal_coef": NON_NEGATIVE, "ddi_kp": POSITIVE}
 
     def __init__(self, config, dataset):
         super().__init__()
+        check_options(type(self), config)
         for attr in ("n_diag", "n_proc", "n_med", "ddi_adj"):
             if not hasattr(dataset, attr):
                 raise UserError(

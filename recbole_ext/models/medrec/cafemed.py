@@ -27,7 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_ext.config import AT_LEAST_ONE, DROPOUT, Bounds
 from recbole_ext.data.visit_batch import VisitBatch
+from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import MedRecModel, check_choice, config_flag, config_value, previous_visit
 from recbole_ext.models.medrec.causal import causal_effects
 from recbole_ext.models.medrec.stacked_gru import PackedVisits, stacked_gru
@@ -488,7 +490,25 @@ class CHARM(SumPooling):
 class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
 
+    # effects are risk differences in [-1, 1]; 'none' (no CWG pair mask) is not a number and passes
+    option_bounds = {"dropout_prob": DROPOUT, "cwg_gate_size": AT_LEAST_ONE, "charm_heads": AT_LEAST_ONE,
+                     "charm_reduction": AT_LEAST_ONE, "effect_threshold": Bounds(-1, 1),
+                     "cwg_effect_threshold": Bounds(-1, 1)}
+    forced_options: dict = {}  # the registered ablations fix some switches (CausalMed, CafeMedNoCWG, ...)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        config = _Overlay(config, cls.forced_options)
+        heads, width = config_value(config, "charm_heads", 4), config_value(config, "embedding_size", 64)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (heads, width)):
+            return  # wrong types and ranges are reported by check_types and the bounds
+        if config_flag(config, "use_charm", True) and width % heads:
+            raise UserError(f"{cls.__name__}: embedding_size={width} is not divisible by charm_heads={heads}",
+                            fix="pick charm_heads among the divisors of embedding_size (e.g. 1, 2, 4, 8 for 64)")
+
     def __init__(self, config, dataset):
+        if self.forced_options:
+            config = _Overlay(config, self.forced_options)
         super().__init__(config, dataset)
         d = self.embedding_size
         self.use_cwg = config_flag(config, "use_cwg", True)
@@ -637,23 +657,19 @@ class CafeMed(MedRecModel):
 class CausalMed(CafeMed):
     r"""The CausalMed backbone (CIKM 2024) as reproduced here: CafeMed with ``use_cwg = use_charm = False``."""
 
-    def __init__(self, config, dataset):
-        overrides = {"use_cwg": False, "use_charm": False}
-        super().__init__(_Overlay(config, overrides), dataset)
+    forced_options = {"use_cwg": False, "use_charm": False}
 
 
 class CafeMedNoCWG(CafeMed):
     r"""Ablation "w/o CWG": CafeMed with ``use_cwg = False`` (static causal graph, CHARM kept)."""
 
-    def __init__(self, config, dataset):
-        super().__init__(_Overlay(config, {"use_cwg": False}), dataset)
+    forced_options = {"use_cwg": False}
 
 
 class CafeMedNoCHARM(CafeMed):
     r"""Ablation "w/o CHARM": CafeMed with ``use_charm = False`` (sum pooling, CWG kept)."""
 
-    def __init__(self, config, dataset):
-        super().__init__(_Overlay(config, {"use_charm": False}), dataset)
+    forced_options = {"use_charm": False}
 
 
 class _Overlay:

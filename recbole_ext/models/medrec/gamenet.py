@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_ext.config import DROPOUT
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_flag, config_value
 from recbole_ext.models.medrec.causal import visits_to_csr
@@ -53,6 +54,8 @@ class GraphMemory(nn.Module):
 
 
 class GAMENet(MedRecModel):
+    option_bounds = {"dropout_prob": DROPOUT, "gcn_dropout_prob": DROPOUT}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size

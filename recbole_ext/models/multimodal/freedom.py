@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from recbole_ext.config import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
@@ -23,12 +24,20 @@ _DEGREE_EPS = 1e-7
 
 
 class FREEDOM(MultimodalRecommender):
+    option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
+                     "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        width = config_value(config, "embedding_size", 64)
+        if config_value(config, "feat_embed_dim", width) != width:
+            raise UserError("FREEDOM scores users against projected features: feat_embed_dim must equal embedding_size",
+                            fix="leave feat_embed_dim unset or set it to embedding_size")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
         self.feat_embed_dim = int(config_value(config, "feat_embed_dim", self.embedding_size))
-        if self.feat_embed_dim != self.embedding_size:
-            raise UserError("FREEDOM scores users against projected features: feat_embed_dim must equal embedding_size")
         self.knn_k = int(config_value(config, "knn_k", 10))
         self.n_mm_layers = int(config_value(config, "n_mm_layers", 1))
         self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
@@ -36,8 +45,6 @@ class FREEDOM(MultimodalRecommender):
         self.mm_image_weight = float(config_value(config, "mm_image_weight", 0.1))
         self.edge_dropout = float(config_value(config, "dropout", 0.8))
         self.freeze_features = bool(config_value(config, "freeze_features", False))
-        if not 0.0 <= self.edge_dropout < 1.0:
-            raise UserError(f"FREEDOM dropout={self.edge_dropout} must be in [0, 1)")
 
         d = self.embedding_size
         self.user_embedding = nn.Embedding(self.n_users, d)

@@ -50,6 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
@@ -82,6 +83,9 @@ def blockwise_cosine_topk(x: torch.Tensor, k: int, block_elements: int | None = 
 
 
 class LATTICE(MultimodalRecommender):
+    option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "n_layers": NON_NEGATIVE,
+                     "knn_k": AT_LEAST_ONE, "lambda_coeff": UNIT_INTERVAL}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
@@ -104,10 +108,6 @@ class LATTICE(MultimodalRecommender):
         if self.reg_denominator not in REG_DENOMINATORS:
             raise UserError(f"reg_denominator={self.reg_denominator!r} is not supported",
                             fix=f"use one of {REG_DENOMINATORS}")
-        if not 0.0 <= self.lambda_coeff <= 1.0:
-            raise UserError(f"LATTICE lambda_coeff={self.lambda_coeff} must be in [0, 1]")
-        if self.knn_k < 1:
-            raise UserError(f"LATTICE knn_k={self.knn_k} must be >= 1")
 
         d = self.embedding_size
         self.user_embedding = nn.Embedding(self.n_users, d)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from recbole_ext.errors import UserError
+from recbole_ext.config import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, POSITIVE
 from recbole_ext.models.layers.dream import DREAM
 from recbole_ext.models.layers.losses import gaussian_mmd
 from recbole_ext.models.layers.recompute import recomputed
@@ -28,6 +28,8 @@ from recbole_ext.models.multimodal.mgcn import MGCN
 
 class MambaRec(MGCN):
     default_n_ui_layers = 4
+    option_bounds = {"reduction_factor": AT_LEAST_ONE, "mmd_weight": NON_NEGATIVE, "mmd_kernel_bandwidth": POSITIVE,
+                     "feature_dropout": DROPOUT}
 
     def __init__(self, config, dataset):
         self.reduction_factor = int(config_value(config, "reduction_factor", 8))
@@ -36,8 +38,6 @@ class MambaRec(MGCN):
         self.feature_dropout = float(config_value(config, "feature_dropout", 0.2))
         self.dream_bn_double_update = bool(config_value(config, "dream_bn_double_update", True))
         self.fuse_image_projection = bool(config_value(config, "fuse_image_projection", True))
-        if self.reduction_factor < 1 or self.mmd_bandwidth <= 0:
-            raise UserError("MambaRec needs reduction_factor >= 1 and mmd_kernel_bandwidth > 0")
         super().__init__(config, dataset)
         d = self.embedding_size
         self.dream = nn.ModuleDict({m: DREAM(d, double_bn_update=self.dream_bn_double_update)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2, info_nce
@@ -23,6 +24,8 @@ REG_DENOMINATORS = ("train_batch_size", "batch")
 
 class MGCN(MultimodalRecommender):
     default_n_ui_layers = 2
+    option_bounds = {"n_ui_layers": NON_NEGATIVE, "n_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
+                     "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
