@@ -26,6 +26,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from tqdm import tqdm
 
+from recbole_ext.config import AT_LEAST_ONE, UNIT_INTERVAL, Bounds
 from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
@@ -38,7 +39,7 @@ from recbole_ext.utils.paths import dataset_root
 PHASES = ("train", "valid", "test")
 
 
-def number_key(config, key: str, default, kind=int, minimum=None, maximum=None):
+def number_key(config, key: str, default, kind=int, bounds: Bounds | None = None):
     """A numeric config value, checked: a bad value is a one-line UserError naming the key."""
     value = config_value(config, key, default)
     try:
@@ -48,8 +49,8 @@ def number_key(config, key: str, default, kind=int, minimum=None, maximum=None):
     except (TypeError, ValueError):
         raise UserError(f"config key '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
                         fix=f"set {key} (default {default})") from None
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise UserError(f"config key '{key}' = {value} is outside [{minimum}, {maximum}]", fix=f"default is {default}")
+    if bounds is not None and not bounds.admits(value):
+        raise UserError(f"config key '{key}' = {value} must be {bounds}", fix=f"set {key} {bounds} (default {default})")
     return value
 
 
@@ -232,9 +233,10 @@ class MedRecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self._best_state = None
-        self.threshold = number_key(config, "medrec_threshold", THRESHOLD, float, 0.0, 1.0)
-        self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, 1)
-        self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float, 0.0, 1.0)
+        self.threshold = number_key(config, "medrec_threshold", THRESHOLD, float, UNIT_INTERVAL)
+        self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, AT_LEAST_ONE)
+        self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float,
+                                         Bounds(0, 1, low_open=True))  # a sample of no patient has no metrics
         self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0)
 
     def _build_optimizer(self, **kwargs):
@@ -353,8 +355,8 @@ class MedRecTask(Task):
         return MedRecDataset(config)
 
     def data_preparation(self, config, dataset: MedRecDataset):
-        train_bs = number_key(config, "patients_per_batch", 1, int, 1)  # published loops: one patient per step
-        eval_bs = number_key(config, "eval_patients_per_batch", 64, int, 1)
+        train_bs = number_key(config, "patients_per_batch", 1, int, AT_LEAST_ONE)  # published loops: one patient per step
+        eval_bs = number_key(config, "eval_patients_per_batch", 64, int, AT_LEAST_ONE)
         shuffle = bool(config_value(config, "medrec_shuffle", False))
         return (MedRecDataLoader(config, dataset, "train", train_bs, shuffle),
                 MedRecDataLoader(config, dataset, "valid", eval_bs, False),
