@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from recbole_ext.errors import UserError
+from recbole_ext.utils.paths import check_dataset_name
 
 # Keys whose RecBole default has one type but which legitimately take another.
 _POLYMORPHIC = {"topk", "metrics", "gpu_id", "train_neg_sample_args", "eval_args", "load_col", "unload_col",
@@ -175,6 +176,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
         raise UserError("no model given", fix="pass --model=NAME, e.g. --model=BPR")
     if not dataset or not isinstance(dataset, str):
         raise UserError("no dataset given", fix="pass --dataset=NAME, e.g. --dataset=ml-100k")
+    check_dataset_name(dataset, "ml-100k")  # it names a folder to read and the run directory to write
     registry.model_class(model)  # a clear error for unknown names, before RecBole's own
 
     sources: dict[str, str] = {}

@@ -52,6 +52,7 @@ def _one_error_line(capsys):
     (["--model=CafeMed", "--dataset=synth-mm"], "needs a medication"),
     (["--model=MambaRec", "--dataset=mimic3-demo"], "needs a multimodal"),
     (["--model=CafeMed", "--dataset=no-such-data"], "dataset 'no-such-data' not found"),
+    (["--model=BPR", "--dataset=../../tmp/x"], "invalid dataset name '../../tmp/x'"),
     (["--model=CafeMed", "--dataset=mimic3-demo", "--charm_heads=5"], "not divisible by charm_heads=5"),
     (["--model=CafeMed", "--dataset=mimic3-demo", "--dropout_prob=1.0"], "dropout_prob=1.0 must be in [0, 1)"),
     (["--model=BPR", "--dataset=ml-100k", "--learning_rate=-0.1"], "learning_rate=-0.1 must be > 0"),
@@ -63,6 +64,25 @@ def test_user_errors_are_one_line_exit_2_nothing_written(argv, needle, capsys, t
     assert main(argv) == 2
     assert needle in _one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["prepare", "synthetic-ehr", "--name", "../escape"], "invalid dataset name '../escape'"),
+    (["prepare", "synthetic-ehr", "--name", "two words"], "invalid dataset name 'two words'"),
+    (["prepare", "synthetic-ehr", "--name", "ok", "--seed", "-1"], "--seed must be >= 0"),
+    (["prepare", "synthetic-mm", "--name", "/abs"], "invalid dataset name '/abs'"),
+    (["prepare", "synthetic-mm", "--name", "ok", "--seed", "-3"], "--seed -3 is negative"),
+    (["prepare", "mmrec", "--src", ".", "--name", ".hidden"], "invalid dataset name '.hidden'"),
+    (["prepare", "mimic3", "--src", ".", "--name", "a/b"], "invalid dataset name 'a/b'"),
+])
+def test_prepare_refuses_names_outside_the_dataset_root_and_bad_seeds(argv, needle, capsys, tmp_path, monkeypatch):
+    root = tmp_path / "data" / "root"
+    root.mkdir(parents=True)
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert needle in _one_error_line(capsys)
+    assert not any(root.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_bad_yaml_file_types(tmp_path, capsys):

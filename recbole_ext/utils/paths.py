@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from recbole_ext.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -14,3 +17,15 @@ def dataset_root() -> Path:
     """Folder holding ``<dataset>/`` atomic folders; ``RECBOLE_EXT_DATA`` overrides the bundled one."""
     env = os.environ.get("RECBOLE_EXT_DATA")
     return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "dataset_atomic"
+
+
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_dataset_name(name, example: str) -> str:
+    """``name`` if it can be a dataset: it becomes one folder under the dataset root and RecBole's dataset name, so
+    letters, digits, '.', '_' and '-' only, starting with a letter or digit (no path separator, no '..', no space)."""
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
+        raise UserError(f"invalid dataset name {name!r}",
+                        fix=f"use a plain folder name of letters, digits, '.', '_' and '-', such as {example}")
+    return name

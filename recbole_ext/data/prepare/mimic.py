@@ -28,7 +28,7 @@ from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir
-from recbole_ext.utils.paths import dataset_root
+from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 S, H = "SUBJECT_ID", "HADM_ID"
 
@@ -295,6 +295,7 @@ def prepare(version: int, argv: list[str]) -> int:
     src = Path(opts.src).expanduser()
     if not src.is_dir():
         raise UserError(f"--src {src} is not a folder", fix="point --src at the folder holding the MIMIC CSVs")
+    check_dataset_name(opts.name, f"mimic{version}")
     if opts.min_admissions < 1:
         raise UserError("--min-admissions must be >= 1", fix="use 1 (no filter) or 2 (published)")
     stems = {3: ("PRESCRIPTIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "ADMISSIONS", "D_ICD_DIAGNOSES",

@@ -17,7 +17,7 @@ from recbole_ext.data.mm_format import (DEFAULT_FEATURE_FILES, MODALITIES, check
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir
-from recbole_ext.utils.paths import dataset_root
+from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def main_mmrec(argv: list[str]) -> int:
     parser.add_argument("--name", required=True, help="dataset name to create under the dataset root (e.g. baby)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     args = parser.parse_args(argv)
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        raise UserError(f"invalid dataset name {args.name!r}", fix="use a plain folder name such as baby")
+    check_dataset_name(args.name, "baby")
     target = dataset_root() / args.name
     manifest = convert_mmrec_folder(args.src, target, args.name, overwrite=args.overwrite)
     s = manifest["splits"]

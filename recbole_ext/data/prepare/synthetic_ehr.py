@@ -31,7 +31,7 @@ from recbole_ext.data.medrec import visit_statistics, write_medrec_files
 from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
-from recbole_ext.utils.paths import dataset_root
+from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 EFFECT_FILES = ("diag_med_effect.npy", "proc_med_effect.npy", "med_base_logit.npy")
 
@@ -63,7 +63,8 @@ def _check(opts) -> None:
               (opts.visits >= 1, "--visits (mean visits per patient) must be >= 1"),
               (opts.diagnoses >= 20, "--diagnoses must be >= 20"), (opts.procedures >= 10, "--procedures must be >= 10"),
               (opts.medications >= 4, "--medications must be >= 4"), (opts.conditions >= 2, "--conditions must be >= 2"),
-              (0 <= opts.ddi_density <= 1, "--ddi-density must be in [0, 1]")]
+              (0 <= opts.ddi_density <= 1, "--ddi-density must be in [0, 1]"),
+              (opts.seed >= 0, "--seed must be >= 0 (numpy's generators need one)")]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg, fix="see run.py prepare synthetic-ehr --help")
@@ -231,6 +232,7 @@ def print_oracle(opts) -> int:
 
 def main(argv: list[str]) -> int:
     opts = build_parser().parse_args(argv)
+    check_dataset_name(opts.name, "synth-ehr")
     if opts.oracle:
         return print_oracle(opts)
     _check(opts)

@@ -30,7 +30,7 @@ import pandas as pd
 from recbole_ext.data.mm_format import write_mm_folder
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
-from recbole_ext.utils.paths import dataset_root
+from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 IMAGE_DIM = 4096
 TEXT_DIM = 384
@@ -87,6 +87,8 @@ def generate(spec: SyntheticMMSpec) -> tuple[pd.DataFrame, dict[str, np.ndarray]
                         f"({MIN_PER_USER * spec.users} for {spec.users} users)", fix="raise --interactions")
     if not 0.0 <= spec.missing_image_frac < 1.0:
         raise UserError("--missing-image-frac must be in [0, 1)", fix="e.g. 0.05")
+    if spec.seed < 0:
+        raise UserError(f"--seed {spec.seed} is negative", fix="use a seed >= 0 (numpy's generators need one)")
     rng = np.random.default_rng(spec.seed)
     k, n_users, n_items = spec.latent_dim, spec.users, spec.items
 
@@ -188,8 +190,7 @@ def main(argv: list[str]) -> int:
                         help="storage dtype of the .npy files (loaded as float32 either way)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        raise UserError(f"invalid dataset name {args.name!r}", fix="use a plain folder name such as synth-mm")
+    check_dataset_name(args.name, "synth-mm")
     spec = SyntheticMMSpec(users=args.users, items=args.items, interactions=args.interactions, seed=args.seed,
                            missing_image_frac=args.missing_image_frac)
     inter, features = generate(spec)
