@@ -188,6 +188,20 @@ def _pandas_fillna_inplace():
     ])
 
 
+@shim(
+    "pandas_readonly_values",
+    "pandas>=3 copy-on-write hands out read-only column arrays: Dataset._dataframe_to_interaction's "
+    "torch.LongTensor(df[k].values) shares that memory with a warning (writing the tensor would change the frame)",
+    gate=lambda: _pandas_major() >= 3,
+)
+def _pandas_readonly_values():
+    from recbole.data.dataset import dataset as ds_mod
+
+    source_patch(ds_mod.Dataset, "_dataframe_to_interaction", [
+        ("value = data[k].values", "value = data[k].to_numpy(copy=True)"),  # object columns: a shallow copy
+    ])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # RecBole bug #2194: Collector.get_data_struct calls .cpu() on ints and Counters (ItemCoverage, GiniIndex, ...).
 
@@ -220,6 +234,27 @@ def _collector_cpu():
 )
 def _csv_field_limit():
     csv.field_size_limit(2**31 - 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch prints two informational notices the first time a process builds a sparse tensor; the graph models build
+# their CSR adjacencies on every run and every `recommend`, so each run's output started with four lines of noise.
+
+TORCH_SPARSE_NOTICES = ("Sparse CSR tensor support is in beta state",
+                        "Sparse invariant checks are implicitly disabled")
+
+
+@shim(
+    "torch_sparse_notices",
+    "torch >= 2.0 warns on the first sparse tensor of a process that CSR support is beta and that invariant checks "
+    "are off by default; both are notices, not problems (our indices come from scipy's canonical CSR/COO)",
+    gate=lambda: _installed("torch") >= (2, 0),
+)
+def _torch_sparse_notices():
+    import warnings
+
+    for message in TORCH_SPARSE_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -173,3 +173,48 @@ def test_without_agg_len_shim_token_seq_breaks(tmp_path, without_shim):
     without_shim(Dataset, "_remap")
     with pytest.raises(ValueError):
         _tiny_dataset(tmp_path)
+
+
+_SPARSE_PROBE = """
+import warnings, torch
+{setup}
+with warnings.catch_warnings(record=True) as caught:  # keeps the installed filters, records what passes them
+    torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.ones(2), (2, 2)).coalesce().to_sparse_csr()
+print(sum(any(n in str(w.message) for n in {notices!r}) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("setup,expected", [("", 2), ("import recbole_ext", 0)])
+def test_torch_sparse_notices_are_silenced_by_the_shim_only(setup, expected):
+    """Fresh interpreters (torch warns once per process): the notices appear without recbole_ext, not with it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(compat.__file__).resolve().parents[1])  # importable without an install, too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    code = _SPARSE_PROBE.format(setup=setup, notices=compat.TORCH_SPARSE_NOTICES)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.skipif(not compat.SHIMS["pandas_readonly_values"].applied, reason="pandas<3: writable column arrays")
+def test_interaction_tensors_own_their_memory(tmp_path, without_shim):
+    import warnings
+
+    import pandas as pd
+    from recbole.data.dataset import Dataset
+
+    ds = _tiny_dataset(tmp_path)
+    frame = pd.DataFrame({"user_id": np.array([1, 2, 3]), "rating": np.array([1.0, 2.0, 3.0], dtype=np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the non-writable-array warning would fail here
+        inter = ds._dataframe_to_interaction(frame)
+    inter["user_id"][0] = 99
+    inter["rating"][0] = 99.0
+    assert frame["user_id"].tolist() == [1, 2, 3] and frame["rating"].tolist() == [1.0, 2.0, 3.0]
+    without_shim(Dataset, "_dataframe_to_interaction")
+    shared = ds._dataframe_to_interaction(frame)
+    assert np.shares_memory(shared["user_id"].numpy(), frame["user_id"].to_numpy())  # what the shim prevents
