@@ -104,8 +104,14 @@ POSITIVE = Bounds(0, low_open=True)
 UNIT_INTERVAL = Bounds(0, 1)
 DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero every input
 
-# Read by every trainer; torch's optimizers refuse other values with a bare ValueError once the data is loaded.
-TRAINING_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE}
+# Options with one meaning across RecBole's models, its trainer and ours, checked for every model (RecBole's
+# built-ins included) where the configuration has them. Out of range, torch refused some with a bare ValueError
+# after the data had loaded (learning_rate, weight_decay, dropout) and others trained a degenerate model silently
+# (BPR with embedding_size 0, LightGCN with n_layers -1, eval_batch_size 0).
+COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE,
+                 "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
+                 "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
+                 "attn_dropout_prob": DROPOUT}
 
 
 def _option(config: Any, key: str) -> Any:
@@ -124,11 +130,11 @@ def option_bounds(model_class) -> dict[str, Bounds]:
 
 
 def check_options(model_class, config: Any) -> None:
-    """Every bounded numeric option of the model (``option_bounds``) and of training within its bounds, then the
+    """Every bounded numeric option of the model (``option_bounds``) and the common ones within bounds, then the
     model's own cross-option check (classmethod ``check_config(config)``), as one-line errors. ``build_config``
     runs this before any data is read; the models' constructors run it too (direct use with a dict config)."""
     name = getattr(model_class, "__name__", str(model_class))
-    for key, bounds in {**TRAINING_BOUNDS, **option_bounds(model_class)}.items():
+    for key, bounds in {**COMMON_BOUNDS, **option_bounds(model_class)}.items():
         value = _option(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # absent, or of the wrong type (check_types reports that)

@@ -2,12 +2,13 @@
 import importlib
 import inspect
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 
 from recbole_ext import registry
-from recbole_ext.config import (TRAINING_BOUNDS, Bounds, build_config, check_options, option_bounds)
+from recbole_ext.config import COMMON_BOUNDS, Bounds, build_config, check_options, option_bounds
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import PROPERTIES_DIR
 
@@ -56,7 +57,7 @@ def _outside(bounds: Bounds):
 @pytest.mark.parametrize("name", sorted(EXT_MODELS))
 def test_every_bounded_option_refuses_a_value_outside(name):
     cls = EXT_MODELS[name]
-    bounds = {**TRAINING_BOUNDS, **option_bounds(cls)}
+    bounds = {**COMMON_BOUNDS, **option_bounds(cls)}
     assert "embedding_size" in bounds  # every model bounds its width
     for key, allowed in bounds.items():
         bad = _outside(allowed)
@@ -106,3 +107,23 @@ def test_build_config_refuses_before_reading_data(monkeypatch):
     monkeypatch.setattr(medrec.MedRecDataset, "__init__", no_data)
     with pytest.raises(UserError, match="charm_reduction=0 must be >= 1"):
         build_config("CafeMed", "synth-ehr-small", {"charm_reduction": 0})
+
+
+def test_recbole_builtin_defaults_pass_the_common_bounds():
+    """The common bounds apply to RecBole's own models too: none of the shipped defaults (every RecBole model YAML,
+    RecBole's overall.yaml, and this project's overall and dataset YAMLs) may trip them."""
+    import recbole
+
+    properties = Path(recbole.__file__).parent / "properties"
+    files = sorted((properties / "model").glob("*.yaml")) + [properties / "overall.yaml"]
+    assert len(files) > 80
+    files += sorted(PROPERTIES_DIR.glob("*.yaml")) + sorted((PROPERTIES_DIR / "dataset").glob("*.yaml"))  # ours
+    for path in files:
+        check_options(type(path.stem, (), {}), yaml.safe_load(path.read_text()) or {})
+
+
+@pytest.mark.parametrize("key,bad", [("embedding_size", 0), ("n_layers", -1), ("dropout_prob", 1.5),
+                                     ("eval_batch_size", 0)])
+def test_recbole_builtins_get_the_common_bounds(key, bad):
+    with pytest.raises(UserError, match=rf"option {key}={bad!r} must be"):
+        check_options(registry.model_class("LightGCN"), {key: bad})
