@@ -106,8 +106,8 @@ DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero 
 
 # Options with one meaning across RecBole's models, its trainer and ours, checked for every model (RecBole's
 # built-ins included) where the configuration has them. Out of range, torch refused some with a bare ValueError
-# after the data had loaded (learning_rate, weight_decay, dropout) and others trained a degenerate model silently
-# (BPR with embedding_size 0, LightGCN with n_layers -1, eval_batch_size 0).
+# after the data had loaded (learning_rate, weight_decay, dropout) and others ran on silently (BPR with
+# embedding_size 0 or eval_batch_size 0, LightGCN with n_layers -1).
 COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE,
                  "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
                  "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
