@@ -13,7 +13,7 @@ from recbole_ext.leaderboard import cli, plan, stats
 from recbole_ext.leaderboard.spec import load_spec, parse_spec
 from recbole_ext.leaderboard.store import ResultStore
 from recbole_ext.utils.hashing import dir_sha256
-from tests.test_leaderboard_helpers import FAKE, write_spec
+from tests.test_leaderboard_helpers import FAKE, REPO, write_spec
 
 BASE = {"task": "mmrec", "datasets": ["synth-mm"], "seeds": [0, 1], "models": ["BPR"]}
 
@@ -70,8 +70,6 @@ def test_spec_missing_key_and_bad_yaml(tmp_path):
 
 
 def test_shipped_specs_are_valid():
-    from tests.test_leaderboard_helpers import REPO
-
     specs = {p.stem: load_spec(p) for p in (REPO / "leaderboards").glob("*.yaml")}
     assert {"multimodal", "medrec", "quick"} <= set(specs)
     mm, med = specs["multimodal"], specs["medrec"]
@@ -257,3 +255,14 @@ def test_cli_report_only_and_bad_arguments(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="unknown model 'BRP'"):  # checked before any run starts
         cli.main([str(typo), "--out", str(tmp_path / "typo")])
     assert not (tmp_path / "typo").exists()
+    bad_point = write_spec(tmp_path / "bad.yaml", models=[{"name": "RETAIN", "grid": {"dropout_prob": [0.5, 1.0]}}],
+                           seeds=1)
+    with pytest.raises(UserError, match=r"RETAIN on synth-ehr-small at \{'dropout_prob': 1.0\}: RETAIN: option "
+                                        r"dropout_prob=1.0 must be in \[0, 1\)"):
+        cli.main([str(bad_point), "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "leaderboards").glob("*.yaml")), ids=lambda p: p.stem)
+def test_bundled_specs_pass_the_up_front_checks(path):
+    cli.check_models_and_options(load_spec(path))

@@ -41,3 +41,13 @@ def test_grid_errors_are_user_errors():
         run_grid("MambaRec", "x", config_dict={"mmd_weight": 0.1}, runner=lambda *a, **k: None)
     with pytest.raises(UserError, match="non-empty list"):
         run_grid("MambaRec", "x", grid={"mmd_weight": 0.1}, runner=lambda *a, **k: None)
+    with pytest.raises(UserError, match="unknown model 'NoSuchModel'"):
+        run_grid("NoSuchModel", "x", runner=lambda *a, **k: None)
+
+
+def test_every_grid_point_is_checked_before_the_first_run_trains():
+    calls = []
+    grid = {"mmd_weight": [0.1, 0.2], "mmd_kernel_bandwidth": [1.0, 0.0]}  # the last value is out of range
+    with pytest.raises(UserError, match="mmd_kernel_bandwidth=0.0 must be > 0"):
+        run_grid("MambaRec", "x", grid=grid, runner=lambda *a, **k: calls.append(a))
+    assert calls == []

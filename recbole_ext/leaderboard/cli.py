@@ -37,6 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_models_and_options(spec) -> None:
+    """Every model name is known and every run's options are within the model's bounds (``check_options``),
+    before the first run starts; the error names the spec, the model, the dataset and the grid point."""
+    from recbole_ext.config import check_options
+    from recbole_ext.leaderboard.plan import run_config
+    from recbole_ext.registry import model_class
+
+    for model in spec.models:
+        cls = model_class(model.name)
+        for dataset in filter(model.runs_on, spec.datasets):
+            for point in model.grid_points():
+                try:
+                    check_options(cls, run_config(spec, model, dataset, point, spec.seeds[0]))
+                except UserError as exc:
+                    raise UserError(f"{spec.source}: {model.name} on {dataset}{f' at {point}' if point else ''}: "
+                                    f"{exc.message}", fix=exc.fix) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from recbole_ext.leaderboard.report import write_report
     from recbole_ext.leaderboard.runner import run_spec
@@ -49,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and args.backend != "ray":
         raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
     spec = load_spec(args.spec)
-    if args.run_fn == DEFAULT_RUN_FN:  # an unknown model name fails now, not in every worker
-        from recbole_ext.registry import model_class
-
-        for model in spec.models:
-            model_class(model.name)
+    if args.run_fn == DEFAULT_RUN_FN:  # an unknown model or an out-of-range option fails now, not in every worker
+        check_models_and_options(spec)
     out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
     outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,
                        run_fn=args.run_fn, retry_failed=not args.no_retry_failed, progress=not args.no_progress,

@@ -61,6 +61,10 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 def run_grid(model: str, dataset: str, grid: dict[str, list] | None = None, config_dict: dict | None = None,
              config_files: list[str] | None = None, runner=None) -> GridResult:
     """Train every grid point; choose on the validation score; return the chosen point's test result only."""
+    from recbole_ext import registry
+    from recbole_ext.config import check_options
+
+    model_class = registry.model_class(model)  # an unknown name is said as such, not as "declares no hyper_grid"
     if runner is None:
         from recbole_ext.quick_start import run as runner
     grid = declared_grid(model) if grid is None else check_grid(grid, "the given grid")
@@ -70,6 +74,8 @@ def run_grid(model: str, dataset: str, grid: dict[str, list] | None = None, conf
     clash = sorted(set(base) & set(grid))
     if clash:
         raise UserError(f"{clash} are both fixed and searched", fix="drop them from the fixed options or the grid")
+    for point in grid_points(grid):  # a bad value fails now, not after the points before it have trained
+        check_options(model_class, {**base, **point})
     out = GridResult(model=model, dataset=dataset, valid_metric="")
     best_index, best_score, bigger = None, None, True
     runs = []
