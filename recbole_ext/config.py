@@ -111,7 +111,7 @@ DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero 
 COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE,
                  "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
                  "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
-                 "attn_dropout_prob": DROPOUT}
+                 "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE}
 
 
 def _option(config: Any, key: str) -> Any:

@@ -97,6 +97,10 @@ def test_bad_index_settings_are_user_errors():
         ItemIndex.build(ITEMS, "Flat", nprobe=3)
     with pytest.raises(UserError, match="no HNSW part"):
         ItemIndex.build(ITEMS, "Flat", ef_search=3)
+    with pytest.raises(UserError, match="faiss_nprobe must be >= 1, got 0"):
+        ItemIndex.build(ITEMS, "IVF2,Flat", nprobe=0)  # FAISS itself raised a RuntimeError inside search
+    with pytest.raises(UserError, match="faiss_ef_search must be >= 1, got 0"):
+        ItemIndex.build(ITEMS, "HNSW8", ef_search=0)  # FAISS itself returned one item for any k
     with pytest.raises(UserError, match="training faiss_index 'IVF16,Flat' on 5 item vectors failed"):
         ItemIndex.build(ITEMS, "IVF16,Flat")  # more lists than items
     bad = ITEMS.copy()

@@ -196,6 +196,9 @@ class ItemIndex:
 
     def _apply_search_params(self):
         faiss = _faiss()
+        for name, value in (("faiss_nprobe", self.nprobe), ("faiss_ef_search", self.ef_search)):
+            if value is not None and int(value) < 1:  # FAISS raises inside search (nprobe) or returns 1 item (ef)
+                raise UserError(f"{name} must be >= 1, got {value}", fix=f"set {name} >= 1 or leave it unset")
         if self.nprobe is not None:
             try:
                 faiss.extract_index_ivf(self.index).nprobe = int(self.nprobe)
