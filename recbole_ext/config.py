@@ -103,6 +103,7 @@ NON_NEGATIVE = Bounds(0)
 POSITIVE = Bounds(0, low_open=True)
 UNIT_INTERVAL = Bounds(0, 1)
 DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero every input
+SEED = Bounds(0, 2**32 - 1)  # numpy's legacy seeding (RecBole's init_seed, the published bootstrap) takes these
 
 # Options with one meaning across RecBole's models, its trainer and ours, checked for every model (RecBole's
 # built-ins included) where the configuration has them. Out of range, torch refused some with a bare ValueError
@@ -111,7 +112,8 @@ DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero 
 COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE,
                  "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
                  "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
-                 "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE}
+                 "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE,
+                 "seed": SEED}
 
 
 def _option(config: Any, key: str) -> Any:

@@ -65,11 +65,13 @@ def test_demo_runs_out_of_the_box(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("patients_per_batch", 0), ("patients_per_batch", "many"),
                                        ("medrec_split", "sideways"), ("metrics", ["Recall", "Jaccard"]),
-                                       ("medrec_bootstrap_frac", 0.0), ("medrec_threshold", 1.5)])
+                                       ("medrec_bootstrap_frac", 0.0), ("medrec_threshold", 1.5),
+                                       ("medrec_bootstrap_seed", -1)])
 def test_bad_task_options_are_user_errors(tmp_path, key, value):
     match = {"medrec_split": "medrec_split must be", "metrics": r"metrics \['Recall'\] cannot score",
              "medrec_bootstrap_frac": r"medrec_bootstrap_frac' = 0.0 must be in \(0, 1\]",
-             "medrec_threshold": r"medrec_threshold' = 1.5 must be in \[0, 1\]"}.get(key, key)
+             "medrec_threshold": r"medrec_threshold' = 1.5 must be in \[0, 1\]",
+             "medrec_bootstrap_seed": r"medrec_bootstrap_seed' = -1 must be in \[0, 4294967295\]"}.get(key, key)
     with pytest.raises(UserError, match=match):
         quick_start.run("MedLogReg", "mimic3-demo", config_dict={key: value, "epochs": 1, "runs_root": str(tmp_path)})
     assert not any(tmp_path.iterdir())  # nothing half-written

@@ -185,8 +185,8 @@ def _parse_seeds(value, source: str) -> tuple[int, ...]:
         raise UserError(f"{_where(source, 'seeds')} must be a non-empty list of integers or a count",
                         fix="write seeds: [0, 1, 2] or seeds: 3")
     for s in value:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise UserError(f"{_where(source, 'seeds')} holds {s!r}, not a non-negative integer",
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32:
+            raise UserError(f"{_where(source, 'seeds')} holds {s!r}, not an integer from 0 to 2**32 - 1",
                             fix="write seeds: [0, 1, 2]")
     if len(set(value)) != len(value):
         raise UserError(f"{_where(source, 'seeds')} repeats a seed", fix="list each seed once")

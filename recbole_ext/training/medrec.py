@@ -26,7 +26,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from tqdm import tqdm
 
-from recbole_ext.config import AT_LEAST_ONE, UNIT_INTERVAL, Bounds
+from recbole_ext.config import AT_LEAST_ONE, SEED, UNIT_INTERVAL, Bounds
 from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
@@ -108,7 +108,7 @@ class MedRecDataset:
             setattr(self, f"{kind}_tokens", ["[PAD]"] + d.vocab[kind]["code"].tolist())
             setattr(self, f"{kind}_names", [""] + d.vocab[kind]["name"].tolist())
         mode = str(config_value(config, "medrec_split", "ordered"))
-        seed = number_key(config, "medrec_split_seed", config_value(config, "seed", 0))
+        seed = number_key(config, "medrec_split_seed", config_value(config, "seed", 0), int, SEED)
         self.split = split_patients(d.n_patients, mode, seed)
 
     # ----------------------------------------------------------------------------------------------- introspection
@@ -237,7 +237,7 @@ class MedRecTrainer(Trainer):
         self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, AT_LEAST_ONE)
         self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float,
                                          Bounds(0, 1, low_open=True))  # a sample of no patient has no metrics
-        self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0)
+        self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0, int, SEED)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer; plain Adam on CPU runs fused (``fused_adam``, default True: the same update in one
