@@ -113,7 +113,7 @@ COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train
                  "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
                  "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
                  "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE,
-                 "seed": SEED}
+                 "seed": SEED, "eval_users_per_batch": AT_LEAST_ONE}  # ~ (None) derives it from eval_batch_size
 
 
 def _option(config: Any, key: str) -> Any:

@@ -58,6 +58,7 @@ def _one_error_line(capsys):
     (["--model=BPR", "--dataset=ml-100k", "--learning_rate=-0.1"], "learning_rate=-0.1 must be > 0"),
     (["--model=BPR", "--dataset=ml-100k", "--seed=-1"], "seed=-1 must be in [0, 4294967295]"),
     (["--model=MambaRec", "--dataset=synth-mm", "--embedding_size=0"], "embedding_size=0 must be >= 1"),
+    (["--model=MambaRec", "--dataset=synth-mm", "--eval_users_per_batch=0"], "eval_users_per_batch=0 must be >= 1"),
     (["frobnicate"], "unknown command"),
     (["prepare", "nothing"], "prepare needs a kind"),
 ])

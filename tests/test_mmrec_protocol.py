@@ -205,6 +205,13 @@ def test_lr_schedule_steps_once_per_epoch(toy_protocol):
     assert trainer.lrs == pytest.approx([0.001 * 0.5 ** (e / 2) for e in range(4)])
 
 
+@pytest.mark.parametrize("schedule", [[0.0, 50], [-1.0, 50], [0.96, 0], [0.96]])
+def test_lr_schedule_must_decay_by_a_positive_factor(toy_protocol, schedule):
+    config, task, train, valid, test = toy_protocol(learning_rate_scheduler=schedule, epochs=1)
+    with pytest.raises(UserError, match="learning_rate_scheduler must be"):
+        _ScriptedTrainer(config, FixedScores(config, train._dataset), [0.1])
+
+
 def test_nan_loss_stops_and_keeps_best(toy_protocol):
     config, task, train, valid, test = toy_protocol(epochs=10)
     trainer = _ScriptedTrainer(config, FixedScores(config, train._dataset), [0.3, 0.2, 0.1], nan_epoch=2)

@@ -142,7 +142,8 @@ class MMRecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         schedule = config["learning_rate_scheduler"] or [1.0, 50]
-        if len(schedule) != 2 or float(schedule[1]) <= 0:
+        # decay <= 0 would give a negative or zero rate (and NaN for fractional powers of a negative decay)
+        if len(schedule) != 2 or float(schedule[0]) <= 0 or float(schedule[1]) <= 0:
             raise UserError(f"learning_rate_scheduler must be [decay, every_epochs], got {schedule!r}",
                             fix="e.g. [0.96, 50] (MGCN/MambaRec) or [1.0, 50] (constant, MMRec default)")
         decay, every = float(schedule[0]), float(schedule[1])
