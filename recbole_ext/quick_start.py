@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from recbole_ext.errors import UserError
-from recbole_ext.utils.io import atomic_file
+from recbole_ext.utils.io import atomic_file, make_dirs
 
 
 @dataclass
@@ -149,10 +149,10 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     start = time.time()
     config, task = build_config(model, dataset, config_dict, config_files)
     run_dir = Path(config["run_dir"]) if config["run_dir"] else new_run_dir(model, dataset, config["runs_root"])
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         fix="choose another --run_dir or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(run_dir, "run directory")
     config["run_dir"] = str(run_dir)
     config["checkpoint_dir"] = str(run_dir)
     try:

@@ -87,6 +87,27 @@ def test_prepare_refuses_names_outside_the_dataset_root_and_bad_seeds(argv, need
     assert not any(root.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_unwritable_runs_root_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--model=RETAIN", "--dataset=mimic3-demo", "--epochs=1", f"--runs_root={blocker}"]) == 2
+    assert f"cannot create the run directory {blocker}/RETAIN-mimic3-demo-" in _one_error_line(capsys)
+    assert main(["--model=RETAIN", "--dataset=mimic3-demo", "--epochs=1", f"--run_dir={blocker}"]) == 2
+    assert f"cannot create the run directory {blocker}: " in _one_error_line(capsys)
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("argv", [
+    ["prepare", "synthetic-ehr", "--name", "x", "--patients", "30", "--out", "{blocker}/sub"],
+    ["leaderboard", "{repo}/leaderboards/quick.yaml", "--report-only", "--no-progress", "--out", "{blocker}"],
+])
+def test_output_folder_blocked_by_a_file_is_one_line(argv, tmp_path, capsys, repo_root):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main([a.format(blocker=blocker, repo=repo_root) for a in argv]) == 2
+    assert f"{blocker} is a file, not a folder" in _one_error_line(capsys)
+
+
 def test_bad_yaml_file_types(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("epochs: [1, 2\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")

@@ -18,6 +18,7 @@ from recbole_ext.leaderboard.backends import make_backend
 from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN, dataset_hashes, final_runs, tuning_runs
 from recbole_ext.leaderboard.spec import LeaderboardSpec
 from recbole_ext.leaderboard.store import ResultStore
+from recbole_ext.utils.io import make_dirs
 
 STORE_NAME = "results.sqlite"
 
@@ -73,8 +74,7 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
              address: str | None = None, run_fn: str = DEFAULT_RUN_FN, retry_failed: bool = True,
              progress: bool = True, execute_runs: bool = True) -> Outcome:
     """Execute what is missing (unless ``execute_runs`` is False: report-only) and return the plan."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dirs(out_dir, "leaderboard output folder")
     hashes = {d: dataset_hashes(d, spec.dataset_config.get(d, {}).get("data_path", spec.config.get("data_path")))
               for d in spec.datasets}
     outcome = Outcome(store_path=out_dir / STORE_NAME)

@@ -7,6 +7,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from recbole_ext.errors import UserError
+
+
+def make_dirs(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``mkdir -p path``; a path that cannot be a folder (a file in the way, no permission, a read-only or pseudo
+    file system) is a one-line UserError naming it, not an OSError traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise UserError(f"cannot create the {what} {path}: {reason}", fix="choose a folder you can write") from None
+    return path
+
+
+def _temporary_beside(target: Path, make):
+    """``make(prefix, dir)`` (mkdtemp / mkstemp) beside ``target``, with its folder created first."""
+    make_dirs(target.parent, "output folder")
+    try:
+        return make(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write in {target.parent}: {exc.strerror or exc}",
+                        fix="choose a folder you can write") from None
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
@@ -15,12 +40,10 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
     On any exception the temporary folder is removed and ``target`` is left exactly as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent, "output folder")
     if target.exists() and not overwrite:
-        from recbole_ext.errors import UserError
-
         raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(_temporary_beside(target, tempfile.mkdtemp))
     try:
         yield tmp
         if target.exists():
@@ -39,8 +62,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
 def atomic_file(target: str | os.PathLike, mode: str = "w", **kwargs):
     """Open a temporary file beside ``target``; it is renamed onto ``target`` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, tmp = _temporary_beside(target, tempfile.mkstemp)
     os.close(fd)
     try:
         with open(tmp, mode, **kwargs) as fh:
