@@ -124,6 +124,15 @@ def test_missing_table_and_bad_src(tmp_path, raw3_copy):
         _prep(tmp_path / "nope", tmp_path / "out")
 
 
+@pytest.mark.parametrize("extra,needle", [(["--top-diag", "-1"], "--top-diag must be >= 0, got -1"),
+                                          (["--top-med", "-5"], "--top-med must be >= 0, got -5"),
+                                          (["--ddi-side-effects", "0"], "--ddi-side-effects must be >= 1, got 0")])
+def test_negative_filter_sizes_are_refused(tmp_path, raw3_copy, extra, needle):
+    with pytest.raises(UserError, match=needle):
+        _prep(raw3_copy, tmp_path / "out", *extra)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unparseable_rows_are_counted_and_malformed_csv_rejected(tmp_path, raw3_copy, capsys):
     def corrupt(d):
         d.loc[:4, "hadm_id"] = "not-a-number"

@@ -298,6 +298,13 @@ def prepare(version: int, argv: list[str]) -> int:
     check_dataset_name(opts.name, f"mimic{version}")
     if opts.min_admissions < 1:
         raise UserError("--min-admissions must be >= 1", fix="use 1 (no filter) or 2 (published)")
+    for flag in ("top_diag", "top_proc", "top_med"):  # a negative N used to mean "all" silently, like 0
+        if getattr(opts, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(opts, flag)}",
+                            fix="use 0 to keep every code, or N to keep the N most frequent")
+    if opts.ddi_side_effects < 1:
+        raise UserError(f"--ddi-side-effects must be >= 1, got {opts.ddi_side_effects}",
+                        fix="use 40 (published: the 40 rarest side-effect types)")
     stems = {3: ("PRESCRIPTIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "ADMISSIONS", "D_ICD_DIAGNOSES",
                  "D_ICD_PROCEDURES"),
              4: ("prescriptions", "diagnoses_icd", "procedures_icd", "admissions", "d_icd_diagnoses",
