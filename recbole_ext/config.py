@@ -225,6 +225,14 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
         kind = {"mmrec": "a multimodal (MMRec-format)", "medrec": "a medication (visit)"}.get(needs, f"a '{needs}'")
         raise UserError(f"model {model} needs {kind} dataset, but '{dataset}' is a '{task.name}' dataset",
                         fix=f"pick a dataset whose YAML sets task: {needs}")
+    if task.name != "medrec":  # registered with RecBole, so its Config accepts them; its collector then fails
+        from recbole_ext.evaluation.medrec_metrics import METRICS
+
+        set_metrics = {cls.__name__.lower() for cls in METRICS}
+        misplaced = [m for m in config["metrics"] if str(m).lower() in set_metrics]
+        if misplaced:
+            raise UserError(f"metrics {misplaced} score medication sets, but '{dataset}' is a '{task.name}' dataset",
+                            fix="use ranking metrics such as Recall and NDCG here, or a dataset with task: medrec")
     task.check_model(config.model_class)
     task.check_data(config)
     return config, task
