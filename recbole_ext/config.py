@@ -116,11 +116,13 @@ COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train
                  "seed": SEED, "eval_users_per_batch": AT_LEAST_ONE}  # ~ (None) derives it from eval_batch_size
 
 
-def _option(config: Any, key: str) -> Any:
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """``config[key]`` for a RecBole Config (None when absent) or a plain dict; ``default`` when absent or None."""
     try:
-        return config[key]
+        value = config[key]
     except (KeyError, TypeError):
-        return None
+        value = None
+    return default if value is None else value
 
 
 def option_bounds(model_class) -> dict[str, Bounds]:
@@ -137,7 +139,7 @@ def check_options(model_class, config: Any) -> None:
     runs this before any data is read; the models' constructors run it too (direct use with a dict config)."""
     name = getattr(model_class, "__name__", str(model_class))
     for key, bounds in {**COMMON_BOUNDS, **option_bounds(model_class)}.items():
-        value = _option(config, key)
+        value = config_value(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # absent, or of the wrong type (check_types reports that)
         if not bounds.admits(value):

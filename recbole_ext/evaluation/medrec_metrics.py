@@ -20,6 +20,8 @@ import numpy as np
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
+from recbole_ext.config import config_value
+
 THRESHOLD = 0.5
 METRIC_KEYS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_med")
 
@@ -142,15 +144,6 @@ def bootstrap_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, 
     """Bootstrap mean and std of every metric (see ``bootstrap_rows``)."""
     return summarise_rounds([medrec_scores(prob[rows], target[rows], groups, ddi_adj, threshold, which)
                              for rows, groups in bootstrap_rows(patient, rounds, frac, seed)])
-
-
-def config_value(config, key: str, default):
-    """``config[key]`` for RecBole Configs (None when absent) and plain dicts alike, else ``default``."""
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
 
 
 class _MedRecMetric(AbstractMetric):

@@ -26,12 +26,12 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from tqdm import tqdm
 
-from recbole_ext.config import AT_LEAST_ONE, SEED, UNIT_INTERVAL, Bounds
+from recbole_ext.config import AT_LEAST_ONE, SEED, UNIT_INTERVAL, Bounds, config_value
 from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import config_flag
-from recbole_ext.evaluation.medrec_metrics import THRESHOLD, bootstrap_rows, config_value, summarise_rounds
+from recbole_ext.evaluation.medrec_metrics import THRESHOLD, bootstrap_rows, summarise_rounds
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.tasks import Task
 from recbole_ext.utils.paths import dataset_root

@@ -24,18 +24,9 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options
+from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options, config_value
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-
-
-def config_value(config: Any, key: str, default: Any = None) -> Any:
-    """``config[key]`` for a RecBole Config or a plain dict; ``default`` when the key is absent or None."""
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
 
 
 def config_flag(config: Any, key: str, default: bool) -> bool:
