@@ -133,12 +133,17 @@ def option_bounds(model_class) -> dict[str, Bounds]:
     return merged
 
 
+def effective_bounds(model_class) -> dict[str, Bounds]:
+    """Every bound ``check_options`` applies to the model: ``COMMON_BOUNDS``, then its own ``option_bounds``."""
+    return {**COMMON_BOUNDS, **option_bounds(model_class)}
+
+
 def check_options(model_class, config: Any) -> None:
     """Every bounded numeric option of the model (``option_bounds``) and the common ones within bounds, then the
     model's own cross-option check (classmethod ``check_config(config)``), as one-line errors. ``build_config``
     runs this before any data is read; the models' constructors run it too (direct use with a dict config)."""
     name = getattr(model_class, "__name__", str(model_class))
-    for key, bounds in {**COMMON_BOUNDS, **option_bounds(model_class)}.items():
+    for key, bounds in effective_bounds(model_class).items():
         value = config_value(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # absent, or of the wrong type (check_types reports that)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from recbole_ext import registry
-from recbole_ext.config import COMMON_BOUNDS, Bounds, build_config, check_options, option_bounds
+from recbole_ext.config import Bounds, build_config, check_options, effective_bounds, option_bounds
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import PROPERTIES_DIR
 
@@ -57,7 +57,7 @@ def _outside(bounds: Bounds):
 @pytest.mark.parametrize("name", sorted(EXT_MODELS))
 def test_every_bounded_option_refuses_a_value_outside(name):
     cls = EXT_MODELS[name]
-    bounds = {**COMMON_BOUNDS, **option_bounds(cls)}
+    bounds = effective_bounds(cls)
     assert "embedding_size" in bounds  # every model bounds its width
     for key, allowed in bounds.items():
         bad = _outside(allowed)
@@ -68,8 +68,8 @@ def test_every_bounded_option_refuses_a_value_outside(name):
 
 def test_medication_models_bound_their_shared_loss_options():
     for name in ("CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MedFM"):
-        assert {"embedding_size", "target_ddi", "ddi_loss_scale"} <= set(option_bounds(EXT_MODELS[name]))
-    assert {"dropout_prob", "charm_heads", "cwg_gate_size"} <= set(option_bounds(EXT_MODELS["CafeMed"]))
+        assert {"embedding_size", "target_ddi", "ddi_loss_scale"} <= set(effective_bounds(EXT_MODELS[name]))
+    assert {"dropout_prob", "charm_heads", "cwg_gate_size"} <= set(effective_bounds(EXT_MODELS["CafeMed"]))
 
 
 def test_cafemed_heads_must_divide_the_width_only_where_charm_runs():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options, config_value
+from recbole_ext.config import NON_NEGATIVE, POSITIVE, check_options, config_value
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 
@@ -84,8 +84,9 @@ class MedRecModel(AbstractRecommender):
     required_task = "medrec"  # checked before any data is loaded (recbole_ext.config.build_config)
     # The medication task uses its own dataset and trainer; the registry/task use this flag to accept the model.
     medrec_model = True
-    # checked before any data is loaded (recbole_ext.config.check_options); subclasses add their own keys
-    option_bounds = {"embedding_size": AT_LEAST_ONE, "loss_bce_weight": NON_NEGATIVE,
+    # checked before any data is loaded (recbole_ext.config.check_options, which adds COMMON_BOUNDS: embedding_size,
+    # dropout_prob, ...); subclasses add their own keys
+    option_bounds = {"loss_bce_weight": NON_NEGATIVE,
                      "loss_margin_weight": NON_NEGATIVE, "ddi_loss_scale": NON_NEGATIVE, "target_ddi": POSITIVE,
                      "ddi_anneal_coef": NON_NEGATIVE, "ddi_kp": POSITIVE}
 

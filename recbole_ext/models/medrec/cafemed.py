@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import AT_LEAST_ONE, DROPOUT, Bounds
+from recbole_ext.config import AT_LEAST_ONE, Bounds
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import MedRecModel, check_choice, config_flag, config_value, previous_visit
@@ -491,7 +491,7 @@ class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
 
     # effects are risk differences in [-1, 1]; 'none' (no CWG pair mask) is not a number and passes
-    option_bounds = {"dropout_prob": DROPOUT, "cwg_gate_size": AT_LEAST_ONE, "charm_heads": AT_LEAST_ONE,
+    option_bounds = {"cwg_gate_size": AT_LEAST_ONE, "charm_heads": AT_LEAST_ONE,
                      "charm_reduction": AT_LEAST_ONE, "effect_threshold": Bounds(-1, 1),
                      "cwg_effect_threshold": Bounds(-1, 1)}
     forced_options: dict = {}  # the registered ablations fix some switches (CausalMed, CafeMedNoCWG, ...)

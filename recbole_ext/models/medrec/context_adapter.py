@@ -28,7 +28,6 @@ import yaml
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_ext.config import DROPOUT
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import MedRecModel, config_value, previous_visit
@@ -128,11 +127,9 @@ class MedDeepFM(MedContext):
     """RecBole's DeepFM (Guo et al., IJCAI 2017) on visit context features."""
 
     context_model = "DeepFM"
-    option_bounds = {"dropout_prob": DROPOUT}  # of the MLP, read by RecBole's DeepFM
 
 
 class MedWideDeep(MedContext):
     """RecBole's WideDeep (Cheng et al., DLRS 2016) on visit context features."""
 
     context_model = "WideDeep"
-    option_bounds = {"dropout_prob": DROPOUT}  # of the MLP, read by RecBole's WideDeep

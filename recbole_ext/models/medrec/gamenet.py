@@ -54,7 +54,7 @@ class GraphMemory(nn.Module):
 
 
 class GAMENet(MedRecModel):
-    option_bounds = {"dropout_prob": DROPOUT, "gcn_dropout_prob": DROPOUT}
+    option_bounds = {"gcn_dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

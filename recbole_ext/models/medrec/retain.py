@@ -17,14 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from recbole_ext.config import DROPOUT
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum, previous_visit
 
 
 class RETAIN(MedRecModel):
-    option_bounds = {"dropout_prob": DROPOUT}
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import AT_LEAST_ONE, DROPOUT
+from recbole_ext.config import AT_LEAST_ONE
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_value
@@ -164,7 +164,7 @@ class MolecularEncoder(nn.Module):
 
 
 class SafeDrug(MedRecModel):
-    option_bounds = {"dropout_prob": DROPOUT, "mpnn_layers": AT_LEAST_ONE}
+    option_bounds = {"mpnn_layers": AT_LEAST_ONE}
 
     def __init__(self, config, dataset):
         import importlib.util

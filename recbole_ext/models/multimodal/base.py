@@ -6,7 +6,7 @@ import torch.nn as nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
-from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, check_options
+from recbole_ext.config import NON_NEGATIVE, check_options
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import interaction_csr, normalised_bipartite, to_torch_sparse
 from recbole_ext.models.layers.knn import knn_graph
@@ -46,8 +46,9 @@ class MultimodalRecommender(GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     required_task = "mmrec"  # checked before any data is loaded (recbole_ext.config.build_config)
-    # numeric options checked before any data is loaded (recbole_ext.config.check_options); subclasses add theirs
-    option_bounds = {"embedding_size": AT_LEAST_ONE, "reg_weight": NON_NEGATIVE}
+    # numeric options checked before any data is loaded (recbole_ext.config.check_options, which adds
+    # COMMON_BOUNDS: embedding_size, n_layers, ...); subclasses add theirs
+    option_bounds = {"reg_weight": NON_NEGATIVE}
 
     def __init__(self, config, dataset):
         check_options(type(self), config)

@@ -83,8 +83,8 @@ def blockwise_cosine_topk(x: torch.Tensor, k: int, block_elements: int | None = 
 
 
 class LATTICE(MultimodalRecommender):
-    option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "n_layers": NON_NEGATIVE,
-                     "knn_k": AT_LEAST_ONE, "lambda_coeff": UNIT_INTERVAL}
+    option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
+                     "lambda_coeff": UNIT_INTERVAL}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -24,7 +24,7 @@ REG_DENOMINATORS = ("train_batch_size", "batch")
 
 class MGCN(MultimodalRecommender):
     default_n_ui_layers = 2
-    option_bounds = {"n_ui_layers": NON_NEGATIVE, "n_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
+    option_bounds = {"n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
                      "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}
 
     def __init__(self, config, dataset):
