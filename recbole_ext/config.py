@@ -76,12 +76,14 @@ def check_types(internal: dict, external: dict, sources: dict[str, str]) -> None
 
 @dataclass(frozen=True)
 class Bounds:
-    """Allowed values of a numeric option: ``low <= value <= high``; an ``*_open`` side is strict, None unbounded."""
+    """Allowed values of a numeric option: ``low <= value <= high``; an ``*_open`` side is strict, None unbounded.
+    ``words``: strings the option also takes in place of a number (compared lower-case)."""
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    words: tuple[str, ...] = ()
 
     def admits(self, value: float) -> bool:
         if isinstance(value, float) and math.isnan(value):
@@ -145,8 +147,12 @@ def check_options(model_class, config: Any) -> None:
     name = getattr(model_class, "__name__", str(model_class))
     for key, bounds in effective_bounds(model_class).items():
         value = config_value(config, key)
+        if isinstance(value, str) and value.lower() not in bounds.words:
+            # a key without a default in RecBole's Config escapes check_types; 'nan' or '1e-3 ' arrive as strings
+            raise UserError(f"{name}: option {key}={value!r} must be a number {bounds}",
+                            fix=f"set {key} to a number {bounds}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue  # absent, or of the wrong type (check_types reports that)
+            continue  # absent, a declared word, or of another wrong type (check_types reports that)
         if not bounds.admits(value):
             raise UserError(f"{name}: option {key}={value!r} must be {bounds}", fix=f"set {key} {bounds}")
     hook = getattr(model_class, "check_config", None)
@@ -177,6 +183,16 @@ def _absolute_paths(config_dict: dict) -> dict:
 def new_run_dir(model: str, dataset: str, runs_root: str | os.PathLike) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return Path(runs_root).resolve() / f"{model}-{dataset}-{stamp}"
+
+
+def _computed_metric_example(metrics: list, topk: list) -> str:
+    """A valid_metric the configuration computes: its first metric, with the first cutoff where it takes one."""
+    from recbole.evaluator.base_metric import TopkMetric
+    from recbole.evaluator.register import metrics_dict
+
+    name = str(metrics[0]).lower() if metrics else "recall"
+    needs_cutoff = isinstance(metrics_dict.get(name), type) and issubclass(metrics_dict[name], TopkMetric)
+    return f"{name}@{topk[0]}" if needs_cutoff and topk else name
 
 
 def build_config(model: str, dataset: str, config_dict: dict | None = None,
@@ -223,7 +239,8 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
     if valid_metric.split("@")[0] not in metric_names or ("@" in valid_metric and
                                                           int(valid_metric.split("@")[1]) not in topk):
         raise UserError(f"valid_metric '{config['valid_metric']}' is not computed by metrics={config['metrics']} "
-                        f"topk={topk}", fix="set valid_metric to one of the computed metrics, e.g. recall@20")
+                        f"topk={topk}", fix="set valid_metric to one of the computed metrics, e.g. "
+                                            f"{_computed_metric_example(config['metrics'], topk)}")
 
     task = registry.get_task(config["task"] or "general")
     needs = getattr(config.model_class, "required_task", None)

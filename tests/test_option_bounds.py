@@ -2,6 +2,7 @@
 import importlib
 import inspect
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,11 @@ def test_every_bounded_option_refuses_a_value_outside(name):
         bad = _outside(allowed)
         with pytest.raises(UserError, match=rf"{name}: option {key}={bad!r} must be"):
             check_options(cls, {key: bad})
-        check_options(cls, {key: "none"})  # not a number: the type check's business, not this one's
+        for word in allowed.words:  # strings the option takes in place of a number
+            check_options(cls, {key: word})
+        # other strings are refused here: a key absent from RecBole's Config escapes its type check
+        with pytest.raises(UserError, match=rf"{name}: option {key}='nan' must be a number"):
+            check_options(cls, {key: "nan"})
 
 
 def test_medication_models_bound_their_shared_loss_options():
@@ -98,15 +103,23 @@ def test_direct_construction_checks_too():
         EXT_MODELS["RETAIN"]({"dropout_prob": 1.5}, data)
 
 
-def test_build_config_refuses_before_reading_data(monkeypatch):
+@pytest.mark.parametrize("model,options,needle", [
+    ("CafeMed", {"charm_reduction": 0}, "charm_reduction=0 must be >= 1"),
+    ("RETAIN", {"target_ddi": "nan"}, "target_ddi='nan' must be a number > 0"),  # not in RETAIN.yaml: no type check
+    ("CafeMed", {"medrec_threshold": 1.5}, "'medrec_threshold' = 1.5 must be in [0, 1]"),  # the task's keys
+    ("CafeMed", {"medrec_bootstrap_frac": 0}, "'medrec_bootstrap_frac' = 0.0 must be in (0, 1]"),
+    ("RETAIN", {"patients_per_batch": 0}, "'patients_per_batch' = 0 must be >= 1"),
+    ("RETAIN", {"eval_patients_per_batch": 2.5}, "'eval_patients_per_batch' must be an integer"),
+])
+def test_build_config_refuses_before_reading_data(model, options, needle, monkeypatch):
     from recbole_ext.training import medrec
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the options were checked")
 
     monkeypatch.setattr(medrec.MedRecDataset, "__init__", no_data)
-    with pytest.raises(UserError, match="charm_reduction=0 must be >= 1"):
-        build_config("CafeMed", "synth-ehr-small", {"charm_reduction": 0})
+    with pytest.raises(UserError, match=re.escape(needle)):
+        build_config(model, "mimic3-demo", options)
 
 
 def test_recbole_builtin_defaults_pass_the_common_bounds():

@@ -54,6 +54,23 @@ def number_key(config, key: str, default, kind=int, bounds: Bounds | None = None
     return value
 
 
+# The task's numeric keys: (default, type, bounds). MedRecTask.check_data checks them all before any data is read.
+TASK_NUMBERS = {
+    "medrec_threshold": (THRESHOLD, float, UNIT_INTERVAL),
+    "medrec_bootstrap_rounds": (10, int, AT_LEAST_ONE),
+    "medrec_bootstrap_frac": (0.8, float, Bounds(0, 1, low_open=True)),  # a sample of no patient has no metrics
+    "medrec_bootstrap_seed": (0, int, SEED),
+    "patients_per_batch": (1, int, AT_LEAST_ONE),  # the published loops: one patient per optimiser step
+    "eval_patients_per_batch": (64, int, AT_LEAST_ONE),
+}
+
+
+def task_number(config, key: str):
+    """A key of ``TASK_NUMBERS``, checked (``number_key``)."""
+    default, kind, bounds = TASK_NUMBERS[key]
+    return number_key(config, key, default, kind, bounds)
+
+
 def fused_adam_enabled(config) -> bool:
     """``fused_adam`` of the medication task: True unless set to False (the default lives here, not in overall.yaml)."""
     return config_flag(config, "fused_adam", True)
@@ -233,11 +250,10 @@ class MedRecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self._best_state = None
-        self.threshold = number_key(config, "medrec_threshold", THRESHOLD, float, UNIT_INTERVAL)
-        self.bootstrap_rounds = number_key(config, "medrec_bootstrap_rounds", 10, int, AT_LEAST_ONE)
-        self.bootstrap_frac = number_key(config, "medrec_bootstrap_frac", 0.8, float,
-                                         Bounds(0, 1, low_open=True))  # a sample of no patient has no metrics
-        self.bootstrap_seed = number_key(config, "medrec_bootstrap_seed", 0, int, SEED)
+        self.threshold = task_number(config, "medrec_threshold")
+        self.bootstrap_rounds = task_number(config, "medrec_bootstrap_rounds")
+        self.bootstrap_frac = task_number(config, "medrec_bootstrap_frac")
+        self.bootstrap_seed = task_number(config, "medrec_bootstrap_seed")
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer; plain Adam on CPU runs fused (``fused_adam``, default True: the same update in one
@@ -349,14 +365,16 @@ class MedRecTask(Task):
         if other:
             raise UserError(f"metrics {other} cannot score medication sets (task: medrec)",
                             fix=f"use metrics from {sorted(known.values())}")
+        for key in TASK_NUMBERS:  # before any data is read
+            task_number(config, key)
         dataset_folder(config)
 
     def create_dataset(self, config) -> MedRecDataset:
         return MedRecDataset(config)
 
     def data_preparation(self, config, dataset: MedRecDataset):
-        train_bs = number_key(config, "patients_per_batch", 1, int, AT_LEAST_ONE)  # published loops: one patient per step
-        eval_bs = number_key(config, "eval_patients_per_batch", 64, int, AT_LEAST_ONE)
+        train_bs = task_number(config, "patients_per_batch")
+        eval_bs = task_number(config, "eval_patients_per_batch")
         shuffle = bool(config_value(config, "medrec_shuffle", False))
         return (MedRecDataLoader(config, dataset, "train", train_bs, shuffle),
                 MedRecDataLoader(config, dataset, "valid", eval_bs, False),

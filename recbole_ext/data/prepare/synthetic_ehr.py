@@ -22,6 +22,7 @@ run), but the effects are synthetic: the labels carry no pharmacological meaning
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
+MAX_VISITS = 29  # visits per patient: the maximum the spec records for SafeDrug-processed MIMIC-III (cafemed.md §3.6)
+
 EFFECT_FILES = ("diag_med_effect.npy", "proc_med_effect.npy", "med_base_logit.npy")
 
 
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="synth-ehr", help="dataset name (default synth-ehr)")
     p.add_argument("--out", default=None, help="dataset root (default: dataset_root(), $RECBOLE_EXT_DATA)")
     p.add_argument("--patients", type=int, default=6350)
-    p.add_argument("--visits", type=float, default=2.37, help="mean visits per patient (>= 1)")
+    p.add_argument("--visits", type=float, default=2.37, help="mean visits per patient (>= 1; each patient is capped at 29)")
     p.add_argument("--diagnoses", type=int, default=2000, help="diagnosis vocabulary size")
     p.add_argument("--procedures", type=int, default=1400, help="procedure vocabulary size")
     p.add_argument("--medications", type=int, default=131, help="medication vocabulary size")
@@ -60,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(opts) -> None:
     checks = [(opts.patients >= 6, "--patients must be >= 6 (three splits need patients)"),
-              (opts.visits >= 1, "--visits (mean visits per patient) must be >= 1"),
+              (1 <= opts.visits <= MAX_VISITS, f"--visits (mean visits per patient) must be in [1, {MAX_VISITS}]"),
+              (math.isfinite(opts.persistence), "--persistence must be a finite number"),
               (opts.diagnoses >= 20, "--diagnoses must be >= 20"), (opts.procedures >= 10, "--procedures must be >= 10"),
               (opts.medications >= 4, "--medications must be >= 4"), (opts.conditions >= 2, "--conditions must be >= 2"),
               (0 <= opts.ddi_density <= 1, "--ddi-density must be in [0, 1]"),
@@ -89,7 +93,7 @@ def generate(opts) -> dict:
     rng = np.random.default_rng(opts.seed)
     n_pat, n_d, n_p, n_m, k = opts.patients, opts.diagnoses, opts.procedures, opts.medications, opts.conditions
 
-    n_vis = np.minimum(1 + rng.poisson(opts.visits - 1, n_pat), 29)
+    n_vis = np.minimum(1 + rng.poisson(opts.visits - 1, n_pat), MAX_VISITS)
     visit_patient = np.repeat(np.arange(n_pat), n_vis)
     visit_pos = np.arange(len(visit_patient)) - np.repeat(np.cumsum(n_vis) - n_vis, n_vis)
     n_v = len(visit_patient)

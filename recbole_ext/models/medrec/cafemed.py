@@ -490,10 +490,10 @@ class CHARM(SumPooling):
 class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
 
-    # effects are risk differences in [-1, 1]; 'none' (no CWG pair mask) is not a number and passes
+    # effects are risk differences in [-1, 1]; 'none' / 'off' switch the CWG pair mask off
     option_bounds = {"cwg_gate_size": AT_LEAST_ONE, "charm_heads": AT_LEAST_ONE,
                      "charm_reduction": AT_LEAST_ONE, "effect_threshold": Bounds(-1, 1),
-                     "cwg_effect_threshold": Bounds(-1, 1)}
+                     "cwg_effect_threshold": Bounds(-1, 1, words=("none", "off"))}
     forced_options: dict = {}  # the registered ablations fix some switches (CausalMed, CafeMedNoCWG, ...)
 
     @classmethod
