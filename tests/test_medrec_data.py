@@ -198,6 +198,15 @@ def test_reader_rejects_vocabulary_mismatch_empty_visits_and_bad_ddi(tmp_path):
     with pytest.raises(UserError, match="neither diagnoses nor procedures"):
         load_medrec(d)
 
+    d = _copy_dataset(tmp_path / "b3")
+    visit = pd.read_csv(d / "mimic3-demo.visit", sep="\t", dtype=str, keep_default_na=False)
+    first_proc = visit.loc[2, "proc:token_seq"].split()[0]
+    visit.loc[2, "proc:token_seq"] += f" {first_proc}"  # a code listed twice in one visit
+    visit.to_csv(d / "mimic3-demo.visit", sep="\t", index=False)
+    visit_id = visit.loc[2, "visit_id:token"]
+    with pytest.raises(UserError, match=f"proc code '{first_proc}' appears twice in visit '{visit_id}'"):
+        load_medrec(d)
+
     d = _copy_dataset(tmp_path / "c")
     with open(d / "mimic3-demo.ddi", "a") as fh:
         fh.write("ZZZZ\tA01A\n")

@@ -189,6 +189,9 @@ def test_patient_json_to_visit_batch_and_ddi_flags(fake_load, tmp_path, capsys):
     ('{"visits": [3]}', "visit 1 is a int"),
     ('{"visits": [{"diagnosis": ["d1"]}]}', "unknown key"),
     ('{"visits": [{"diagnoses": "d1"}]}', "must be a list"),
+    ('{"visits": [{"diagnoses": ["d1", "d2", "d1"]}]}', "visit 1 lists diagnoses code 'd1' twice"),
+    ('{"visits": [{"diagnoses": ["d1"], "medications": [7, "7"]}, {"diagnoses": ["d1"]}]}',
+     "visit 1 lists medications code '7' twice"),
     ('{"visits": [{"diagnoses": ["d1"]}, {"medications": ["M1"]}]}', "neither diagnoses nor procedures"),
 ])
 def test_malformed_patient_files(tmp_path, text, match):

@@ -146,6 +146,16 @@ def _encode(path: Path, tokens: pd.Series, kind: str, vocab_index: pd.Index, vis
         raise UserError(f"{path}: {len(bad)} {kind} code(s) are not in the {kind} vocabulary, e.g. "
                         f"{flat[bad[0]]!r} in visit {visit_ids[row]!r}",
                         fix=f"re-run the preparation so that .{kind}voc and .visit agree")
+    # a visit's codes are a set: a repeat would count twice in every model's pooling
+    row_of = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    key = row_of * (len(vocab_index) + 1) + ids
+    order = np.argsort(key, kind="stable")
+    repeat = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if len(repeat):
+        first = order[repeat[0] + 1]
+        raise UserError(f"{path}: {kind} code {flat[first]!r} appears twice in visit {visit_ids[row_of[first]]!r} "
+                        f"({len(repeat)} repeated code(s) in all)",
+                        fix="a visit's codes are a set: list each code once")
     return CSRCodes(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), (ids + 1).astype(np.int64))
 
 

@@ -73,7 +73,12 @@ def load_patient(source) -> PatientVisits:
                                                       for c in codes):
                 raise UserError(f"{where}: visit {number} {key} must be a list of code strings",
                                 fix=f'e.g. "{key}": ["4019", "25000"]')
-            columns[key].append([str(c) for c in codes])
+            codes = [str(c) for c in codes]
+            if len(set(codes)) < len(codes):  # a set: a repeat would count twice in the model's pooling
+                twice = next(c for i, c in enumerate(codes) if c in codes[:i])
+                raise UserError(f"{where}: visit {number} lists {key} code {twice!r} twice",
+                                fix="a visit's codes are a set: list each code once")
+            columns[key].append(codes)
     if not columns["diagnoses"][-1] and not columns["procedures"][-1]:
         raise UserError(f"{where}: the last visit has neither diagnoses nor procedures",
                         fix="medications are recommended for the last visit; give its codes")
