@@ -140,3 +140,13 @@ def test_cli_trains_and_prints_table(repo_root, tmp_path, tiny_data):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["model"] == "BPR" and 0 <= result["test_result"]["recall@20"] <= 1
     assert not (tmp_path / "log").exists() and not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("name,command", [("mimic3", "prepare mimic3 --src <the folder of its CSVs>"),
+                                          ("mimic4", "prepare mimic4 --src <its hosp/ folder>")])
+def test_missing_mimic_says_where_to_get_it_and_how_to_prepare(name, command, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))  # no prepared MIMIC there, whatever this machine has
+    assert main(["--model=CafeMed", f"--dataset={name}"]) == 2
+    line = _one_error_line(capsys)
+    assert f"medication dataset '{name}' not found (looked for {name}.visit in {tmp_path / name})" in line
+    assert "https://physionet.org/content/mimici" in line and command in line and f"--dataset={name}-demo" in line

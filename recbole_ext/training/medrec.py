@@ -80,12 +80,29 @@ def dataset_folder(config) -> Path:
     """``config['data_path']`` when it holds the dataset, else ``dataset_root()/<dataset>``."""
     name = config["dataset"]
     data_path = config_value(config, "data_path", None)
-    for cand in ([Path(data_path)] if data_path else []) + [dataset_root() / name]:
+    candidates = list(dict.fromkeys(([Path(data_path)] if data_path else []) + [dataset_root() / name]))
+    for cand in candidates:
         if (cand / f"{name}.visit").is_file():
             return cand
     raise UserError(f"medication dataset '{name}' not found (looked for {name}.visit in "
-                    f"{data_path or ''} {dataset_root() / name})",
-                    fix=f"prepare it: python run.py prepare mimic3|mimic4|synthetic-ehr --name {name}")
+                    f"{' and '.join(str(c) for c in candidates)})", fix=_how_to_prepare(name))
+
+
+# Credentialed sources: where a user gets them and the command that turns them into the dataset.
+MIMIC_SOURCES = {
+    "mimic3": ("MIMIC-III v1.4 (https://physionet.org/content/mimiciii/1.4/)", "the folder of its CSVs"),
+    "mimic4": ("MIMIC-IV (https://physionet.org/content/mimiciv/)", "its hosp/ folder"),
+}
+
+
+def _how_to_prepare(name: str) -> str:
+    if name in MIMIC_SOURCES:
+        source, folder = MIMIC_SOURCES[name]
+        return (f"{name} is credentialed PhysioNet data and is not bundled: download {source} with your "
+                f"PhysioNet access, then run `python run.py prepare {name} --src <{folder}>` "
+                f"(docs/medication-data.md); --dataset={name}-demo (bundled) runs without it")
+    return (f"prepare it: python run.py prepare mimic3|mimic4 --src DIR --name {name}, or "
+            f"python run.py prepare synthetic-ehr --name {name}")
 
 
 def split_patients(n: int, mode: str = "ordered", seed: int = 0) -> dict[str, np.ndarray]:
