@@ -50,10 +50,14 @@ def _type_name(value: Any) -> str:
             dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def check_types(internal: dict, external: dict, sources: dict[str, str]) -> None:
-    """An external value must have the type of its default (ints are fine where floats are expected)."""
+def check_types(internal: dict, external: dict, sources: dict[str, str],
+                words: dict[str, tuple[str, ...]] | None = None) -> None:
+    """An external value must have the type of its default (ints are fine where floats are expected); ``words``:
+    per key, the strings a numeric option also takes (``Bounds.words``)."""
     for key, value in external.items():
         if key in _POLYMORPHIC or key not in internal:
+            continue
+        if isinstance(value, str) and value.lower() in (words or {}).get(key, ()):
             continue
         default = internal[key]
         if default is None or value is None:
@@ -229,7 +233,8 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
             raise UserError(f"invalid configuration: {exc}", fix="check metrics, topk and valid_metric") from None
         except ValueError as exc:
             raise UserError(f"invalid configuration: {exc}", fix="check the option values") from None
-    check_types(config.internal_config_dict, config.external_config_dict, sources)
+    words = {key: b.words for key, b in effective_bounds(config.model_class).items() if b.words}
+    check_types(config.internal_config_dict, config.external_config_dict, sources, words)
     check_options(config.model_class, config)
     config["data_path"] = os.path.abspath(config["data_path"])
 

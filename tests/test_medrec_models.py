@@ -382,7 +382,7 @@ def test_rgcn_matches_per_edge_reference():
 
 
 @pytest.mark.parametrize("cfg", [{}, {"use_cwg": False, "use_charm": False}, {"use_cwg": False, "static_graph": "linear"},
-                                 {"cwg_node_gate": True, "charm_attend_med": True}, {"cwg_effect_threshold": "none"},
+                                 {"cwg_node_gate": True, "charm_attend_med": True}, {"cwg_effect_threshold": "off"},
                                  {"charm_norm": "post", "charm_out_norm": True, "charm_rezero": False},
                                  {"charm_norm": "pre", "charm_attend_med": True, "charm_fusion": "maps"}])
 def test_packed_nodes_equal_padded_reference(tiny, cfg):

@@ -140,3 +140,20 @@ def test_recbole_builtin_defaults_pass_the_common_bounds():
 def test_recbole_builtins_get_the_common_bounds(key, bad):
     with pytest.raises(UserError, match=rf"option {key}={bad!r} must be"):
         check_options(registry.model_class("LightGCN"), {key: bad})
+
+
+def test_a_declared_word_passes_the_type_check_and_reaches_the_model(monkeypatch):
+    """CafeMed's ``cwg_effect_threshold: off`` (YAML default 0.2, a number) is accepted by build_config and turns
+    the CWG pair mask off; any other string is refused."""
+    from recbole_ext.models.medrec.cafemed import CafeMed
+    from recbole_ext.models.medrec.testing import make_synthetic
+    from recbole_ext.training import medrec
+
+    monkeypatch.setattr(medrec.MedRecDataset, "__init__", lambda *a, **k: None)
+    config, _ = build_config("CafeMed", "mimic3-demo", {"cwg_effect_threshold": "off"})
+    data = make_synthetic(n_patients=12, n_diag=20, n_proc=10, n_med=6, seed=0)
+    assert CafeMed(config, data).graph.threshold is None
+    config, _ = build_config("CafeMed", "mimic3-demo", {})
+    assert CafeMed(config, data).graph.threshold == 0.2
+    with pytest.raises(UserError, match="cwg_effect_threshold.*must be a number like its default 0.2, got a string"):
+        build_config("CafeMed", "mimic3-demo", {"cwg_effect_threshold": "maybe"})

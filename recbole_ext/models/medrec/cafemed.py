@@ -490,10 +490,11 @@ class CHARM(SumPooling):
 class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
 
-    # effects are risk differences in [-1, 1]; 'none' / 'off' switch the CWG pair mask off
+    # effects are risk differences in [-1, 1]; 'off' switches the CWG pair mask off ('none' would read as unset:
+    # the command line parses it to None, which means "follow effect_threshold")
     option_bounds = {"cwg_gate_size": AT_LEAST_ONE, "charm_heads": AT_LEAST_ONE,
                      "charm_reduction": AT_LEAST_ONE, "effect_threshold": Bounds(-1, 1),
-                     "cwg_effect_threshold": Bounds(-1, 1, words=("none", "off"))}
+                     "cwg_effect_threshold": Bounds(-1, 1, words=("off",))}
     forced_options: dict = {}  # the registered ablations fix some switches (CausalMed, CafeMedNoCWG, ...)
 
     @classmethod
@@ -523,7 +524,7 @@ class CafeMed(MedRecModel):
         effects = check_choice("causal_effects", config_value(config, "causal_effects", "train"), ("train", "zero"))
         threshold = float(config_value(config, "effect_threshold", 0.2))
         cwg_threshold = config_value(config, "cwg_effect_threshold", threshold)
-        cwg_threshold = None if str(cwg_threshold).lower() in ("none", "off") else float(cwg_threshold)
+        cwg_threshold = None if str(cwg_threshold).lower() == "off" else float(cwg_threshold)
 
         self.diag_emb = nn.Embedding(self.n_diag + 1, d, padding_idx=0)
         self.proc_emb = nn.Embedding(self.n_proc + 1, d, padding_idx=0)
