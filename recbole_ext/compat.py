@@ -258,6 +258,37 @@ def _torch_sparse_notices():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# faiss-cpu's loader logs at INFO each CPU-specific library it tries; RecBole's logger puts the root at INFO, so a
+# run that first imports faiss (kNN graphs, the retrieval index) printed "Could not load library with AVX512
+# support due to: ModuleNotFoundError(...)" on machines without AVX512: a notice that reads like an error.
+
+FAISS_LOADER_LOGGER = "faiss.loader"
+
+
+def _faiss_has_loader_log() -> bool:
+    from importlib.metadata import PackageNotFoundError
+
+    for dist in ("faiss-cpu", "faiss-gpu"):
+        try:
+            return _installed(dist) >= (1, 7, 3)
+        except PackageNotFoundError:
+            continue
+    return False
+
+
+@shim(
+    "faiss_loader_notices",
+    "faiss-cpu >= 1.7.3 logs at INFO which CPU-specific library it loads and why the others failed; under RecBole's "
+    "INFO root logger these lines reach the console and run.log",
+    gate=_faiss_has_loader_log,
+)
+def _faiss_loader_notices():
+    import logging
+
+    logging.getLogger(FAISS_LOADER_LOGGER).setLevel(logging.WARNING)  # its warnings and errors still pass
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Security: Config._convert_config_dict eval()s every string from config_dict and the command line.
 
 

@@ -218,3 +218,28 @@ def test_interaction_tensors_own_their_memory(tmp_path, without_shim):
     without_shim(Dataset, "_dataframe_to_interaction")
     shared = ds._dataframe_to_interaction(frame)
     assert np.shares_memory(shared["user_id"].numpy(), frame["user_id"].to_numpy())  # what the shim prevents
+
+
+_FAISS_PROBE = """
+import logging
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")  # RecBole's root level
+{setup}
+import faiss
+"""
+
+
+@pytest.mark.skipif(not compat.SHIMS["faiss_loader_notices"].applied, reason="faiss without the INFO loader log")
+@pytest.mark.parametrize("setup,logged", [("", True), ("import recbole_ext", False)])
+def test_faiss_loader_notices_are_silenced_by_the_shim_only(setup, logged):
+    """Fresh interpreters (faiss loads once per process): its loader's INFO lines appear without recbole_ext only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(compat.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _FAISS_PROBE.format(setup=setup)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (f"{compat.FAISS_LOADER_LOGGER} Loading faiss" in out.stderr) is logged, out.stderr[-2000:]
