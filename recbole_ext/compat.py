@@ -258,6 +258,25 @@ def _torch_sparse_notices():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# torch 2.4 deprecated torch.cuda.amp.GradScaler(...); RecBole's training loop builds one every epoch.
+
+
+@shim(
+    "torch_amp_gradscaler",
+    "torch >= 2.4 deprecates torch.cuda.amp.GradScaler(...) with a FutureWarning, which every RecBole training run "
+    "printed (Trainer._train_epoch and NCLTrainer._train_epoch build one per epoch)",
+    gate=lambda: _installed("torch") >= (2, 4),
+)
+def _torch_amp_gradscaler():
+    from recbole.trainer import trainer as trainer_mod
+
+    # torch.amp.GradScaler("cuda", ...) is the class the deprecated one subclasses, with the same arguments
+    for owner in (trainer_mod.Trainer, trainer_mod.NCLTrainer):
+        source_patch(owner, "_train_epoch", [("scaler = amp.GradScaler(enabled=self.enable_scaler)",
+                                              'scaler = torch.amp.GradScaler("cuda", enabled=self.enable_scaler)')])
+
+
+# --------------------------------------------------------------------------------------------------------------
 # faiss-cpu's loader logs at INFO each CPU-specific library it tries; RecBole's logger puts the root at INFO, so a
 # run that first imports faiss (kNN graphs, the retrieval index) printed "Could not load library with AVX512
 # support due to: ModuleNotFoundError(...)" on machines without AVX512: a notice that reads like an error.

@@ -57,6 +57,12 @@ def _floats(result) -> dict:
     return out
 
 
+def _plain_line(result) -> str:
+    """``key value`` pairs for the log: numpy 2's repr would print ``OrderedDict([('recall@10', np.float64(...))])``."""
+    return "    ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in _floats(result).items()) or "-"
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -188,8 +194,8 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -
     show = bool(config["show_progress"])
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
-    logger.info(f"best valid : {best_valid_result}")
-    logger.info(f"test result: {test_result}")
+    logger.info(f"best valid : {_plain_line(best_valid_result)}")
+    logger.info(f"test result: {_plain_line(test_result)}")
 
     checkpoint = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
     result = RunResult(

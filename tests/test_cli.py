@@ -150,3 +150,16 @@ def test_missing_mimic_says_where_to_get_it_and_how_to_prepare(name, command, ca
     line = _one_error_line(capsys)
     assert f"medication dataset '{name}' not found (looked for {name}.visit in {tmp_path / name})" in line
     assert "https://physionet.org/content/mimici" in line and command in line and f"--dataset={name}-demo" in line
+
+
+def test_run_log_prints_results_as_plain_numbers():
+    """numpy 2's repr made RecBole-style result lines read OrderedDict([('recall@10', np.float64(0.0085)), ...])."""
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from recbole_ext.quick_start import _plain_line
+
+    line = _plain_line(OrderedDict([("recall@10", np.float64(0.0085)), ("ddi_rate", 0.058660000000000004)]))
+    assert line == "recall@10 0.0085    ddi_rate 0.05866"
+    assert _plain_line(None) == "-"

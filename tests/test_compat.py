@@ -243,3 +243,28 @@ def test_faiss_loader_notices_are_silenced_by_the_shim_only(setup, logged):
                          timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (f"{compat.FAISS_LOADER_LOGGER} Loading faiss" in out.stderr) is logged, out.stderr[-2000:]
+
+
+def _run_empty_epoch(trainer_class):
+    """RecBole's epoch loop on no batches: enough to build its GradScaler; returns the FutureWarnings it raised."""
+    import types
+    import warnings
+
+    import torch
+
+    fake = types.SimpleNamespace(model=torch.nn.Linear(1, 1), config={"single_spec": True}, enable_scaler=False,
+                                 enable_amp=False, device=torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer_class._train_epoch(fake, [], 0, loss_func=lambda batch: None, show_progress=False)
+    return [w for w in caught if issubclass(w.category, FutureWarning) and "GradScaler" in str(w.message)]
+
+
+@pytest.mark.skipif(not compat.SHIMS["torch_amp_gradscaler"].applied, reason="torch < 2.4: no deprecation")
+def test_training_epochs_build_the_gradscaler_without_the_deprecation(without_shim):
+    from recbole.trainer.trainer import NCLTrainer, Trainer
+
+    for trainer_class in (Trainer, NCLTrainer):
+        assert _run_empty_epoch(trainer_class) == []
+    without_shim(Trainer, "_train_epoch")
+    assert len(_run_empty_epoch(Trainer)) == 1  # RecBole's own line warns
