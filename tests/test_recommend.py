@@ -219,3 +219,24 @@ def test_asking_for_another_index_type_rebuilds_it(tmp_path):
     assert u1.items == ["i20", "i30"]
     meta = json.loads((rec.index_folder(loaded.path) / "meta.json").read_text())
     assert meta["factory"] == "HNSW8" and meta["ef_search"] == 32
+
+
+def test_a_run_directory_stands_for_its_checkpoint(tmp_path, monkeypatch):
+    from recbole_ext import quick_start
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pth").write_bytes(b"weights")
+    seen = {}
+
+    def load_run(path):
+        seen["path"] = path
+        raise UserError("stop here")
+
+    monkeypatch.setattr(quick_start, "load_run", load_run)
+    with pytest.raises(UserError, match="stop here"):
+        rec.load_checkpoint(run)
+    assert seen["path"] == run / "model.pth"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a folder without a model.pth"):
+        rec.load_checkpoint(tmp_path / "empty")

@@ -4,6 +4,8 @@
               [--index FACTORY] [--nprobe N] [--ef-search N] [--rebuild-index]
     recommend --checkpoint PATH --users-file FILE            (one user token per line, answered in one batch)
     recommend --checkpoint PATH --patient FILE.json          (medication models)
+
+PATH is a run's model.pth or the run directory.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run.py recommend",
                      description="Top-K items for users, or a medication set for a patient, from a checkpoint.")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file of a finished run")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file of a finished run (model.pth), or its run directory")
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", action="append", metavar="TOKEN", help="external user token (repeatable)")
     who.add_argument("--users-file", metavar="FILE", help="text file, one user token per line")

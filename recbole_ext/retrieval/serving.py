@@ -62,6 +62,10 @@ class LoadedCheckpoint:
 def load_checkpoint(path) -> LoadedCheckpoint:
     """Rebuild model (eval mode), dataset and training split from a recbole-ext checkpoint (weights_only)."""
     path = Path(path)
+    if path.is_dir():  # a run directory: its checkpoint
+        if not (path / "model.pth").is_file():
+            raise UserError(f"{path} is a folder without a model.pth", fix="pass a run directory or its model.pth")
+        path = path / "model.pth"
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", fix="pass the model.pth of a finished run")
     from recbole_ext import quick_start
@@ -261,11 +265,11 @@ def recommend(checkpoint, users=None, k: int = 20, keep_seen: bool = False, pati
     loaded = load_checkpoint(checkpoint)
     if patient is not None:
         if loaded.task != "medrec":
-            raise UserError(f"{Path(checkpoint).name} is a {loaded.task} checkpoint, not a medication model",
+            raise UserError(f"{loaded.path.name} is a {loaded.task} checkpoint, not a medication model",
                             fix="use --user/--users-file with this checkpoint")
         return medication_set(loaded, patient)
     if loaded.task == "medrec":
-        raise UserError(f"{Path(checkpoint).name} is a medication-recommendation checkpoint",
+        raise UserError(f"{loaded.path.name} is a medication-recommendation checkpoint",
                         fix="use --patient FILE.json with it")
     return top_k_items(loaded, users, k=k, keep_seen=keep_seen, rebuild_index=rebuild_index,
                        index_options={"faiss_index": faiss_index, "faiss_nprobe": nprobe,
