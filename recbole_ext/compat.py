@@ -223,6 +223,28 @@ def _collector_cpu():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Interaction.sort calls np.argsort on a torch tensor: numpy falls back to converting it and wrapping the result
+# with the tensor's old-style __array_wrap__, deprecated in numpy 2.0 (a DeprecationWarning in every dataloader).
+
+
+@shim(
+    "interaction_sort_argsort",
+    "numpy >= 2 deprecates wrapping results with torch.Tensor's old-style __array_wrap__, which RecBole's "
+    "Interaction.sort reaches through np.argsort(tensor, kind='stable'); a later numpy turns it into an error. "
+    "Its descending branch, torch.tensor(np.array(index)[::-1]), fails outright (negative strides)",
+    gate=lambda: np.lib.NumpyVersion(np.__version__) >= "2.0.0",
+)
+def _interaction_sort_argsort():
+    from recbole.data import interaction as inter_mod
+
+    source_patch(inter_mod.Interaction, "sort", [
+        ('index = np.argsort(key, kind="stable")',
+         'index = torch.from_numpy(np.argsort(key.cpu().numpy(), kind="stable"))'),  # the same stable order
+        ("index = torch.tensor(np.array(index)[::-1])", "index = torch.flip(index, [0])"),  # RecBole's reversal
+    ])
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Dataset._load_feat reads with pandas' python engine, which inherits csv's 128 KiB field limit.
 
 

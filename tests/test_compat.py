@@ -268,3 +268,28 @@ def test_training_epochs_build_the_gradscaler_without_the_deprecation(without_sh
         assert _run_empty_epoch(trainer_class) == []
     without_shim(Trainer, "_train_epoch")
     assert len(_run_empty_epoch(Trainer)) == 1  # RecBole's own line warns
+
+
+@pytest.mark.skipif(not compat.SHIMS["interaction_sort_argsort"].applied, reason="numpy < 2: no deprecation")
+def test_interaction_sort_is_stable_and_free_of_the_array_wrap_deprecation(without_shim):
+    import warnings
+
+    import torch
+    from recbole.data.interaction import Interaction
+
+    def sorted_users(ascending):
+        inter = Interaction({"user_id": torch.tensor([3, 1, 2, 1, 3]), "item_id": torch.tensor([0, 1, 2, 3, 4])})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*__array_wrap__", category=DeprecationWarning)
+            inter.sort(by="user_id", ascending=ascending)
+        return inter["user_id"].tolist(), inter["item_id"].tolist()
+
+    assert sorted_users(True) == ([1, 1, 2, 3, 3], [1, 3, 2, 0, 4])  # stable: ties keep their order
+    assert sorted_users(False) == ([3, 3, 2, 1, 1], [4, 0, 2, 3, 1])  # RecBole reverses the stable order
+    without_shim(Interaction, "sort")
+    with pytest.raises(DeprecationWarning, match="__array_wrap__"):
+        sorted_users(True)
+    with pytest.raises(ValueError, match="negative"):  # RecBole's descending sort on today's torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            Interaction({"user_id": torch.tensor([3, 1, 2])}).sort(by="user_id", ascending=False)
