@@ -189,14 +189,23 @@ def new_run_dir(model: str, dataset: str, runs_root: str | os.PathLike) -> Path:
     return Path(runs_root).resolve() / f"{model}-{dataset}-{stamp}"
 
 
-def _computed_metric_example(metrics: list, topk: list) -> str:
-    """A valid_metric the configuration computes: its first metric, with the first cutoff where it takes one."""
+def computed_metrics(metrics: list, topk: list) -> list[str]:
+    """The result keys a configuration's evaluation reports, in order: ``name@k`` for each cutoff of a top-K metric
+    (Recall, NDCG, ...), the bare lower-case name for the others (Jaccard, AUC, ...)."""
     from recbole.evaluator.base_metric import TopkMetric
     from recbole.evaluator.register import metrics_dict
 
-    name = str(metrics[0]).lower() if metrics else "recall"
-    needs_cutoff = isinstance(metrics_dict.get(name), type) and issubclass(metrics_dict[name], TopkMetric)
-    return f"{name}@{topk[0]}" if needs_cutoff and topk else name
+    out = []
+    for metric in metrics or []:
+        name = str(metric).lower()
+        cls = metrics_dict.get(name)
+        out += [f"{name}@{k}" for k in topk or []] if isinstance(cls, type) and issubclass(cls, TopkMetric) else [name]
+    return out
+
+
+def _computed_metric_example(metrics: list, topk: list) -> str:
+    """A valid_metric the configuration computes (for an error's fix)."""
+    return (computed_metrics(metrics, topk) or ["recall@20"])[0]
 
 
 def build_config(model: str, dataset: str, config_dict: dict | None = None,

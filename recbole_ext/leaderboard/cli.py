@@ -37,22 +37,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_models_and_options(spec) -> None:
-    """Every model name is known and every run's options are within the model's bounds (``check_options``),
-    before the first run starts; the error names the spec, the model, the dataset and the grid point."""
-    from recbole_ext.config import check_options
+def check_models_and_options(spec, build: bool = True) -> None:
+    """Before the first run starts: every model name is known and every run's options are within the model's
+    bounds (``check_options``); with ``build``, every run's configuration also builds as the worker will build it
+    (``build_config``: the dataset exists and suits the model) and the spec's ``metrics`` are computed. Errors name
+    the spec, the model, the dataset and the grid point."""
+    from recbole_ext.config import build_config, check_options, computed_metrics
     from recbole_ext.leaderboard.plan import run_config
     from recbole_ext.registry import model_class
 
-    for model in spec.models:
-        cls = model_class(model.name)
-        for dataset in filter(model.runs_on, spec.datasets):
-            for point in model.grid_points():
-                try:
-                    check_options(cls, run_config(spec, model, dataset, point, spec.seeds[0]))
-                except UserError as exc:
-                    raise UserError(f"{spec.source}: {model.name} on {dataset}{f' at {point}' if point else ''}: "
-                                    f"{exc.message}", fix=exc.fix) from None
+    runs = [(model, dataset, point) for model in spec.models for dataset in filter(model.runs_on, spec.datasets)
+            for point in model.grid_points()]
+    computed: dict[str, set[str]] = {}
+    for check in ("options", "build") if build else ("options",):  # the cheap checks first, for every run
+        for model, dataset, point in runs:
+            config = run_config(spec, model, dataset, point, spec.seeds[0])
+            try:
+                if check == "options":
+                    check_options(model_class(model.name), config)
+                else:
+                    built, _ = build_config(model.name, dataset, config)
+                    computed.setdefault(dataset, set()).update(computed_metrics(built["metrics"], built["topk"]))
+            except UserError as exc:
+                raise UserError(f"{spec.source}: {model.name} on {dataset}{f' at {point}' if point else ''}: "
+                                f"{exc.message}", fix=exc.fix) from None
+    if build and spec.metrics:
+        everywhere = set().union(*computed.values())
+        unknown = [m for m in spec.metrics if m not in everywhere]
+        if unknown:
+            raise UserError(f"{spec.source}: metrics {unknown} are computed on no dataset of the board",
+                            fix=f"list metrics its runs compute: {sorted(everywhere)}")
+        for dataset, names in computed.items():
+            if not names & set(spec.metrics):
+                raise UserError(f"{spec.source}: none of metrics {list(spec.metrics)} is computed on {dataset}",
+                                fix=f"add some of {sorted(names)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
     spec = load_spec(args.spec)
     if args.run_fn == DEFAULT_RUN_FN:  # an unknown model or an out-of-range option fails now, not in every worker
-        check_models_and_options(spec)
+        check_models_and_options(spec, build=not args.report_only)  # a report needs no dataset on this machine
     out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
     outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,
                        run_fn=args.run_fn, retry_failed=not args.no_retry_failed, progress=not args.no_progress,
