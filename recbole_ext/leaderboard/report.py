@@ -67,6 +67,10 @@ def provenance(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- Markdown
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str]) -> str:
     lines = [f"# Leaderboard: {title}", "",
              "Mean ± sample std over seeds of the test metrics of the configuration chosen on validation. "
@@ -74,8 +78,8 @@ def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str
              "p-values: one-sided paired tests of the best model against each other model over seeds "
              "(Student t / Wilcoxon signed-rank).", ""]
     for t in tables:
-        lines += [f"## {t.dataset}", "", "| Model | " + " | ".join(f"{m} {arrow(m)}".strip() for m in t.metrics)
-                  + " | seeds |", "|---" * (len(t.metrics) + 2) + "|"]
+        header = ["Model", *(f"{m} {arrow(m)}".strip() for m in t.metrics), "seeds"]
+        lines += [f"## {t.dataset}", "", _md_row(header), "|---" * len(header) + "|"]
         for model in t.models:
             cells = []
             for metric in t.metrics:
@@ -83,7 +87,7 @@ def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str
                 cells.append(f"**{text}**" if best else text)
             n = max((t.cells[(model, m)].n for m in t.metrics if (model, m) in t.cells), default=0)
             failed = f" ({t.failed[model]} failed)" if t.failed.get(model) else ""
-            lines.append(f"| {model} | " + " | ".join(cells) + f" | {n}{failed} |")
+            lines.append(_md_row([model, *cells, f"{n}{failed}"]))
         if t.tests:
             lines += ["", "p-values vs the best model (t / Wilcoxon):", "",
                       "| Model | " + " | ".join(t.metrics) + " |", "|---" * (len(t.metrics) + 1) + "|"]
