@@ -296,3 +296,15 @@ def test_runs_that_cannot_start_are_refused_before_any_run(spec, needle, tmp_pat
     with pytest.raises(UserError, match=re.escape(needle)):
         cli.main([str(path), "--out", str(tmp_path / "out"), "--no-progress"])
     assert not (tmp_path / "out").exists()
+
+
+def test_markdown_rows_have_as_many_cells_as_the_header():
+    from recbole_ext.leaderboard.report import markdown
+    from recbole_ext.leaderboard.stats import DatasetTable
+
+    prov = {"runs": 1, "failed": 0, "wall_time_s": 0.0, "code_versions": ["x"], "dataset_hashes": {},
+            "protocols": {}, "libraries": {}}
+    for metrics in ([], ["jaccard"]):
+        text = markdown("t", [DatasetTable("d", metrics, ["RETAIN"])], prov, [])
+        rows = [line for line in text.splitlines() if line.startswith("|")][:3]  # header, separator, RETAIN
+        assert len({row.count("|") for row in rows}) == 1, rows
