@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from recbole_ext.compat import safe_literal
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import check_dataset_name
 
@@ -152,9 +153,12 @@ def check_options(model_class, config: Any) -> None:
     for key, bounds in effective_bounds(model_class).items():
         value = config_value(config, key)
         if isinstance(value, str) and value.lower() not in bounds.words:
-            # a key without a default in RecBole's Config escapes check_types; 'nan' or '1e-3 ' arrive as strings
-            raise UserError(f"{name}: option {key}={value!r} must be a number {bounds}",
-                            fix=f"set {key} to a number {bounds}")
+            # parsed as RecBole's Config will parse it (a YAML spec's 1e-3 is the string '1e-3' until then); what
+            # stays a string ('nan', 'many') would escape check_types for a key without a RecBole default
+            value = safe_literal(value)
+            if isinstance(value, str):
+                raise UserError(f"{name}: option {key}={value!r} must be a number {bounds}",
+                                fix=f"set {key} to a number {bounds}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # absent, a declared word, or of another wrong type (check_types reports that)
         if not bounds.admits(value):

@@ -308,3 +308,14 @@ def test_markdown_rows_have_as_many_cells_as_the_header():
         text = markdown("t", [DatasetTable("d", metrics, ["RETAIN"])], prov, [])
         rows = [line for line in text.splitlines() if line.startswith("|")][:3]  # header, separator, RETAIN
         assert len({row.count("|") for row in rows}) == 1, rows
+
+
+def test_yaml_exponent_notation_in_a_grid_is_checked_as_the_number_it_becomes():
+    """YAML reads 1e-3 (no dot) as text; the run's Config parses it to 0.001, so the up-front check does too."""
+    import yaml
+
+    text = ("name: t\ntask: medrec\ndatasets: [synth-ehr-small]\nseeds: [0]\n"
+            "models:\n  - name: RETAIN\n    grid: {learning_rate: [1e-3, %s]}\n")
+    cli.check_models_and_options(parse_spec(yaml.safe_load(text % "5e-4"), "s.yaml"), build=False)
+    with pytest.raises(UserError, match=r"option learning_rate=-0.0005 must be > 0"):
+        cli.check_models_and_options(parse_spec(yaml.safe_load(text % "-5e-4"), "s.yaml"), build=False)

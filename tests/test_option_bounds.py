@@ -69,6 +69,9 @@ def test_every_bounded_option_refuses_a_value_outside(name):
         # other strings are refused here: a key absent from RecBole's Config escapes its type check
         with pytest.raises(UserError, match=rf"{name}: option {key}='nan' must be a number"):
             check_options(cls, {key: "nan"})
+        # a string that RecBole's Config will parse as a number is checked as that number (YAML reads 1e-3 as text)
+        with pytest.raises(UserError, match=rf"{name}: option {key}={bad!r} must be"):
+            check_options(cls, {key: str(bad)})
 
 
 def test_medication_models_bound_their_shared_loss_options():
