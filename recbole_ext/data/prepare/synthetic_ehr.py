@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="synth-ehr", help="dataset name (default synth-ehr)")
     p.add_argument("--out", default=None, help="dataset root (default: dataset_root(), $RECBOLE_EXT_DATA)")
     p.add_argument("--patients", type=int, default=6350)
-    p.add_argument("--visits", type=float, default=2.37, help="mean visits per patient (>= 1; each patient is capped at 29)")
+    p.add_argument("--visits", type=float, default=2.37,
+                   help=f"mean visits per patient (>= 1; each patient is capped at {MAX_VISITS})")
     p.add_argument("--diagnoses", type=int, default=2000, help="diagnosis vocabulary size")
     p.add_argument("--procedures", type=int, default=1400, help="procedure vocabulary size")
     p.add_argument("--medications", type=int, default=131, help="medication vocabulary size")
