@@ -57,6 +57,20 @@ def _floats(result) -> dict:
     return out
 
 
+def _check_cutoffs(config, dataset) -> None:
+    """A top-K cutoff above the number of items failed in torch.topk after the first training epoch."""
+    from recbole_ext.config import computed_metrics
+
+    n_items = getattr(dataset, "item_num", None)
+    topk = config["topk"] or []
+    if n_items is None or not any("@" in m for m in computed_metrics(config["metrics"], topk)):
+        return  # no top-K metric (medication sets, AUC, ...)
+    if max(topk) > n_items - 1:  # RecBole's item ids start at 1 (0 is padding)
+        fitting = [k for k in topk if k <= n_items - 1]
+        raise UserError(f"topk {max(topk)} exceeds the {n_items - 1} items of dataset '{config['dataset']}'",
+                        fix=f"set --topk={fitting or [min(10, n_items - 1)]} (and valid_metric to one of them)")
+
+
 def _plain_line(result) -> str:
     """``key value`` pairs for the log: numpy 2's repr would print ``OrderedDict([('recall@10', np.float64(...))])``."""
     return "    ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
@@ -158,6 +172,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         fix="choose another --run_dir or remove it")
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
     make_dirs(run_dir, "run directory")
     config["run_dir"] = str(run_dir)
     config["checkpoint_dir"] = str(run_dir)
@@ -165,7 +180,10 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
         with _inside(run_dir):
             result = _run_in(config, task, model_class(model), run_dir, saved, start)
     except UserError:
-        shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written
+        shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written,
+        for folder in created[1:]:                  # not even the runs/ folder this run created
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty: another run may have written there meanwhile
         raise
     return result
 
@@ -181,6 +199,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -
     logger.info(config)
     dataset = task.create_dataset(config)
     logger.info(dataset)
+    _check_cutoffs(config, dataset)
     train_data, valid_data, test_data = task.data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

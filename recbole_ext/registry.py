@@ -128,11 +128,37 @@ def register_metric(cls) -> None:
         reg.smaller_metrics.append(name)
 
 
+# A dataset without its own YAML (a user's `prepare ... --name my-data`) gets its task's protocol defaults from the
+# YAML of a dataset of the same kind, chosen by what its folder holds.
+TASK_DEFAULTS = {"medrec": "mimic3.yaml", "mmrec": "synth-mm.yaml"}
+
+
+def detected_task(dataset: str) -> str | None:
+    """'medrec' or 'mmrec' when ``dataset_root()/<dataset>`` holds that kind of prepared dataset, else None."""
+    from recbole_ext.utils.paths import dataset_root
+
+    folder = dataset_root() / dataset
+    if (folder / f"{dataset}.visit").is_file():
+        return "medrec"
+    if (folder / f"{dataset}.inter").is_file() and (folder / "mm_features.json").is_file():
+        return "mmrec"
+    return None
+
+
+def dataset_property_file(dataset: str):
+    """``properties/dataset/<dataset>.yaml``, else the task defaults of a detected prepared dataset, else None."""
+    own = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+    if own.is_file():
+        return own
+    task = detected_task(dataset)
+    return PROPERTIES_DIR / "dataset" / TASK_DEFAULTS[task] if task else None
+
+
 def property_files(model: str, dataset: str) -> list[str]:
     """Our YAML defaults, lowest precedence first."""
     files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml",
-             PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
-    return [str(f) for f in files if f.is_file()]
+             dataset_property_file(dataset)]
+    return [str(f) for f in files if f is not None and f.is_file()]
 
 
 def _install_config_overlay():

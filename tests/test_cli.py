@@ -66,6 +66,8 @@ def _one_error_line(capsys):
     (["--model=BPR", "--dataset=ml-100k", "--seed=-1"], "seed=-1 must be in [0, 4294967295]"),
     (["--model=MambaRec", "--dataset=synth-mm", "--embedding_size=0"], "embedding_size=0 must be >= 1"),
     (["--model=MambaRec", "--dataset=synth-mm", "--eval_users_per_batch=0"], "eval_users_per_batch=0 must be >= 1"),
+    (["--model=BPR", "--dataset=ml-100k", "--topk=[10,5000]", "--epochs=1", "--state=WARNING"],
+     "topk 5000 exceeds the 1682 items of dataset 'ml-100k'"),  # was a torch.topk traceback after epoch 1
     (["frobnicate"], "unknown command"),
     (["prepare", "nothing"], "prepare needs a kind"),
 ])
@@ -163,3 +165,23 @@ def test_run_log_prints_results_as_plain_numbers():
     line = _plain_line(OrderedDict([("recall@10", np.float64(0.0085)), ("ddi_rate", 0.058660000000000004)]))
     assert line == "recall@10 0.0085    ddi_rate 0.05866"
     assert _plain_line(None) == "-"
+
+
+@pytest.mark.parametrize("bundled,task", [("synth-ehr-small", "medrec"), ("synth-mm", "mmrec")])
+def test_a_dataset_prepared_under_a_new_name_gets_its_task_defaults(bundled, task, tmp_path, monkeypatch,
+                                                                     repo_root):
+    """`prepare ... --name my-data` has no properties/dataset/my-data.yaml: the folder's kind picks the defaults
+    (it used to be read as a RecBole 'general' dataset, which no medication or multimodal model accepts)."""
+    import shutil
+
+    from recbole_ext.config import build_config
+
+    src, dst = repo_root / "dataset_atomic" / bundled, tmp_path / "my-data"
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        if f.name.startswith(bundled + "."):
+            f.rename(dst / f.name.replace(bundled, "my-data", 1))
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
+    config, chosen = build_config("RETAIN" if task == "medrec" else "MambaRec", "my-data", {})
+    assert chosen.name == task and config["task"] == task
+    assert config["valid_metric"] == ("jaccard" if task == "medrec" else "recall@20")
