@@ -369,3 +369,42 @@ def test_planted_probabilities_are_the_reference(capsys):
     assert abs(printed["jaccard"] - oracle["jaccard"]) < 0.05  # bootstrap mean near the full-split value
     with pytest.raises(UserError, match="not a synthetic-ehr dataset"):
         synthetic_ehr.main(["--name", "mimic3-demo", "--out", str(ROOT), "--oracle"])
+
+
+@pytest.mark.parametrize("damage,needle", [(lambda b: b[:100], "cannot read the planted effects"),
+                                           (lambda b: b"garbage", "is not a .npy file")])
+def test_oracle_on_damaged_planted_effects_is_one_error(damage, needle, tmp_path):
+    d = tmp_path / "synth-ehr-small"
+    shutil.copytree(ROOT / "synth-ehr-small", d)
+    f = d / "diag_med_effect.npy"
+    f.write_bytes(damage(f.read_bytes()))
+    with pytest.raises(UserError, match=needle):  # was a numpy ValueError traceback
+        synthetic_ehr.main(["--name", "synth-ehr-small", "--out", str(tmp_path), "--oracle"])
+
+
+def _edited(tmp_path, suffix, edit):
+    d = _copy_dataset(tmp_path)
+    path = d / f"mimic3-demo.{suffix}"
+    path.write_text(edit(path.read_text()))
+    return d
+
+
+@pytest.mark.parametrize("suffix,edit,needle", [
+    ("medvoc", lambda t: t.splitlines()[0] + "\n" + t, "the header line appears again as line 2"),
+    ("visit", lambda t: t.replace("\t0.0\t", "\tinf\t", 1), "visit_order on line 2 is not a finite number"),
+    ("visit", lambda t: "\n".join([t.splitlines()[0], "\t" + t.splitlines()[1].split("\t", 1)[1]]
+                                  + t.splitlines()[2:]) + "\n", "empty visit_id on line 2"),
+])
+def test_reader_refuses_header_repeats_and_unusable_visit_fields(suffix, edit, needle, tmp_path):
+    with pytest.raises(UserError, match=needle):
+        load_medrec(_edited(tmp_path, suffix, edit))
+
+
+def test_trailing_tabs_are_named_not_shifted(tmp_path):
+    """pandas made the first column the index when data lines had one field more than the header, and the
+    reader then reported a wrong cause ('visit_order is not a number', codes missing from the vocabulary)."""
+    for suffix in ("visit", "medvoc", "ddi"):
+        d = _edited(tmp_path / suffix, suffix, lambda t: "\n".join(
+            [ln + "\t" if i else ln for i, ln in enumerate(t.splitlines())]) + "\n")
+        with pytest.raises(UserError, match=f"mimic3-demo.{suffix}: data lines have more tab-separated fields"):
+            load_medrec(d)

@@ -16,6 +16,7 @@ split relies on); visits inside a patient are ordered by ``visit_order`` (stable
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +126,14 @@ def _read_tsv(path: Path, header: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"missing file {path}", fix="prepare the dataset first (python run.py prepare ...)")
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        # index_col=False: lines with more fields than the header (a trailing tab) must not turn the first column
+        # into the index and shift the others; pandas then warns that it drops the extra fields: refused here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3, index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"{path}: data lines have more tab-separated fields than the header's {len(header)}",
+                        fix="remove the extra fields (a trailing tab?)") from None
     except Exception as exc:
         raise UserError(f"cannot parse {path}: {exc}", fix="the file must be tab-separated with a header") from None
     missing = [h for h in header if h not in df.columns]
@@ -175,6 +183,9 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
         if codes.duplicated().any():
             raise UserError(f"{path}: duplicate code {codes[codes.duplicated()].iloc[0]!r}",
                             fix="each code must appear once")
+        if (codes == VOCAB_HEADER[0]).any():  # a repeated header line would become a code
+            raise UserError(f"{path}: the header line appears again as line "
+                            f"{int(np.flatnonzero(codes == VOCAB_HEADER[0])[0]) + 2}", fix="keep one header line")
         if len(codes) == 0:
             raise UserError(f"{path} is empty", fix="the vocabulary needs at least one code")
         vocab[kind] = pd.DataFrame({"code": codes.to_numpy(), "name": df[VOCAB_HEADER[1]].to_numpy()})
@@ -185,9 +196,15 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     if len(df) == 0:
         raise UserError(f"{vpath} has no visits", fix="check the preparation report")
     order = pd.to_numeric(df[VISIT_HEADER[2]], errors="coerce")
-    if order.isna().any():
-        line = int(np.flatnonzero(order.isna().to_numpy())[0]) + 2
-        raise UserError(f"{vpath}: visit_order on line {line} is not a number", fix="visit_order must be numeric")
+    if not np.isfinite(order.to_numpy(dtype=float)).all():
+        line = int(np.flatnonzero(~np.isfinite(order.to_numpy(dtype=float)))[0]) + 2
+        raise UserError(f"{vpath}: visit_order on line {line} is not a finite number",
+                        fix="visit_order must be numeric")
+    for column, what in ((VISIT_HEADER[0], "visit_id"), (VISIT_HEADER[1], "patient_id")):
+        empty = df[column].str.strip() == ""
+        if empty.any():
+            raise UserError(f"{vpath}: empty {what} on line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}",
+                            fix=f"every visit needs a {what}")
     vid = df[VISIT_HEADER[0]].str.strip()
     if vid.duplicated().any():
         raise UserError(f"{vpath}: duplicate visit_id {vid[vid.duplicated()].iloc[0]!r}", fix="visit ids must be unique")

@@ -201,8 +201,20 @@ def planted_probabilities(dataset, phase: str = "test") -> tuple[np.ndarray, np.
     if missing or dataset.data.meta.get("source") != "synthetic-ehr":
         raise UserError(f"{folder} is not a synthetic-ehr dataset (missing {missing or 'its synthetic-ehr report'})",
                         fix="generate it with: python run.py prepare synthetic-ehr --name NAME")
-    w_d, w_p, base = (np.load(folder / f, allow_pickle=False) for f in EFFECT_FILES)
-    if w_d.shape != (dataset.n_diag, dataset.n_med) or w_p.shape != (dataset.n_proc, dataset.n_med):
+    for f in EFFECT_FILES:  # numpy would read any other file as a pickle and advise allow_pickle
+        with open(folder / f, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise UserError(f"{folder / f} is not a .npy file", fix="regenerate the dataset with --overwrite")
+    try:
+        w_d, w_p, base = (np.load(folder / f, allow_pickle=False) for f in EFFECT_FILES)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read the planted effects in {folder}: {' '.join(str(exc).split())[:200]}",
+                        fix="regenerate the dataset with --overwrite") from None
+    if any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in (w_d, w_p, base)):
+        raise UserError(f"the planted effects in {folder} are not finite floating-point arrays",
+                        fix="regenerate the dataset with --overwrite")
+    if (w_d.shape != (dataset.n_diag, dataset.n_med) or w_p.shape != (dataset.n_proc, dataset.n_med)
+            or base.shape != (dataset.n_med,)):
         raise UserError(f"planted effect shapes {w_d.shape}/{w_p.shape} do not match the vocabularies of {folder}",
                         fix="regenerate the dataset with --overwrite")
     data = dataset.data
