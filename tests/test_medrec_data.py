@@ -1,6 +1,7 @@
 """Medication data: bundled datasets, MIMIC preparation, bad input, synthetic generator, split and collation."""
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -338,15 +339,25 @@ def test_twosides_builder_keeps_rarest_side_effects(tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match="lacks columns"):
         dr.ddi_pairs_from_twosides(tmp_path / "bad.csv", vocab)
+    unprefixed = [(x.replace("CID", "").lstrip("0"), y.replace("CID", "").lstrip("0"), s, n) for x, y, s, n in rows]
+    pd.DataFrame(unprefixed, columns=["STITCH 1", "STITCH 2", "Polypharmacy Side Effect", "Side Effect Name"]).to_csv(
+        tmp_path / "nomatch.csv", index=False)
+    with pytest.raises(UserError, match="no pair of .*nomatch.csv maps to two medications"):  # was 0 pairs, rc 0
+        dr.ddi_pairs_from_twosides(tmp_path / "nomatch.csv", vocab)
 
 
-def test_rxcui_atc_route(tmp_path, raw3_copy):
+def test_rxcui_atc_route(tmp_path, raw3_copy, capsys):
     from recbole_ext.data.prepare import drug_resources as dr
 
     m = dr._ndc_rxcui().head(400)
     pd.DataFrame({"RXCUI": m["rxcui"], "ATC4": "N02BE"}).to_csv(tmp_path / "rx.csv", index=False)
     table = dr.ndc_to_atc3(tmp_path / "rx.csv")
     assert set(table["atc3"]) == {"N02B"} and len(table) >= 300
+    bad_rows = pd.DataFrame({"RXCUI": ["abc", "1"] + m["rxcui"].tolist()[2:], "ATC4": ["N02BE", "X"] + ["N02BE"] * 398})
+    bad_rows.to_csv(tmp_path / "rx_bad.csv", index=False)
+    table = dr.ndc_to_atc3(tmp_path / "rx_bad.csv")  # the malformed rows are skipped (and said), not mapped
+    assert set(table["atc3"]) == {"N02B"}
+    assert "2 of 400 rows without an integer RXCUI and an ATC code were skipped" in capsys.readouterr().err
     pd.DataFrame({"RXCUI": ["1"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match="need RXCUI and one of ATC4/ATC5/ATC"):
         dr.ndc_to_atc3(tmp_path / "bad.csv")
@@ -408,3 +419,66 @@ def test_trailing_tabs_are_named_not_shifted(tmp_path):
             [ln + "\t" if i else ln for i, ln in enumerate(t.splitlines())]) + "\n")
         with pytest.raises(UserError, match=f"mimic3-demo.{suffix}: data lines have more tab-separated fields"):
             load_medrec(d)
+
+
+def _raw_copy(raw3_copy, tmp_path, table, edit):
+    """A copy of the demo's plain CSVs with ``table`` rewritten by ``edit(DataFrame) -> DataFrame``."""
+    src = tmp_path / "src"
+    shutil.copytree(raw3_copy, src)
+    df = pd.read_csv(src / f"{table}.csv", dtype=str, keep_default_na=False)
+    edit(df).to_csv(src / f"{table}.csv", index=False)
+    return src
+
+
+def _set(column, row, value):
+    def edit(df):
+        df.loc[row, column] = value
+        return df
+    return edit
+
+
+@pytest.mark.parametrize("table,edit,extra,needle", [
+    # one admission under two subjects: the written dataset had a duplicate visit_id, refused only when loaded
+    ("DIAGNOSES_ICD", lambda df: df.assign(subject_id=df["subject_id"].where(df.index != 0, "10017")), (),
+     "diagnoses: HADM_ID"),
+    ("ADMISSIONS", lambda df: df.assign(admittime="not-a-date"), ("--visit-order", "admittime"),
+     "none of the 107 visits has a readable ADMITTIME (129 admissions rows could not be parsed)"),
+    ("ADMISSIONS", lambda df: pd.concat([df, df.iloc[:1].assign(admittime="2100-01-01 00:00:00")]),
+     ("--visit-order", "admittime"), "has 2 rows with different ADMITTIMEs"),
+    ("PRESCRIPTIONS", lambda df: df.drop(columns=["gsn"]), (), "--gsn-fallback needs the GSN column"),
+    ("PRESCRIPTIONS", lambda df: df.iloc[:0], (), "prescription rows by step: {'rows_read': 0"),
+])
+def test_inconsistent_mimic_tables_are_one_error_and_no_folder(table, edit, extra, needle, raw3_copy, tmp_path):
+    src = _raw_copy(raw3_copy, tmp_path, table, edit)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        _prep(src, tmp_path / "out", *DEMO3, *extra)
+    assert not (tmp_path / "out" / "m3").exists()
+
+
+@pytest.mark.parametrize("table,edit,counted", [
+    ("PROCEDURES_ICD", _set("seq_num", 0, "first"), "procedures"),        # used to reorder the visit's codes
+    ("DIAGNOSES_ICD", _set("subject_id", 0, "-10006"), "diagnoses"),       # ids are positive
+    ("DIAGNOSES_ICD", _set("hadm_id", 0, "99999999999999999999"), "diagnoses"),  # overflowed int64
+])
+def test_unusable_ids_and_orders_are_counted_not_kept(table, edit, counted, raw3_copy, tmp_path):
+    src = _raw_copy(raw3_copy, tmp_path, table, edit)
+    _prep(src, tmp_path / "out", *DEMO3)
+    report = json.loads((tmp_path / "out" / "m3" / "m3.json").read_text())
+    assert report["unparseable_rows"][counted] == 1
+    data = load_medrec(tmp_path / "out" / "m3")
+    assert all(int(v) > 0 for v in data.visit_tokens) and all(int(p) > 0 for p in data.patient_tokens)
+
+
+def test_unreadable_admittimes_are_reported(raw3_copy, tmp_path, capsys):
+    src = _raw_copy(raw3_copy, tmp_path, "ADMISSIONS", _set("admittime", 0, "not-a-date"))
+    _prep(src, tmp_path / "out", *DEMO3, "--visit-order", "admittime")
+    out = capsys.readouterr().out
+    assert "'admissions': 1" in out and "1 visits without a readable ADMITTIME" in out
+
+
+def test_no_ffill_keeps_prescriptions_without_an_icu_stay(raw3_copy, tmp_path):
+    """ICUSTAY_ID only orders rows; a non-ICU prescription (no ICUSTAY_ID) has every field the pipeline uses."""
+    _prep(raw3_copy, tmp_path / "out", *DEMO3, "--no-ffill")
+    steps = json.loads((tmp_path / "out" / "m3" / "m3.json").read_text())["medication_steps"]
+    no_icu = pd.read_csv(raw3_copy / "PRESCRIPTIONS.csv", dtype=str)["icustay_id"].isna().sum()
+    assert no_icu > 1000 and steps["after_fill_dropna_dedup"] > steps["rows_read"] - no_icu

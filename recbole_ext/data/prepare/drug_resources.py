@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recbole_ext.errors import UserError
@@ -82,8 +84,18 @@ def _rxcui_atc_file(path: Path) -> pd.DataFrame:
     if "RXCUI" not in cols or atc_col is None:
         raise UserError(f"{path} has columns {list(df.columns)}; need RXCUI and one of ATC4/ATC5/ATC",
                         fix="use GAMENet's ndc2atc_level4.csv or SafeDrug's RXCUI2atc4.csv")
-    out = pd.DataFrame({"rxcui": df[cols["RXCUI"]].astype("string").str.strip(),
-                        "atc3": df[atc_col].astype("string").str.strip().str[:4]}).dropna()
+    rxcui = df[cols["RXCUI"]].astype("string").str.strip()
+    atc = df[atc_col].astype("string").str.strip()
+    # an RXCUI is an integer; an ATC code of level 4 or 5 starts with letter, two digits, letter (A01AB...)
+    good = (rxcui.str.fullmatch(r"\d+") & atc.str.fullmatch(r"[A-Z]\d\d[A-Z][A-Z0-9]*")).fillna(False).astype(bool)
+    if not good.all():
+        first = int(np.flatnonzero(~good.to_numpy())[0])
+        print(f"{path.name}: {int((~good).sum())} of {len(good)} rows without an integer RXCUI and an ATC code "
+              f"were skipped (first: line {first + 2}: {rxcui.iloc[first]!r}, {atc.iloc[first]!r})", file=sys.stderr)
+    out = pd.DataFrame({"rxcui": rxcui[good], "atc3": atc[good].str[:4]})
+    if out.empty:
+        raise UserError(f"{path} has no row with an integer RXCUI and an ATC code",
+                        fix="use GAMENet's ndc2atc_level4.csv or SafeDrug's RXCUI2atc4.csv")
     return out.drop_duplicates("rxcui", keep="first")  # published pipeline keeps the first row per RXCUI
 
 
@@ -154,4 +166,8 @@ def ddi_pairs_from_twosides(path: str | Path, vocab: set[str], n_rarest_side_eff
     lo = ab[["atc3_a", "atc3_b"]].min(axis=1)
     hi = ab[["atc3_a", "atc3_b"]].max(axis=1)
     out = pd.DataFrame({"atc3_a": lo, "atc3_b": hi}).drop_duplicates().sort_values(["atc3_a", "atc3_b"])
+    if out.empty:  # a DDI-controlled model would train against no interaction at all
+        raise UserError(f"no pair of {path} maps to two medications of the vocabulary ({len(df)} rows, "
+                        f"{len(sel)} CID pairs of the {len(keep)} rarest side effects)",
+                        fix="use the Decagon/SafeDrug drug-DDI.csv, whose STITCH ids look like CID000002173")
     return out.reset_index(drop=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,9 @@ def _numeric_ids(df: pd.DataFrame, cols: list[str], table: str, report: dict) ->
     out = {}
     for c in cols:
         val = pd.to_numeric(df[c], errors="coerce")
-        bad |= (val.isna() & df[c].notna()).to_numpy() | (val.notna() & (val % 1 != 0)).to_numpy()
+        # MIMIC ids are positive integers; anything else (text, fractions, <= 0, beyond int64) is unparseable
+        bad |= (val.isna() & df[c].notna()).to_numpy() | (val.notna() & ((val % 1 != 0) | (val <= 0)
+                                                                          | (val >= 2**62))).to_numpy()
         out[c] = val
     n_bad = int(bad.sum())
     report.setdefault("unparseable_rows", {})[table] = n_bad
@@ -100,6 +103,8 @@ def process_medications(med: pd.DataFrame, version: int, opts, report: dict) -> 
     core = [c for c in keep]
     if opts.ffill:
         med[core] = med[core].ffill()  # published quirk: a missing NDC/id inherits the previous row's value
+    else:  # corrected: drop rows missing what the pipeline uses; ICUSTAY_ID only orders rows (non-ICU: empty)
+        core = [S, H, time_col, "NDC"]
     med = med.dropna(subset=core).drop_duplicates()
     steps["after_fill_dropna_dedup"] = len(med)
     id_cols = [S, H] + (["ICUSTAY_ID"] if version == 3 else [])
@@ -139,7 +144,10 @@ def map_ndc(med: pd.DataFrame, opts, report: dict) -> pd.DataFrame:
     ndc = dr.normalise_ndc(med["NDC"])
     atc = ndc.map(lookup)
     via_gsn = 0
-    if opts.gsn_fallback and "GSN" in med.columns:
+    if opts.gsn_fallback and "GSN" not in med.columns:
+        raise UserError("--gsn-fallback needs the GSN column of the prescriptions table, which it lacks",
+                        fix="drop --gsn-fallback, or use MIMIC's prescriptions table with its GSN column")
+    if opts.gsn_fallback:
         g = dr.gsn_to_atc3()
         gsn_lookup = pd.Series(g["atc3"].to_numpy(), index=g["gsn"].to_numpy())
         fill = med["GSN"].str.strip().str.zfill(6).map(gsn_lookup)
@@ -176,6 +184,10 @@ def _icd_rows(df: pd.DataFrame, version: int, opts, report: dict, table: str) ->
     """Shared first steps of the diagnosis and procedure tables: ids checked, NaNs dropped, codes normalised."""
     df = df.rename(columns={"ICD9_CODE" if version == 3 else "ICD_CODE": "CODE"})
     df = _numeric_ids(df.dropna(subset=[S, H, "CODE"]), [S, H], table, report)
+    if opts.icd_version_prefix:  # the prefix needs a version: 9 or 10, as MIMIC-IV writes it
+        bad = ~df["ICD_VERSION"].fillna("").str.strip().isin(["9", "10"])
+        report["unparseable_rows"][table] += int(bad.sum())
+        df = df[~bad]
     return df.assign(CODE=_versioned(df, opts))
 
 
@@ -197,11 +209,31 @@ def process_diagnoses(diag: pd.DataFrame, version: int, opts, report: dict) -> p
 def process_procedures(proc: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
     steps = report.setdefault("procedure_steps", {"rows_read": len(proc)})
     proc = _icd_rows(proc, version, opts, report, "procedures")
-    proc = proc.assign(SEQ_NUM=pd.to_numeric(proc["SEQ_NUM"], errors="coerce"))[[S, H, "SEQ_NUM", "CODE"]]
+    seq = pd.to_numeric(proc["SEQ_NUM"], errors="coerce")
+    bad = seq.isna() & proc["SEQ_NUM"].notna()  # text where the order should be: the order is unknown
+    report["unparseable_rows"]["procedures"] += int(bad.sum())
+    proc = proc.assign(SEQ_NUM=seq)[~bad][[S, H, "SEQ_NUM", "CODE"]]
     proc = proc.drop_duplicates().sort_values([S, H, "SEQ_NUM"], kind="stable", na_position="last")
     proc = proc.drop(columns="SEQ_NUM").drop_duplicates()
     steps["after_dedup"] = len(proc)
     return _keep_top(proc, opts.top_proc, steps)
+
+
+# ------------------------------------------------------------------------------------------------------- admissions
+def admissions_times(admit: pd.DataFrame, report: dict) -> pd.DataFrame:
+    """``SUBJECT_ID, HADM_ID, ADMITTIME`` (datetime) for ``--visit-order admittime``; unparseable times counted."""
+    admit = _numeric_ids(admit, [S, H], "admissions", report)
+    with warnings.catch_warnings():  # pandas warns when it cannot infer one format; the count below says more
+        warnings.simplefilter("ignore", UserWarning)
+        when = pd.to_datetime(admit["ADMITTIME"], errors="coerce")
+    report.setdefault("unparseable_dates", {})["admissions"] = int((when.isna() & admit["ADMITTIME"].notna()).sum())
+    admit = admit.assign(ADMITTIME=when)[[S, H, "ADMITTIME"]].drop_duplicates()
+    twice = admit.duplicated([S, H], keep=False)
+    if twice.any():
+        first = admit[twice].iloc[0]
+        raise UserError(f"admissions: HADM_ID {int(first[H])} has {int(twice.sum())} rows with different ADMITTIMEs",
+                        fix="each admission has one row in MIMIC's admissions table")
+    return admit
 
 
 # -------------------------------------------------------------------------------------------------------- combining
@@ -213,12 +245,22 @@ def combine(med: pd.DataFrame, diag: pd.DataFrame, proc: pd.DataFrame, admit: pd
     def key_index(df):
         return pd.MultiIndex.from_frame(df[keys].drop_duplicates())
 
+    for table, df in (("prescriptions", med), ("diagnoses", diag), ("procedures", proc)):
+        owners = df[keys].drop_duplicates().groupby(H)[S].nunique()
+        if (owners > 1).any():  # visit ids must be unique: the dataset would be refused when loaded
+            raise UserError(f"{table}: HADM_ID {owners.index[owners > 1][0]} belongs to {owners.max()} subjects",
+                            fix="each admission has one subject in MIMIC; the table is damaged or merged from "
+                                "two sources")
     common = key_index(med).intersection(key_index(diag)).intersection(key_index(proc))
     report["admissions"] = {"with_meds": len(key_index(med)), "with_diagnoses": len(key_index(diag)),
                             "with_procedures": len(key_index(proc)), "in_all_three": len(common)}
     if len(common) == 0:
-        raise UserError("no admission has medications, diagnoses and procedures after filtering",
-                        fix="check the report above (unmapped NDCs, --min-admissions, top-N filters)")
+        steps = report.get("medication_steps", {})
+        raise UserError("no admission has medications, diagnoses and procedures after filtering (admissions with "
+                        f"meds/diagnoses/procedures: {len(key_index(med))}/{len(key_index(diag))}/"
+                        f"{len(key_index(proc))}; prescription rows by step: {steps})",
+                        fix="the step where the rows vanish names the cause (--min-admissions, the NDC map, "
+                            "top-N filters)")
 
     def lists(df, col, name):
         df = df[pd.MultiIndex.from_frame(df[keys]).isin(common)].drop_duplicates(keys + [col])
@@ -229,6 +271,11 @@ def combine(med: pd.DataFrame, diag: pd.DataFrame, proc: pd.DataFrame, admit: pd
     if admit is not None:
         visits = visits.merge(admit, on=keys, how="left")
         report["admissions"]["without_admittime"] = int(visits["ADMITTIME"].isna().sum())
+        if visits["ADMITTIME"].isna().all():
+            raise UserError(f"--visit-order admittime: none of the {len(visits)} visits has a readable ADMITTIME "
+                            f"({report['unparseable_dates']['admissions']} admissions rows could not be parsed)",
+                            fix="use MIMIC's admissions table (ADMITTIME like 2199-01-13 17:13:00) or "
+                                "--visit-order hadm")
         visits = visits.sort_values([S, "ADMITTIME", H], kind="stable", na_position="last")
     else:
         visits = visits.sort_values([S, H], kind="stable")
@@ -325,10 +372,7 @@ def prepare(version: int, argv: list[str]) -> int:
     proc = process_procedures(read_table(proc_p, [S, H, "SEQ_NUM", code_col] + ver_cols), version, opts, report)
     admit = None
     if opts.visit_order == "admittime":
-        admit = read_table(adm_p, [S, H, "ADMITTIME"])
-        admit = _numeric_ids(admit, [S, H], "admissions", report)
-        admit = admit.assign(ADMITTIME=pd.to_datetime(admit["ADMITTIME"], errors="coerce"))[[S, H, "ADMITTIME"]]
-        admit = admit.drop_duplicates([S, H])
+        admit = admissions_times(read_table(adm_p, [S, H, "ADMITTIME"]), report)
     visits = combine(med, diag, proc, admit, report)
 
     atc = dr.atc_names()
@@ -374,6 +418,13 @@ def print_report(report: dict, target: Path) -> None:
     bad = {k: v for k, v in report.get("unparseable_rows", {}).items() if v}
     if bad:
         print(f"  unparseable rows dropped: {bad}")
+    dates = {k: v for k, v in report.get("unparseable_dates", {}).items() if v}
+    if dates:
+        print(f"  unparseable dates (prescriptions: ordered last in their admission; admissions: no ADMITTIME): "
+              f"{dates}")
+    if report["admissions"].get("without_admittime"):
+        print(f"  {report['admissions']['without_admittime']} visits without a readable ADMITTIME are ordered after "
+              "their patient's dated visits, by HADM_ID")
     a = report["admissions"]
     print(f"  admissions with meds/diagnoses/procedures: {a['with_meds']}/{a['with_diagnoses']}/"
           f"{a['with_procedures']}; in all three: {a['in_all_three']}")
