@@ -240,3 +240,24 @@ def test_a_run_directory_stands_for_its_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is a folder without a model.pth"):
         rec.load_checkpoint(tmp_path / "empty")
+
+
+class ShiftedItemsModel(IPModel):
+    """The same checkpoint after the item features were prepared again: other item vectors, same ids."""
+
+    def item_vectors(self):
+        return ITEM_VECTORS * torch.tensor([-1.0, 1.0])  # u1 = (1, 0) now ranks i40 first, i50 second
+
+
+def test_an_index_built_from_other_item_vectors_is_rebuilt(tmp_path, caplog):
+    before = rec.top_k_items(_loaded(tmp_path), ["u1"], k=2)[0].items
+    after = rec.top_k_items(_loaded(tmp_path, model=ShiftedItemsModel()), ["u1"], k=2)[0].items
+    assert before == ["i20", "i30"] and after == ["i40", "i50"]  # not the stale ranking
+    assert "item vectors differ" in caplog.text
+
+
+def test_an_explicit_index_does_not_inherit_the_runs_search_settings(tmp_path):
+    """A run trained with an IVF index and faiss_nprobe could not be served with --index Flat."""
+    loaded = _loaded(tmp_path, config={"faiss_index": "IVF1,Flat", "faiss_nprobe": 1})
+    flat = rec.top_k_items(loaded, ["u1"], k=2, index_options={"faiss_index": "Flat"})
+    assert flat[0].items == ["i20", "i30"]

@@ -111,14 +111,41 @@ def checkpoint_index(checkpoint, vectors: FinalVectors, item_tokens, config: dic
         if index.dim != vectors.items.shape[1]:
             raise UserError(f"index {folder} has {index.dim} dims, the model {vectors.items.shape[1]}",
                             fix="rebuild the index (--rebuild-index)")
+        stored = meta.get("vector_fingerprint")
+        if stored is None or not _same_fingerprint(stored, vector_fingerprint(vectors.items)):
+            # same checkpoint, other item vectors: the item features were prepared again since the index was built
+            getLogger().warning("the item vectors differ from those index %s was built from (item features "
+                                "changed since?): rebuilding it", folder)
+            return checkpoint_index(checkpoint, vectors, item_tokens, config, rebuild=True)
         return index
     index = ItemIndex.build(vectors.items.cpu(), factory=factory,
                             nprobe=config.get("faiss_nprobe"), ef_search=config.get("faiss_ef_search"),
                             seed=int(config.get("seed") or 0))
     tokens = [str(t) for t in item_tokens]
-    index.save(folder, checkpoint=checkpoint, extra={"n_items": len(tokens)},
+    index.save(folder, checkpoint=checkpoint,
+               extra={"n_items": len(tokens), "vector_fingerprint": vector_fingerprint(vectors.items)},
                files={ITEM_TOKENS_FILE: json.dumps(tokens)})
     return index
+
+
+FINGERPRINT_ROWS = 32
+
+
+def vector_fingerprint(items: torch.Tensor) -> dict:
+    """A small summary of the item vectors an index holds: the column means and evenly spaced rows. The index is
+    keyed by the checkpoint, but vectors computed from item features (VBPR, MambaRec, ...) change when the features
+    are prepared again; a float summary (compared with a tolerance) survives the last-bit noise of threaded sums."""
+    x = items.detach().float().cpu()
+    rows = torch.linspace(0, len(x) - 1, min(FINGERPRINT_ROWS, len(x))).long()
+    return {"mean": x.mean(0).tolist(), "rows": x[rows].tolist()}
+
+
+def _same_fingerprint(a: dict, b: dict) -> bool:
+    try:
+        return all(np.allclose(np.asarray(a[k], dtype=np.float64), np.asarray(b[k], dtype=np.float64),
+                               rtol=1e-4, atol=1e-6) for k in ("mean", "rows"))
+    except (KeyError, ValueError, TypeError):  # another shape: other vectors
+        return False
 
 
 def user_ids_for(tokens, token2id: dict, what: str = "user") -> np.ndarray:
@@ -207,7 +234,12 @@ def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: b
                             "items densely", type(loaded.model).__name__)
         scores, ids = dense_top_k(_dense_scores(loaded.model, dataset, user_ids), k, history)
     else:
-        settings = {**loaded.config, **{key: val for key, val in (index_options or {}).items() if val is not None}}
+        given = {key: val for key, val in (index_options or {}).items() if val is not None}
+        settings = dict(loaded.config)
+        if "faiss_index" in given:  # the run's nprobe / ef_search were for the run's index, not this one
+            settings.pop("faiss_nprobe", None)
+            settings.pop("faiss_ef_search", None)
+        settings.update(given)
         index = checkpoint_index(loaded.path, vectors, item_tokens, settings, rebuild=rebuild_index)
         scores, ids = index.search(vectors.user_rows(user_ids).cpu().numpy(), k, history)
     results = []
