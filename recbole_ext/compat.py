@@ -280,6 +280,25 @@ def _torch_sparse_notices():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# 14 RecBole graph models (LightGCN, NGCF, SGL, ...) build their adjacency with the legacy
+# torch.sparse.FloatTensor(indices, values, shape) constructor, deprecated with a warning on every build.
+
+LEGACY_SPARSE_NOTICE = r"torch\.sparse\.SparseTensor\(indices, values, shape, \*, device=\) is deprecated"
+
+
+@shim(
+    "torch_legacy_sparse_constructor",
+    "torch >= 2.0 warns that torch.sparse.FloatTensor(indices, values, shape), which RecBole's graph models use for "
+    "their adjacency (LightGCN's README example included), is deprecated; the tensor it builds is the same",
+    gate=lambda: _installed("torch") >= (2, 0),
+)
+def _torch_legacy_sparse_constructor():
+    import warnings
+
+    warnings.filterwarnings("ignore", message=LEGACY_SPARSE_NOTICE, category=UserWarning)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # torch 2.4 deprecated torch.cuda.amp.GradScaler(...); RecBole's training loop builds one every epoch.
 
 

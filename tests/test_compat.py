@@ -293,3 +293,28 @@ def test_interaction_sort_is_stable_and_free_of_the_array_wrap_deprecation(witho
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             Interaction({"user_id": torch.tensor([3, 1, 2])}).sort(by="user_id", ascending=False)
+
+
+_LEGACY_SPARSE_PROBE = """
+import warnings, torch
+{setup}
+with warnings.catch_warnings(record=True) as caught:  # keeps the installed filters, records what passes them
+    torch.sparse.FloatTensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), torch.Size([1, 1]))
+print(sum("is deprecated" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(not compat.SHIMS["torch_legacy_sparse_constructor"].applied, reason="torch < 2.0")
+@pytest.mark.parametrize("setup,expected", [("", 1), ("import recbole_ext", 0)])
+def test_legacy_sparse_constructor_notice_is_silenced_by_the_shim_only(setup, expected):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(compat.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _LEGACY_SPARSE_PROBE.format(setup=setup)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == expected
