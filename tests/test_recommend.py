@@ -261,3 +261,18 @@ def test_an_explicit_index_does_not_inherit_the_runs_search_settings(tmp_path):
     loaded = _loaded(tmp_path, config={"faiss_index": "IVF1,Flat", "faiss_nprobe": 1})
     flat = rec.top_k_items(loaded, ["u1"], k=2, index_options={"faiss_index": "Flat"})
     assert flat[0].items == ["i20", "i30"]
+
+
+def test_k_beyond_the_catalogue_returns_the_catalogue(tmp_path):
+    """--k 10**12 allocated a [users, k] result (3.6 TiB) and died with a MemoryError traceback."""
+    [u1] = rec.top_k_items(_loaded(tmp_path), ["u1"], k=10**12)
+    assert u1.items == ["i20", "i30", "i50", "i40"]  # every unseen item
+
+
+def test_an_index_naming_items_beyond_the_catalogue_is_refused(tmp_path):
+    loaded = _loaded(tmp_path)
+    rec.top_k_items(loaded, ["u1"], k=2)
+    ids = rec.index_folder(loaded.path) / "item_ids.npy"
+    np.save(ids, np.load(ids) + 5000)
+    with pytest.raises(UserError, match="names item ids beyond the checkpoint's 5 items"):  # was an IndexError
+        rec.top_k_items(loaded, ["u1"], k=2)

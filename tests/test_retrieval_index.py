@@ -101,8 +101,13 @@ def test_bad_index_settings_are_user_errors():
         ItemIndex.build(ITEMS, "IVF2,Flat", nprobe=0)  # FAISS itself raised a RuntimeError inside search
     with pytest.raises(UserError, match="faiss_ef_search must be >= 1, got 0"):
         ItemIndex.build(ITEMS, "HNSW8", ef_search=0)  # FAISS itself returned one item for any k
-    with pytest.raises(UserError, match="training faiss_index 'IVF16,Flat' on 5 item vectors failed"):
+    with pytest.raises(UserError, match="training faiss_index 'IVF16,Flat' on 5 item vectors of dimension"):
         ItemIndex.build(ITEMS, "IVF16,Flat")  # more lists than items
+    for idmap in ("IDMap,Flat", "IDMap2,Flat"):  # FAISS's add() raised a RuntimeError traceback
+        with pytest.raises(UserError, match="wraps an IDMap"):
+            ItemIndex.build(ITEMS, idmap)
+    with pytest.raises(UserError, match="would rank by cosine"):  # silently changed the ranking and the scores
+        ItemIndex.build(ITEMS, "L2norm,Flat")
     bad = ITEMS.copy()
     bad[2, 0] = np.nan
     with pytest.raises(UserError, match="NaN"):

@@ -168,6 +168,14 @@ class ItemIndex:
             if sub.metric_type != faiss.METRIC_INNER_PRODUCT:
                 raise UserError(f"faiss_index {factory!r} builds a {type(sub).__name__} with a non inner-product "
                                 "metric", fix="choose an index_factory string whose parts all support METRIC_IP")
+            if isinstance(sub, (faiss.IndexIDMap, faiss.IndexIDMap2)):  # its add() refuses ids-less vectors
+                raise UserError(f"faiss_index {factory!r} wraps an IDMap; the index keeps its own item id map",
+                                fix=f"drop the IDMap part, e.g. {factory.replace('IDMap2,', '').replace('IDMap,', '')}")
+            if isinstance(sub, faiss.IndexPreTransform) and any(
+                    isinstance(faiss.downcast_VectorTransform(sub.chain.at(i)), faiss.NormalizationTransform)
+                    for i in range(sub.chain.size())):
+                raise UserError(f"faiss_index {factory!r} normalises the vectors: it would rank by cosine, not by "
+                                "the model's inner-product scores", fix="drop the L2norm part")
         if ef_construction is not None:
             for sub in _sub_indexes(index):
                 if hasattr(sub, "hnsw"):
@@ -180,9 +188,10 @@ class ItemIndex:
             try:
                 index.train(sample)
             except RuntimeError as err:
-                raise UserError(f"training faiss_index {factory!r} on {len(sample)} item vectors failed: "
-                                f"{str(err).strip().splitlines()[-1]}",
-                                fix="use fewer IVF lists / PQ centroids for this catalogue, or Flat") from None
+                raise UserError(f"training faiss_index {factory!r} on {len(sample)} item vectors of dimension "
+                                f"{dim} failed: {str(err).strip().splitlines()[-1]}",
+                                fix="fit the string to this catalogue (fewer IVF lists or PQ centroids, a PCA to "
+                                    f"at most {dim} dimensions), or use Flat") from None
         if factory == "Flat" and len(vectors) >= LARGE_CATALOGUE:
             getLogger().info("exact FAISS index over %d items; for approximate search at a fraction of the cost set "
                              "faiss_index: %s and faiss_nprobe: %d (see docs/retrieval.md)", len(vectors),

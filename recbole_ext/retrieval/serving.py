@@ -108,6 +108,9 @@ def checkpoint_index(checkpoint, vectors: FinalVectors, item_tokens, config: dic
         if stored_tokens != [str(t) for t in item_tokens]:
             raise UserError(f"the item id map in {folder} differs from the checkpoint's dataset",
                             fix="rebuild the index (--rebuild-index)")
+        if index.item_ids.size and index.item_ids.max() >= len(item_tokens):
+            raise UserError(f"index {folder} names item ids beyond the checkpoint's {len(item_tokens) - 1} items",
+                            fix="rebuild the index (--rebuild-index)")
         if index.dim != vectors.items.shape[1]:
             raise UserError(f"index {folder} has {index.dim} dims, the model {vectors.items.shape[1]}",
                             fix="rebuild the index (--rebuild-index)")
@@ -227,6 +230,7 @@ def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: b
         raise UserError("no users given", fix="pass --user TOKEN or --users-file FILE")
     user_ids = user_ids_for(user_tokens, dataset.field2token_id[dataset.uid_field])
     item_tokens = _dataset_tokens(dataset, dataset.iid_field)
+    k = min(k, len(item_tokens) - 1)  # no more than the catalogue (row 0 is PAD); a huge k allocated k-wide rows
     history = None if keep_seen else history_for(user_ids, *_train_pairs(loaded))
     vectors = final_vectors(loaded.model)
     if vectors is None:
