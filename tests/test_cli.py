@@ -85,6 +85,7 @@ def test_user_errors_are_one_line_exit_2_nothing_written(argv, needle, capsys, t
     (["prepare", "synthetic-ehr", "--name", "ok", "--persistence", "nan"], "--persistence must be a finite number"),
     (["prepare", "synthetic-mm", "--name", "/abs"], "invalid dataset name '/abs'"),
     (["prepare", "synthetic-mm", "--name", "ok", "--seed", "-3"], "--seed -3 is negative"),
+    (["prepare", "synthetic-mm", "--name", "ok", "--seed", "4294967296"], "--seed 4294967296 is above 2**32 - 1"),
     (["prepare", "mmrec", "--src", ".", "--name", ".hidden"], "invalid dataset name '.hidden'"),
     (["prepare", "mimic3", "--src", ".", "--name", "a/b"], "invalid dataset name 'a/b'"),
 ])

@@ -56,11 +56,16 @@ def test_valid_folder_converts_with_manifest(tmp_path):
     (dict(rows=[(0, 0, 0), (0, 1, 3), (1, 5, 0)]), "x_label must be 0 (train), 1 (valid) or 2 (test); found [3]"),
     (dict(rows=[(0, 0, 0), (0, 1, 0.5), (1, 5, 0)]), "column x_label must hold integers; line 3"),
     (dict(rows=[(0, 0, 0), (0, -1, 0), (1, 5, 0)]), "negative itemID at line 3"),
-    (dict(rows=[(0, 0, 0), (0, 6, 0), (1, 5, 0)]), "has 6 rows but toy.inter uses item ids 0..6 (7 items)"),
+    (dict(rows=[(0, 0, 0), (0, 6, 1), (1, 5, 2)]), "has 6 rows but toy.inter uses item ids 0..6 (7 items)"),
     (dict(image=np.ones((7, 8), np.float32)), "has 7 rows but toy.inter uses item ids 0..5 (6 items)"),
     (dict(text=np.ones((6, 5), np.int64)), "has dtype int64; expected float16/float32/float64"),
     (dict(image=np.ones(6, np.float32)), "expected a 2-D array"),
     (dict(rows=[(0, 0, 1), (1, 5, 2)]), "has no training rows"),
+    (dict(rows=[(0, 0, 0), (0, 1, 0), (1, 5, 0)]), "has no validation rows (x_label 1)"),  # trained, scored nothing
+    (dict(rows=[(0, 0, 0), (0, 1, 1), (1, 5, 0)]), "has no test rows (x_label 2)"),
+    (dict(rows=[(0, 0, 0), (0, 10**20, 0), (1, 5, 0)]), "column itemID must hold integers; line 3"),  # was "negative"
+    (dict(image=np.where(np.arange(6)[:, None] == 4, 1e300, np.ones((6, 8)))),  # float64, inf once read as float32
+     "1 row(s) contain inf (or values beyond float32's range): row 4"),
 ])
 def test_malformed_mmrec_inputs_are_named(tmp_path, kwargs, message):
     with pytest.raises(UserError) as err:
@@ -76,7 +81,7 @@ def test_non_finite_feature_rows_are_named(tmp_path, bad, word):
     image[5, 0] = bad
     with pytest.raises(UserError) as err:
         convert(tmp_path, image=image)
-    assert f"2 row(s) contain {word}: row 3, row 5" in str(err.value)
+    assert f"2 row(s) contain {word}" in str(err.value) and ": row 3, row 5" in str(err.value)
     assert "image_feat.npy" in str(err.value)
 
 
@@ -84,6 +89,14 @@ def test_pickled_object_array_is_refused(tmp_path):
     src = write_mmrec(tmp_path / "src")
     np.save(src / "text_feat.npy", np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
     with pytest.raises(UserError, match="not a plain numeric .npy array"):
+        convert_mmrec_folder(src, tmp_path / "out" / "toy", "toy")
+
+
+def test_npz_archive_under_an_npy_name_is_refused(tmp_path):
+    src = write_mmrec(tmp_path / "src")
+    with open(src / "image_feat.npy", "wb") as fh:  # AttributeError 'NpzFile' object has no attribute 'ndim'
+        np.savez(fh, a=np.ones((6, 8), np.float32))
+    with pytest.raises(UserError, match="is an .npz archive, not an .npy array"):
         convert_mmrec_folder(src, tmp_path / "out" / "toy", "toy")
 
 
@@ -271,13 +284,15 @@ def test_dataset_rejects_nan_feature_row_at_load(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_float64_overflowing_float32_is_caught(tmp_path, monkeypatch):
+    """Refused by prepare (a parametrised case above); a prepared file replaced afterwards is caught on loading."""
     image = np.random.default_rng(0).random((6, 8))
     image[4, 0] = 1e300  # finite in float64, inf once cast to float32
-    src = write_mmrec(tmp_path / "src", image=image)
+    src = write_mmrec(tmp_path / "src")
     monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
     main_mmrec(["--src", str(src), "--name", "toy"])
+    np.save(tmp_path / "root" / "toy" / "image_feat.npy", image)
     config, task = _mm_config(tmp_path, monkeypatch)
-    with pytest.raises(UserError, match=r"contain inf: row \d+ \(item 4\)"):
+    with pytest.raises(UserError, match=r"contain inf \(or values beyond float32's range\): row \d+ \(item 4\)"):
         task.create_dataset(config)
 
 

@@ -53,9 +53,14 @@ def open_feature_matrix(path: Path, n_rows: int | None = None, modality: str = "
         raise UserError(f"{modality} feature file {path} is missing", fix="re-run the prepare command")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(arr, np.ndarray):  # an .npz archive under an .npy name loads as a mapping of arrays
+            raise UserError(f"{path} is an .npz archive, not an .npy array",
+                            fix="save the feature matrix itself with numpy.save")
     except ValueError as exc:  # object arrays need pickle, which we never allow
         raise UserError(f"{path} is not a plain numeric .npy array ({exc})",
                         fix="save the features with numpy.save of a float array") from None
+    except UserError:
+        raise
     except Exception as exc:  # truncated or not an .npy file at all
         raise UserError(f"{path} cannot be read as .npy: {exc}", fix="re-create the file with numpy.save") from None
     if arr.ndim != 2:
@@ -74,10 +79,12 @@ def open_feature_matrix(path: Path, n_rows: int | None = None, modality: str = "
 
 
 def check_finite_rows(arr: np.ndarray, path: Path, tokens: np.ndarray | None = None, chunk: int = 4096) -> None:
-    """Raise UserError naming the rows that hold NaN or inf (chunked, so a memory map is never copied whole)."""
+    """Raise UserError naming the rows that hold NaN or inf (chunked, so a memory map is never copied whole).
+    Checked as float32, the dtype every model reads: float64 values beyond its range would become inf there."""
     nan_rows, inf_rows = [], []
     for start in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[start:start + chunk])
+        with np.errstate(over="ignore"):
+            block = np.asarray(arr[start:start + chunk], dtype=np.float32)
         nan_rows.append(np.flatnonzero(np.isnan(block).any(axis=1)) + start)
         inf_rows.append(np.flatnonzero(np.isinf(block).any(axis=1)) + start)
     nan_rows, inf_rows = np.concatenate(nan_rows), np.concatenate(inf_rows)
@@ -85,13 +92,13 @@ def check_finite_rows(arr: np.ndarray, path: Path, tokens: np.ndarray | None = N
         raise UserError(f"{path}: {len(nan_rows)} row(s) contain NaN: {_name_rows(nan_rows, tokens)}",
                         fix="fill or recompute those items' features (MMRec fills missing images with the mean row)")
     if len(inf_rows):
-        raise UserError(f"{path}: {len(inf_rows)} row(s) contain inf: {_name_rows(inf_rows, tokens)}",
-                        fix="recompute those items' features")
+        raise UserError(f"{path}: {len(inf_rows)} row(s) contain inf (or values beyond float32's range): "
+                        f"{_name_rows(inf_rows, tokens)}", fix="recompute those items' features")
 
 
 def _integer_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     values = pd.to_numeric(df[column], errors="coerce")
-    bad = values.isna() | (values % 1 != 0)
+    bad = values.isna() | (values % 1 != 0) | (values.abs() >= 2**62)  # beyond int64 the cast wrapped around
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header
         raise UserError(f"{path}: column {column} must hold integers; line {line} has {df[column].iloc[line - 2]!r}",
@@ -131,8 +138,9 @@ def read_mmrec_inter(path: Path) -> pd.DataFrame:
         values = sorted(set(labels[bad].tolist()))[:_ROWS_NAMED]
         raise UserError(f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {values} (first at line {line})",
                         fix="fix the split labels")
-    if not (labels == 0).any():
-        raise UserError(f"{path} has no training rows (x_label 0)", fix="fix the split labels")
+    for label, split in ((0, "training"), (1, "validation"), (2, "test")):  # a run needs all three
+        if not (labels == label).any():
+            raise UserError(f"{path} has no {split} rows (x_label {label})", fix="fix the split labels")
     for c in ("rating", "timestamp"):
         if c in df.columns:
             values = pd.to_numeric(df[c], errors="coerce")

@@ -151,8 +151,9 @@ class MMRecDataset(Dataset):
         path = self.mm_folder / self.mm_manifest["features"][modality]["file"]
         source = open_feature_matrix(path, n_rows=len(tokens), modality=modality)
         aligned = np.zeros((len(internal_tokens) + 1, source.shape[1]), dtype=np.float32)
-        for start in range(0, len(rows), _COPY_CHUNK):  # chunked: never a second full-size temporary
-            aligned[1 + start:1 + start + _COPY_CHUNK] = source[rows[start:start + _COPY_CHUNK]]
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, reported just below
+            for start in range(0, len(rows), _COPY_CHUNK):  # chunked: never a second full-size temporary
+                aligned[1 + start:1 + start + _COPY_CHUNK] = source[rows[start:start + _COPY_CHUNK]]
         # checked after the cast: float64 values beyond float32's range become inf here
         check_finite_rows(aligned[1:], path, tokens=internal_tokens)
         return torch.from_numpy(aligned)

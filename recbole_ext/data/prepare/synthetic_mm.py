@@ -89,6 +89,8 @@ def generate(spec: SyntheticMMSpec) -> tuple[pd.DataFrame, dict[str, np.ndarray]
         raise UserError("--missing-image-frac must be in [0, 1)", fix="e.g. 0.05")
     if spec.seed < 0:
         raise UserError(f"--seed {spec.seed} is negative", fix="use a seed >= 0 (numpy's generators need one)")
+    if spec.seed >= 2**32:  # RandomState (the row shuffle) takes 32-bit seeds
+        raise UserError(f"--seed {spec.seed} is above 2**32 - 1", fix="use a seed in [0, 4294967295]")
     rng = np.random.default_rng(spec.seed)
     k, n_users, n_items = spec.latent_dim, spec.users, spec.items
 
@@ -205,4 +207,7 @@ def main(argv: list[str]) -> int:
     s = manifest["splits"]
     print(f"generated {target}: {s['n_users']} users, {spec.items} items, {s['n_interactions']} interactions "
           f"(train {s['n_train']}, valid {s['n_valid']}, test {s['n_test']})")
+    if len(inter) < spec.interactions:
+        print(f"note: {spec.interactions} interactions were asked; a user interacts with at most half of the "
+              f"{spec.items} items, so {len(inter)} were generated")
     return 0
