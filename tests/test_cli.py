@@ -186,3 +186,11 @@ def test_a_dataset_prepared_under_a_new_name_gets_its_task_defaults(bundled, tas
     config, chosen = build_config("RETAIN" if task == "medrec" else "MambaRec", "my-data", {})
     assert chosen.name == task and config["task"] == task
     assert config["valid_metric"] == ("jaccard" if task == "medrec" else "recall@20")
+
+
+@pytest.mark.parametrize("model,dataset", [("MambaRec", "synth-mm"), ("RETAIN", "mimic3-demo")])
+def test_a_bundled_dataset_under_another_root_says_so(model, dataset, tmp_path, monkeypatch, capsys):
+    """With RECBOLE_EXT_DATA elsewhere, synth-mm's fix used to send the user to MMRec's Google Drive."""
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
+    assert main([f"--model={model}", f"--dataset={dataset}", "--epochs=1"]) == 2
+    assert f"fix: '{dataset}' ships in " in _one_error_line(capsys)

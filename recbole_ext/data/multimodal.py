@@ -26,6 +26,7 @@ from recbole.data.interaction import Interaction
 from recbole_ext.data.mm_format import (MANIFEST_NAME, MODALITIES, SPLIT_LABELS, check_finite_rows,
                                         open_feature_matrix, read_item_tokens, read_manifest)
 from recbole_ext.errors import UserError
+from recbole_ext.utils.paths import bundled_elsewhere
 
 SPLIT_FIELD = "x_label"
 _COPY_CHUNK = 4096
@@ -42,8 +43,12 @@ def missing_dataset_error(config) -> UserError:
     from recbole_ext.data.prepare.mmrec import MMREC_DATA_README, MMREC_DATA_URL
 
     name, folder, src = config["dataset"], Path(config["data_path"]), mmrec_source_folder(config)
+    what = f"multimodal dataset '{name}' is not prepared: {folder} does not exist and there is no MMRec folder at {src}"
+    bundled = bundled_elsewhere(name)
+    if bundled:
+        return UserError(what, fix=bundled)
     return UserError(
-        f"multimodal dataset '{name}' is not prepared: {folder} does not exist and there is no MMRec folder at {src}",
+        what,
         fix=f"download the MMRec '{name}' folder ({name}.inter, image_feat.npy, text_feat.npy) from {MMREC_DATA_URL} "
             f"(linked from {MMREC_DATA_README}), then run `python run.py prepare mmrec --src <that folder> "
             f"--name {name}` or pass --mmrec_src=<that folder>")

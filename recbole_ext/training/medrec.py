@@ -34,7 +34,7 @@ from recbole_ext.models.medrec.base import config_flag
 from recbole_ext.evaluation.medrec_metrics import THRESHOLD, bootstrap_rows, summarise_rounds
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.tasks import Task
-from recbole_ext.utils.paths import dataset_root
+from recbole_ext.utils.paths import bundled_elsewhere, dataset_root
 
 PHASES = ("train", "valid", "test")
 
@@ -96,6 +96,9 @@ MIMIC_SOURCES = {
 
 
 def _how_to_prepare(name: str) -> str:
+    bundled = bundled_elsewhere(name)
+    if bundled:
+        return bundled
     if name in MIMIC_SOURCES:
         source, folder = MIMIC_SOURCES[name]
         return (f"{name} is credentialed PhysioNet data and is not bundled: download {source} with your "

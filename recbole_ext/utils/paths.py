@@ -11,12 +11,21 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 PROPERTIES_DIR = PROJECT_ROOT / "properties"
 RESOURCES_DIR = PACKAGE_DIR / "resources"
+BUNDLED_DATA = PROJECT_ROOT / "dataset_atomic"
 
 
 def dataset_root() -> Path:
     """Folder holding ``<dataset>/`` atomic folders; ``RECBOLE_EXT_DATA`` overrides the bundled one."""
     env = os.environ.get("RECBOLE_EXT_DATA")
-    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "dataset_atomic"
+    return Path(env).expanduser().resolve() if env else BUNDLED_DATA
+
+
+def bundled_elsewhere(name: str) -> str | None:
+    """A fix for a dataset that ships with the project but is looked for under another root ($RECBOLE_EXT_DATA)."""
+    if dataset_root() != BUNDLED_DATA.resolve() and (BUNDLED_DATA / name).is_dir():
+        return (f"'{name}' ships in {BUNDLED_DATA / name}, but RECBOLE_EXT_DATA points the dataset root at "
+                f"{dataset_root()}: unset it, or copy that folder there")
+    return None
 
 
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
