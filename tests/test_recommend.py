@@ -107,7 +107,7 @@ def test_cli_prints_top_k_and_batches_a_users_file(fake_load, tmp_path, capsys):
     assert cli.main(["--checkpoint", str(loaded.path), "--user", "u1", "--k", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == ["user u1: top-2", "1\ti20\t4.0000", "2\ti30\t3.0000"]
     users = tmp_path / "users.txt"
-    users.write_text("u1\n# comment\nu2\n")
+    users.write_text("\ufeffu1\n# comment\nu2\n", encoding="utf-8")  # a BOM made the first token "unknown"
     assert cli.main(["--checkpoint", str(loaded.path), "--users-file", str(users), "--k", "1", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(x["user"], x["items"]) for x in lines] == [("u1", ["i20"]), ("u2", ["i20"])]
@@ -120,6 +120,7 @@ def test_cli_prints_top_k_and_batches_a_users_file(fake_load, tmp_path, capsys):
     (["--checkpoint", "{ckpt}", "--user", "[PAD]"], "unknown user"),
     (["--checkpoint", "{ckpt}", "--user", "u1", "--k", "0"], "--k must be >= 1"),
     (["--checkpoint", "{ckpt}", "--users-file", "{tmp}/none.txt"], "does not exist"),
+    (["--checkpoint", "{ckpt}", "--users-file", "{tmp}"], "is a folder"),
     (["--checkpoint", "{ckpt}", "--patient", "{tmp}/p.json"], "not a medication model"),
     (["--checkpoint", "{tmp}/missing.pth", "--user", "u1"], "does not exist"),
 ])
@@ -276,3 +277,11 @@ def test_an_index_naming_items_beyond_the_catalogue_is_refused(tmp_path):
     np.save(ids, np.load(ids) + 5000)
     with pytest.raises(UserError, match="names item ids beyond the checkpoint's 5 items"):  # was an IndexError
         rec.top_k_items(loaded, ["u1"], k=2)
+
+
+def test_rebuilding_an_index_where_a_file_stands_leaves_nothing_behind(tmp_path):
+    loaded = _loaded(tmp_path)
+    folder = rec.index_folder(loaded.path)
+    folder.write_text("not an index")
+    rec.top_k_items(loaded, ["u1"], k=2, rebuild_index=True)
+    assert folder.is_dir() and sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".")) == []

@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_users_file(path) -> list[str]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"users file {path} is a folder", fix="pass a text file, one user token per line")
     if not path.is_file():
         raise UserError(f"users file {path} does not exist", fix="one user token per line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of the first token
     except UnicodeDecodeError:
         raise UserError(f"users file {path} is not UTF-8 text", fix="one user token per line") from None
     users = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

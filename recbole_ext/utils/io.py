@@ -50,7 +50,10 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # a file (or link) stood where the folder goes: rmtree would leave it behind
+                old.unlink(missing_ok=True)
         else:
             os.replace(tmp, target)
     except BaseException:
