@@ -262,9 +262,11 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     model = model_class(state["model"])(config, train_data._dataset).to(config["device"])
     try:
         model.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint weights do not fit model {state['model']}: {str(exc).splitlines()[0]}",
-                        fix="the model's configuration changed since training") from None
+    except RuntimeError as exc:  # torch's first line only says "Error(s) in loading state_dict for X:"
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3]) or str(exc).strip()
+        raise UserError(f"checkpoint weights do not fit model {state['model']}: {detail[:300]}",
+                        fix="the model's configuration or the dataset's item features (their width) changed since "
+                            "training") from None
     model.load_other_parameter(state.get("other_parameter"))
     model.eval()
     return config, model, dataset, train_data, valid_data, test_data

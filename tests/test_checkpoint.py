@@ -83,6 +83,15 @@ def test_changed_dataset_is_detected(bpr_run, tmp_path):
         load_run(tmp_path / "tampered.pth")
 
 
+def test_weights_of_another_shape_name_the_parameter(bpr_run, tmp_path):
+    state = torch.load(bpr_run.checkpoint, weights_only=True)
+    key = next(iter(state["state_dict"]))
+    state["state_dict"][key] = state["state_dict"][key][:, :3]
+    torch.save(state, tmp_path / "narrow.pth")
+    with pytest.raises(UserError, match=rf"do not fit model BPR: size mismatch for {key}"):  # torch's 2nd line
+        load_run(tmp_path / "narrow.pth")
+
+
 def test_lightgcn_end_to_end(tmp_path, tiny):
     result = run("LightGCN", "tiny", {**tiny, "epochs": 3, "run_dir": str(tmp_path / "lg")})
     assert len(result.history) == 3 and result.history[0]["valid"]["recall@10"] >= 0
