@@ -163,11 +163,22 @@ def test_all_ndc_unmapped_gives_clear_error_and_no_folder(tmp_path, raw3_copy):
     assert not list((tmp_path / "out").glob(".m3*")) if (tmp_path / "out").exists() else True
 
 
-def test_existing_folder_needs_overwrite(tmp_path, raw3_copy):
+def test_existing_folder_needs_overwrite(tmp_path, raw3_copy, monkeypatch):
     _prep(raw3_copy, tmp_path, *DEMO3)
-    with pytest.raises(UserError, match="already exists"):
+    read = []
+    monkeypatch.setattr(mimic, "read_table", lambda *a, **k: read.append(a) or pytest.fail("read before checking"))
+    with pytest.raises(UserError, match="already exists"):  # said before any table is read (minutes on MIMIC)
         _prep(raw3_copy, tmp_path, *DEMO3)
+    monkeypatch.undo()
     _prep(raw3_copy, tmp_path, *DEMO3, "--overwrite")
+
+
+def test_two_copies_of_a_table_are_refused(tmp_path, raw3_copy):
+    src = tmp_path / "src"
+    shutil.copytree(raw3_copy, src)
+    shutil.copy(RAW3 / "PRESCRIPTIONS.csv.gz", src / "PRESCRIPTIONS.csv.gz")
+    with pytest.raises(UserError, match="holds PRESCRIPTIONS.csv and PRESCRIPTIONS.csv.gz"):
+        _prep(src, tmp_path / "out", *DEMO3)
 
 
 def _copy_dataset(tmp_path, name="mimic3-demo"):

@@ -40,9 +40,12 @@ def find_table(src: Path, stem: str, required: bool = True) -> Path | None:
     wanted = {f"{stem}.csv".lower(), f"{stem}.csv.gz".lower()}
     for folder in (src, src / "hosp"):
         if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.name.lower() in wanted and p.is_file():
-                    return p
+            found = [p for p in sorted(folder.iterdir()) if p.name.lower() in wanted and p.is_file()]
+            if len(found) > 1:  # which one is the table? (a half-extracted copy beside the archive, ...)
+                raise UserError(f"{folder} holds {' and '.join(p.name for p in found)}",
+                                fix="keep one copy of the table")
+            if found:
+                return found[0]
     if required:
         raise UserError(f"no {stem}.csv or {stem}.csv.gz in {src}",
                         fix="point --src at the folder holding the MIMIC CSVs (plain or .gz)")
@@ -352,6 +355,9 @@ def prepare(version: int, argv: list[str]) -> int:
     if opts.ddi_side_effects < 1:
         raise UserError(f"--ddi-side-effects must be >= 1, got {opts.ddi_side_effects}",
                         fix="use 40 (published: the 40 rarest side-effect types)")
+    target = (Path(opts.out).expanduser() if opts.out else dataset_root()) / opts.name
+    if target.exists() and not opts.overwrite:  # before minutes of processing, not after
+        raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
     stems = {3: ("PRESCRIPTIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "ADMISSIONS", "D_ICD_DIAGNOSES",
                  "D_ICD_PROCEDURES"),
              4: ("prescriptions", "diagnoses_icd", "procedures_icd", "admissions", "d_icd_diagnoses",
@@ -389,8 +395,6 @@ def prepare(version: int, argv: list[str]) -> int:
     pairs = pairs.rename(columns={"atc3_a": "med_a", "atc3_b": "med_b"})
     report["statistics"] = visit_statistics(visits, pairs)
 
-    root = Path(opts.out).expanduser() if opts.out else dataset_root()
-    target = root / opts.name
     with atomic_dir(target, overwrite=opts.overwrite) as tmp:
         write_medrec_files(tmp, opts.name, visits, vocabs, pairs, report)
         licence = next((p for p in (src / "LICENSE.txt", src.parent / "LICENSE.txt") if p.is_file()), None)
