@@ -127,6 +127,21 @@ def _ray_stub():
     sys.modules["ray.tune"] = tune
 
 
+RAY_PKG_RESOURCES_NOTICE = r"pkg_resources is deprecated as an API"
+
+
+@shim(
+    "ray_pkg_resources_notice",
+    "with the ray extra installed, recbole.quick_start's `from ray import tune` makes ray 2.6.3 import "
+    "pkg_resources, which setuptools >= 67.5 deprecates with a UserWarning printed by every run",
+    gate=lambda: "ray" not in sys.modules and _ray_importable(),
+)
+def _ray_pkg_resources_notice():
+    import warnings
+
+    warnings.filterwarnings("ignore", message=RAY_PKG_RESOURCES_NOTICE, category=UserWarning)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # scipy>=1.13 removed the private dok_matrix._update used by LightGCN, NGCF, GCMC, SpectralCF, NCL, KGIN, MCCLK.
 

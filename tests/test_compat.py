@@ -318,3 +318,33 @@ def test_legacy_sparse_constructor_notice_is_silenced_by_the_shim_only(setup, ex
                          text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) == expected
+
+
+_RAY_PROBE = """
+import warnings
+{setup}
+with warnings.catch_warnings(record=True) as caught:  # keeps the installed filters, records what passes them
+    import ray  # recbole.quick_start imports ray.tune at import time; ray's own import warns
+print(sum("pkg_resources is deprecated" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.skipif(not compat._ray_importable(), reason="the ray extra is not installed")
+def test_ray_pkg_resources_notice_is_silenced_by_the_shim_only():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(compat.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+    def notices(setup):
+        out = subprocess.run([sys.executable, "-c", _RAY_PROBE.format(setup=setup)], capture_output=True,
+                             text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.strip().splitlines()[-1])
+
+    if notices("") == 0:
+        pytest.skip("this setuptools does not deprecate pkg_resources")
+    assert notices("import recbole_ext") == 0
