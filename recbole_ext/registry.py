@@ -135,12 +135,13 @@ TASK_DEFAULTS = {"medrec": "mimic3.yaml", "mmrec": "synth-mm.yaml"}
 
 def detected_task(dataset: str) -> str | None:
     """'medrec' or 'mmrec' when ``dataset_root()/<dataset>`` holds that kind of prepared dataset, else None."""
+    from recbole_ext.data.mm_format import MANIFEST_NAME
     from recbole_ext.utils.paths import dataset_root
 
     folder = dataset_root() / dataset
     if (folder / f"{dataset}.visit").is_file():
         return "medrec"
-    if (folder / f"{dataset}.inter").is_file() and (folder / "mm_features.json").is_file():
+    if (folder / f"{dataset}.inter").is_file() and (folder / MANIFEST_NAME).is_file():
         return "mmrec"
     return None
 

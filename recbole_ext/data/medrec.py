@@ -196,8 +196,9 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     if len(df) == 0:
         raise UserError(f"{vpath} has no visits", fix="check the preparation report")
     order = pd.to_numeric(df[VISIT_HEADER[2]], errors="coerce")
-    if not np.isfinite(order.to_numpy(dtype=float)).all():
-        line = int(np.flatnonzero(~np.isfinite(order.to_numpy(dtype=float)))[0]) + 2
+    finite = np.isfinite(order.to_numpy(dtype=float))
+    if not finite.all():
+        line = int(np.flatnonzero(~finite)[0]) + 2
         raise UserError(f"{vpath}: visit_order on line {line} is not a finite number",
                         fix="visit_order must be numeric")
     for column, what in ((VISIT_HEADER[0], "visit_id"), (VISIT_HEADER[1], "patient_id")):

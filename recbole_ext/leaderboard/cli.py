@@ -6,6 +6,7 @@ Runs every (model, dataset, configuration, seed) of the spec that is not finishe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,31 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _naming_the_run(spec, model, dataset: str, point: dict):
+    """A UserError inside names the spec, the model, the dataset and the grid point."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{spec.source}: {model.name} on {dataset}{f' at {point}' if point else ''}: {exc.message}",
+                        fix=exc.fix) from None
+
+
 def check_models_and_options(spec, build: bool = True) -> None:
     """Before the first run starts: every model name is known and every run's options are within the model's
     bounds (``check_options``); with ``build``, every run's configuration also builds as the worker will build it
-    (``build_config``: the dataset exists and suits the model) and the spec's ``metrics`` are computed. Errors name
-    the spec, the model, the dataset and the grid point."""
+    (``build_config``: the dataset exists and suits the model) and the spec's ``metrics`` are computed."""
     from recbole_ext.config import build_config, check_options, computed_metrics
     from recbole_ext.leaderboard.plan import run_config
     from recbole_ext.registry import model_class
 
     runs = [(model, dataset, point) for model in spec.models for dataset in filter(model.runs_on, spec.datasets)
             for point in model.grid_points()]
+    for model, dataset, point in runs:  # the cheap check first, for every run
+        with _naming_the_run(spec, model, dataset, point):
+            check_options(model_class(model.name), run_config(spec, model, dataset, point, spec.seeds[0]))
+    if not build:
+        return
     computed: dict[str, set[str]] = {}
-    for check in ("options", "build") if build else ("options",):  # the cheap checks first, for every run
-        for model, dataset, point in runs:
-            config = run_config(spec, model, dataset, point, spec.seeds[0])
-            try:
-                if check == "options":
-                    check_options(model_class(model.name), config)
-                else:
-                    built, _ = build_config(model.name, dataset, config)
-                    computed.setdefault(dataset, set()).update(computed_metrics(built["metrics"], built["topk"]))
-            except UserError as exc:
-                raise UserError(f"{spec.source}: {model.name} on {dataset}{f' at {point}' if point else ''}: "
-                                f"{exc.message}", fix=exc.fix) from None
-    if build and spec.metrics:
+    for model, dataset, point in runs:
+        with _naming_the_run(spec, model, dataset, point):
+            built, _ = build_config(model.name, dataset, run_config(spec, model, dataset, point, spec.seeds[0]))
+        computed.setdefault(dataset, set()).update(computed_metrics(built["metrics"], built["topk"]))
+    if spec.metrics:
         everywhere = set().union(*computed.values())
         unknown = [m for m in spec.metrics if m not in everywhere]
         if unknown:

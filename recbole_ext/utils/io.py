@@ -33,6 +33,12 @@ def _temporary_beside(target: Path, make):
                         fix="choose a folder you can write") from None
 
 
+def refuse_existing(target: str | os.PathLike, overwrite: bool = False) -> None:
+    """An existing ``target`` without ``overwrite`` is a UserError (a preparer checks before its long work too)."""
+    if Path(target).exists() and not overwrite:
+        raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
@@ -40,10 +46,8 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
     On any exception the temporary folder is removed and ``target`` is left exactly as it was.
     """
     target = Path(target)
-    make_dirs(target.parent, "output folder")
-    if target.exists() and not overwrite:
-        raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
-    tmp = Path(_temporary_beside(target, tempfile.mkdtemp))
+    refuse_existing(target, overwrite)
+    tmp = Path(_temporary_beside(target, tempfile.mkdtemp))  # creates target's folder first
     try:
         yield tmp
         if target.exists():

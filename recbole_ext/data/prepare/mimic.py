@@ -28,7 +28,7 @@ from recbole_ext.data.medrec import first_appearance_vocab, visit_statistics, wr
 from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
-from recbole_ext.utils.io import atomic_dir
+from recbole_ext.utils.io import atomic_dir, refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 S, H = "SUBJECT_ID", "HADM_ID"
@@ -356,8 +356,7 @@ def prepare(version: int, argv: list[str]) -> int:
         raise UserError(f"--ddi-side-effects must be >= 1, got {opts.ddi_side_effects}",
                         fix="use 40 (published: the 40 rarest side-effect types)")
     target = (Path(opts.out).expanduser() if opts.out else dataset_root()) / opts.name
-    if target.exists() and not opts.overwrite:  # before minutes of processing, not after
-        raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
+    refuse_existing(target, opts.overwrite)  # before minutes of processing, not after
     stems = {3: ("PRESCRIPTIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "ADMISSIONS", "D_ICD_DIAGNOSES",
                  "D_ICD_PROCEDURES"),
              4: ("prescriptions", "diagnoses_icd", "procedures_icd", "admissions", "d_icd_diagnoses",

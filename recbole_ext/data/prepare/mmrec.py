@@ -16,7 +16,7 @@ from recbole_ext.data.mm_format import (DEFAULT_FEATURE_FILES, MODALITIES, check
                                         read_mmrec_inter, write_mm_folder)
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
-from recbole_ext.utils.io import atomic_dir
+from recbole_ext.utils.io import atomic_dir, refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def convert_mmrec_folder(src: str | Path, target: str | Path, name: str, overwri
         raise UserError(f"MMRec folder {src} does not exist",
                         fix=f"download it from {MMREC_DATA_URL} (see {MMREC_DATA_README}) and pass its path as --src")
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target} already exists", fix="remove it or pass --overwrite")
+    refuse_existing(target, overwrite)
     inter_path = find_inter_file(src, name)
     inter = read_mmrec_inter(inter_path)
     n_items = int(inter["itemID"].max()) + 1  # MMRec's own item count: ids are row indices of the features
