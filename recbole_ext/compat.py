@@ -333,6 +333,44 @@ def _torch_amp_gradscaler():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# RecBole's sine.py runs torch.autograd.set_detect_anomaly(True) at import time, and importing any sequential model
+# (SASRec, ...) or resolving a model name RecBole's get_model does not find first imports the whole package: from
+# then on every backward of the process runs under anomaly detection, 2x slower or worse (measured: the test
+# suite's medication comparison took 283 s instead of 131 s after the leaderboard tests had imported it).
+
+
+def _sine_module_file():
+    spec = importlib.util.find_spec("recbole")  # the top package only: finding sine itself would import it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from pathlib import Path
+
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "sequential_recommender" / "sine.py"
+    return path if path.is_file() else None
+
+
+def _sine_turns_anomaly_on() -> bool:
+    path = _sine_module_file()
+    return path is not None and "torch.autograd.set_detect_anomaly(True)" in path.read_text(encoding="utf-8")
+
+
+@shim(
+    "sine_anomaly_mode",
+    "RecBole's SINE module switches autograd's anomaly detection on for the whole process when it is imported "
+    "(any sequential model, or a model-name lookup that walks RecBole's packages): every later backward ran 2x "
+    "slower or worse",
+    gate=_sine_turns_anomaly_on,
+)
+def _sine_anomaly_mode():
+    import torch
+
+    # import it once now, keeping the process's own setting, so later imports are no-ops
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    importlib.import_module("recbole.model.sequential_recommender.sine")
+    torch.autograd.set_detect_anomaly(enabled, check_nan)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # faiss-cpu's loader logs at INFO each CPU-specific library it tries; RecBole's logger puts the root at INFO, so a
 # run that first imports faiss (kNN graphs, the retrieval index) printed "Could not load library with AVX512
 # support due to: ModuleNotFoundError(...)" on machines without AVX512: a notice that reads like an error.

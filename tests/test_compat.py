@@ -9,6 +9,25 @@ from recbole_ext import compat
 from tests.conftest import write_atomic
 
 
+def fresh_interpreter(code: str, timeout: int = 120):
+    """Run ``code`` in a new Python process (warnings, logs and global modes happen once per process); returns the
+    finished process, asserting it exited cleanly. The repo is importable without an install, too."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(compat.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def last_line(out) -> str:
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_every_shim_is_applied_where_its_gate_is_open():
     for name, applied, why in compat.report():
         assert applied == compat.SHIMS[name].gate() or applied, name
@@ -187,17 +206,8 @@ print(sum(any(n in str(w.message) for n in {notices!r}) for w in caught))
 @pytest.mark.parametrize("setup,expected", [("", 2), ("import recbole_ext", 0)])
 def test_torch_sparse_notices_are_silenced_by_the_shim_only(setup, expected):
     """Fresh interpreters (torch warns once per process): the notices appear without recbole_ext, not with it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(compat.__file__).resolve().parents[1])  # importable without an install, too
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    code = _SPARSE_PROBE.format(setup=setup, notices=compat.TORCH_SPARSE_NOTICES)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == expected
+    out = fresh_interpreter(_SPARSE_PROBE.format(setup=setup, notices=compat.TORCH_SPARSE_NOTICES))
+    assert int(last_line(out)) == expected
 
 
 @pytest.mark.skipif(not compat.SHIMS["pandas_readonly_values"].applied, reason="pandas<3: writable column arrays")
@@ -232,16 +242,7 @@ import faiss
 @pytest.mark.parametrize("setup,logged", [("", True), ("import recbole_ext", False)])
 def test_faiss_loader_notices_are_silenced_by_the_shim_only(setup, logged):
     """Fresh interpreters (faiss loads once per process): its loader's INFO lines appear without recbole_ext only."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(compat.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _FAISS_PROBE.format(setup=setup)], capture_output=True, text=True,
-                         timeout=120, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = fresh_interpreter(_FAISS_PROBE.format(setup=setup))
     assert (f"{compat.FAISS_LOADER_LOGGER} Loading faiss" in out.stderr) is logged, out.stderr[-2000:]
 
 
@@ -307,17 +308,8 @@ print(sum("is deprecated" in str(w.message) for w in caught))
 @pytest.mark.skipif(not compat.SHIMS["torch_legacy_sparse_constructor"].applied, reason="torch < 2.0")
 @pytest.mark.parametrize("setup,expected", [("", 1), ("import recbole_ext", 0)])
 def test_legacy_sparse_constructor_notice_is_silenced_by_the_shim_only(setup, expected):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(compat.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _LEGACY_SPARSE_PROBE.format(setup=setup)], capture_output=True,
-                         text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == expected
+    out = fresh_interpreter(_LEGACY_SPARSE_PROBE.format(setup=setup))
+    assert int(last_line(out)) == expected
 
 
 _RAY_PROBE = """
@@ -331,20 +323,27 @@ print(sum("pkg_resources is deprecated" in str(w.message) for w in caught))
 
 @pytest.mark.skipif(not compat._ray_importable(), reason="the ray extra is not installed")
 def test_ray_pkg_resources_notice_is_silenced_by_the_shim_only():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = str(Path(compat.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-
     def notices(setup):
-        out = subprocess.run([sys.executable, "-c", _RAY_PROBE.format(setup=setup)], capture_output=True,
-                             text=True, timeout=300, env=env)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return int(out.stdout.strip().splitlines()[-1])
+        return int(last_line(fresh_interpreter(_RAY_PROBE.format(setup=setup), timeout=300)))
 
     if notices("") == 0:
         pytest.skip("this setuptools does not deprecate pkg_resources")
     assert notices("import recbole_ext") == 0
+
+
+_SINE_PROBE = """
+import torch
+{setup}
+import recbole.model.sequential_recommender  # what importing SASRec, or RecBole's get_model walking, does
+print(torch.is_anomaly_enabled())
+"""
+
+
+@pytest.mark.skipif(not compat.SHIMS["sine_anomaly_mode"].applied, reason="this RecBole's SINE leaves the mode alone")
+@pytest.mark.parametrize("setup,expected", [
+    ("", "True"),                                   # the bug: one import switches the whole process into it
+    ("import recbole_ext", "False"),
+    ("torch.autograd.set_detect_anomaly(True)\nimport recbole_ext", "True"),  # a user's own choice is kept
+])
+def test_importing_recbole_sequential_models_leaves_anomaly_mode_alone(setup, expected):
+    assert last_line(fresh_interpreter(_SINE_PROBE.format(setup=setup), timeout=300)) == expected

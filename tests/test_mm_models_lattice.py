@@ -136,8 +136,8 @@ def test_same_seed_same_numbers(tiny):
 
 
 def test_backward_is_clean_under_anomaly_detection(tiny):
-    # importing RecBole's SINE switches anomaly detection on for the whole process; PAD's zero degree must not
-    # produce a NaN even inside a gradient that is masked away afterwards
+    # under anomaly detection (a user's debugging, or RecBole's SINE import without the compat shim) PAD's zero
+    # degree must not produce a NaN even inside a gradient that is masked away afterwards
     torch.manual_seed(0)
     model = LATTICE(toy_config(embedding_size=8), tiny)
     with torch.autograd.detect_anomaly(check_nan=True):
