@@ -40,6 +40,7 @@ class RunResult:
     wall_time_s: float = 0.0
     peak_rss_mb: float = 0.0
     protocol: dict = field(default_factory=dict)
+    stopped_at_epoch: int | None = None  # set when ``on_valid`` stopped training (a pruned tuning trial)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,8 +123,17 @@ def _inside(run_dir: Path):
         os.chdir(previous)
 
 
-def _record_history(trainer) -> list:
-    """Wrap the trainer's epoch methods (on the instance) to keep per-epoch loss and validation results."""
+class StopTraining(Exception):
+    """Raised from inside ``fit`` when the ``on_valid`` callback asks to stop (a pruned tuning trial)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"training stopped after epoch {epoch}")
+        self.epoch = epoch
+
+
+def _record_history(trainer, on_valid=None, bigger: bool = True) -> list:
+    """Wrap the trainer's epoch methods (on the instance) to keep per-epoch loss and validation results; after each
+    validation, ``on_valid(epoch, score, bigger)`` may return True to stop training (``StopTraining``)."""
     history: list[dict] = []
     train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
 
@@ -138,11 +148,42 @@ def _record_history(trainer) -> list:
         score, result = valid_epoch(valid_data, *args, **kwargs)
         if history:
             history[-1]["valid"] = _floats(result)
+            history[-1]["valid_score"] = float(score)
+        if on_valid is not None and history and on_valid(history[-1]["epoch"], float(score), bigger):
+            raise StopTraining(history[-1]["epoch"])
         return score, result
 
     trainer._train_epoch = _train_epoch
     trainer._valid_epoch = _valid_epoch
     return history
+
+
+def _best_so_far(history: list, bigger: bool):
+    """The best validated epoch of ``history`` (the first of equal scores, as early stopping keeps it)."""
+    validated = [h for h in history if "valid_score" in h]
+    if not validated:
+        return None, {}
+    best = validated[0]
+    for h in validated[1:]:
+        if (h["valid_score"] > best["valid_score"]) if bigger else (h["valid_score"] < best["valid_score"]):
+            best = h
+    return best["valid_score"], best["valid"]
+
+
+def precedence_lines(config) -> list[str]:
+    """One log line per key that both the dataset YAML and the model YAML set: which value the run uses and why."""
+    from recbole_ext.registry import yaml_conflicts
+
+    lines = []
+    for key, from_dataset, from_model, dataset_file, model_file in yaml_conflicts(config["model"],
+                                                                                 config["dataset"]):
+        if key in config.external_config_dict:
+            used = f"{config[key]!r} from the run's config files / command line, which win over both"
+        else:
+            used = f"{from_model!r}: the model YAML wins over the dataset YAML"
+        lines.append(f"config precedence: {key} is {from_dataset!r} in {dataset_file} and {from_model!r} in "
+                     f"{model_file}; used {used}")
+    return lines
 
 
 def _trainer_class(task, config, model_cls):
@@ -161,8 +202,13 @@ def _trainer_class(task, config, model_cls):
 
 
 def run(model: str, dataset: str, config_dict: dict | None = None, config_files: list[str] | None = None,
-        saved: bool = True) -> RunResult:
-    """Train on the training split, select on validation, test the selected model once."""
+        saved: bool = True, on_valid=None) -> RunResult:
+    """Train on the training split, select on validation, test the selected model once (unless the config sets
+    ``evaluate_test: False``, as tuning trials do: then the test split is never scored).
+
+    ``on_valid(epoch, score, bigger)``, if given, is called after each validation (``bigger``: the direction of
+    ``valid_metric``); returning True stops training there
+    (the result then carries ``stopped_at_epoch`` and the best validation score so far)."""
     from recbole_ext.config import build_config, new_run_dir
     from recbole_ext.registry import model_class
 
@@ -178,7 +224,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     config["checkpoint_dir"] = str(run_dir)
     try:
         with _inside(run_dir):
-            result = _run_in(config, task, model_class(model), run_dir, saved, start)
+            result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written,
         for folder in created[1:]:                  # not even the runs/ folder this run created
@@ -188,7 +234,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     return result
 
 
-def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -> RunResult:
+def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid=None) -> RunResult:
     from recbole.utils import init_seed
 
     from recbole_ext.checkpoint import id_maps_of, to_plain
@@ -197,6 +243,8 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -
     logger = getLogger()
     init_seed(config["seed"], config["reproducibility"])
     logger.info(config)
+    for line in precedence_lines(config):
+        logger.info(line)
     dataset = task.create_dataset(config)
     logger.info(dataset)
     _check_cutoffs(config, dataset)
@@ -208,11 +256,21 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -
     trainer = _trainer_class(task, config, model_cls)(config, model)
     trainer.saved_model_file = str(run_dir / "model.pth")
     trainer.ext_id_maps = id_maps_of(dataset)
-    history = _record_history(trainer)
+    history = _record_history(trainer, on_valid, bool(config["valid_metric_bigger"]))
 
     show = bool(config["show_progress"])
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
+    stopped_at = None
+    try:
+        best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
+    except StopTraining as stop:
+        stopped_at = stop.epoch
+        best_valid_score, best_valid_result = _best_so_far(history, bool(config["valid_metric_bigger"]))
+        logger.info(f"training stopped after epoch {stop.epoch} by the caller (pruned)")
+    if config["evaluate_test"] is False:  # tuning trials: nothing about the test split may reach a choice
+        test_result = {}
+        logger.info("test split not evaluated (evaluate_test: False)")
+    else:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
     logger.info(f"best valid : {_plain_line(best_valid_result)}")
     logger.info(f"test result: {_plain_line(test_result)}")
 
@@ -223,6 +281,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float) -
         best_valid_score=None if best_valid_score is None else float(best_valid_score),
         best_valid_result=_floats(best_valid_result), test_result=_floats(test_result), history=history,
         wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
+        stopped_at_epoch=stopped_at,
     )
     with atomic_file(run_dir / "config.yaml") as fh:
         yaml.safe_dump(result.config, fh, sort_keys=True)

@@ -7,8 +7,8 @@ recbole-ext stays cheap and a model whose optional dependency is missing fails o
 
 * ``get_model`` is re-bound in every module that imported it by name (``recbole.utils``, ``recbole.utils.utils``,
   ``recbole.config.configurator``, ``recbole.quick_start.quick_start``), so ``Config(model="MambaRec")`` works;
-* ``Config._load_internal_config_dict`` overlays ``properties/{overall,model/<M>,dataset/<D>}.yaml`` onto
-  RecBole's internal defaults (external config still wins);
+* ``Config._load_internal_config_dict`` overlays ``properties/{overall,dataset/<D>,model/<M>}.yaml`` (in that
+  order: a model's own YAML beats the dataset YAML) onto RecBole's internal defaults (external config still wins);
 * RecBole's metric tables are extended in place with our metric classes;
 * ``recbole.quick_start.run_recbole`` / ``load_data_and_model`` are re-bound to task-aware versions that run the
   same code path as ``recbole_ext.quick_start.run``.
@@ -156,10 +156,35 @@ def dataset_property_file(dataset: str):
 
 
 def property_files(model: str, dataset: str) -> list[str]:
-    """Our YAML defaults, lowest precedence first."""
-    files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml",
-             dataset_property_file(dataset)]
+    """Our YAML defaults, lowest precedence first: overall < dataset < model.
+
+    The dataset YAML owns the protocol (split, metrics, evaluation batch sizes); a model's own YAML owns its
+    training hyper-parameters, so where both set a key the model's value wins (MMRec's order: it loads the model
+    YAML last). A run's config files and command line win over both. ``yaml_conflicts`` names every such key, and
+    each run logs them."""
+    files = [PROPERTIES_DIR / "overall.yaml", dataset_property_file(dataset),
+             PROPERTIES_DIR / "model" / f"{model}.yaml"]
     return [str(f) for f in files if f is not None and f.is_file()]
+
+
+def _read_yaml_mapping(path) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return data if isinstance(data, dict) else {}
+
+
+def yaml_conflicts(model: str, dataset: str) -> list[tuple[str, Any, Any, str, str]]:
+    """Keys set by both the dataset YAML and the model YAML: ``(key, dataset value, model value, dataset file,
+    model file)``; the model's value is the one used unless the run sets the key itself."""
+    dataset_file = dataset_property_file(dataset)
+    model_file = PROPERTIES_DIR / "model" / f"{model}.yaml"
+    if dataset_file is None or not dataset_file.is_file() or not model_file.is_file():
+        return []
+    from_dataset, from_model = _read_yaml_mapping(dataset_file), _read_yaml_mapping(model_file)
+    return [(k, from_dataset[k], from_model[k], dataset_file.name, model_file.name)
+            for k in from_dataset if k in from_model]
 
 
 def _install_config_overlay():

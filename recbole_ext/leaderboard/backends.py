@@ -24,7 +24,10 @@ _NO_ROW = object()
 
 
 def crashed_row(request, reason: str, backend: str) -> dict:
-    return {**{k: v for k, v in request.to_payload().items() if k != "extra"},
+    payload = request.to_payload()
+    tuning = payload.pop("tuning", None) or {}
+    return {**{k: v for k, v in payload.items() if k != "extra"},
+            "phase": tuning.get("phase"), "study": tuning.get("study"), "trial": tuning.get("trial"),
             "status": "failed", "error": reason, "backend": backend, "library_versions": worker.library_versions(),
             "code_version": worker.code_version(), "finished_at": worker.now_iso()}
 

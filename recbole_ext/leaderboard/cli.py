@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/leaderboard/<spec name>)")
     p.add_argument("--no-retry-failed", action="store_true", help="keep failed runs as they are instead of retrying")
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the outputs from the store")
+    p.add_argument("--tune-only", action="store_true",
+                   help="a tuned board: run the studies to their budget, not the final runs (report what is done)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--run-fn", default=DEFAULT_RUN_FN, help=argparse.SUPPRESS)  # tests: a fast stand-in
     return p
@@ -48,6 +50,20 @@ def _naming_the_run(spec, model, dataset: str, point: dict):
                         fix=exc.fix) from None
 
 
+def _points_to_check(spec, model) -> list[dict]:
+    """A grid board's points; a tuned board's search space at its edges (each range's ends, each choice)."""
+    if spec.tuning is None:
+        return model.grid_points()
+    from recbole_ext.leaderboard.tuning import space_for
+
+    space = space_for(model, spec.source)
+    points = [{}]
+    for p in space.params:
+        values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+        points += [{p.name: v} for v in values]
+    return points
+
+
 def check_models_and_options(spec, build: bool = True) -> None:
     """Before the first run starts: every model name is known and every run's options are within the model's
     bounds (``check_options``); with ``build``, every run's configuration also builds as the worker will build it
@@ -57,7 +73,7 @@ def check_models_and_options(spec, build: bool = True) -> None:
     from recbole_ext.registry import model_class
 
     runs = [(model, dataset, point) for model in spec.models for dataset in filter(model.runs_on, spec.datasets)
-            for point in model.grid_points()]
+            for point in _points_to_check(spec, model)]
     for model, dataset, point in runs:  # the cheap check first, for every run
         with _naming_the_run(spec, model, dataset, point):
             check_options(model_class(model.name), run_config(spec, model, dataset, point, spec.seeds[0]))
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}", fix="pass --workers 2")
+    if args.tune_only and args.report_only:
+        raise UserError("--tune-only and --report-only exclude each other", fix="keep one")
     if args.address and args.backend != "ray":
         raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
     spec = load_spec(args.spec)
@@ -97,16 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
     outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,
                        run_fn=args.run_fn, retry_failed=not args.no_retry_failed, progress=not args.no_progress,
-                       execute_runs=not args.report_only)
+                       execute_runs=not args.report_only, final=not args.tune_only)
     with ResultStore(outcome.store_path) as store:
         rows = store.rows(r.run_key for r in outcome.requests)
     order = {r.run_key: i for i, r in enumerate(outcome.requests)}
     rows.sort(key=lambda r: order[r["run_key"]])
+    trial_keys = [t.run_key for o in outcome.studies for t in o.trials if t.run_key]
+    with ResultStore(outcome.store_path) as store:
+        trial_rows = sorted(store.rows(trial_keys), key=lambda r: (r["study"] or "", r["trial"] or 0))
     models = {d: [m.name for m in spec.models if m.runs_on(d)] for d in spec.datasets}
-    tables = build_tables(spec.datasets, models, outcome.requests, rows, outcome.chosen,
+    tables = build_tables(spec.datasets, models, outcome.final_requests, rows, outcome.chosen,
                           list(spec.metrics) if spec.metrics else None)
-    chosen_keys = {r.run_key for r in outcome.requests if outcome.chosen.get((r.model, r.dataset)) == r.grid_point}
-    files = write_report(out, spec.name, spec.task, tables, rows, chosen_keys)
+    chosen_keys = {r.run_key for r in outcome.final_requests
+                   if outcome.chosen.get((r.model, r.dataset)) == r.grid_point}
+    files = write_report(out, spec.name, spec.task, tables, rows + trial_rows, chosen_keys,
+                         studies=outcome.studies, tuning=spec.tuning)
     missing = len(outcome.requests) - len(rows)
     print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests), "executed": outcome.executed,
                       "skipped": outcome.skipped, "failed_now": outcome.failed,

@@ -7,7 +7,7 @@ keys, so they never mix with real results.
 
 Config keys it understands (tests use them to script behaviour):
 ``fake_sleep`` seconds to sleep, ``fake_fail`` raise an error, ``fake_crash`` exit the process abruptly,
-``fake_epochs`` length of the history. With ``$RECBOLE_EXT_FAKE_MARKERS`` set, it writes
+``fake_epochs`` length of the history. ``on_valid`` (a tuning trial's pruner) is called once per history epoch. With ``$RECBOLE_EXT_FAKE_MARKERS`` set, it writes
 ``<run_key-ish>.<pid>.start`` / ``.done`` files there so tests can see and kill running workers.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _unit(*parts) -> float:
     return int.from_bytes(digest[:8], "little") / 2 ** 64
 
 
-def run(model: str, dataset: str, config_dict: dict | None = None, config_files=None) -> RunResult:
+def run(model: str, dataset: str, config_dict: dict | None = None, config_files=None, on_valid=None) -> RunResult:
     config = dict(config_dict or {})
     started = time.time()
     markers = os.environ.get("RECBOLE_EXT_FAKE_MARKERS")
@@ -42,8 +42,8 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     if config.get("fake_crash"):
         os._exit(3)
     seed = int(config.get("seed", 0))
-    point = {k: v for k, v in config.items() if k not in ("seed", "reproducibility", "run_dir", "show_progress")
-             and not k.startswith("fake_")}
+    point = {k: v for k, v in config.items() if k not in ("seed", "reproducibility", "run_dir", "show_progress",
+                                                          "epochs", "evaluate_test") and not k.startswith("fake_")}
     quality = 0.1 + 0.3 * _unit(model, dataset) + 0.05 * _unit(model, dataset, point)
     rng = np.random.default_rng(int(_unit(model, dataset, point, seed) * 2 ** 32))
     medrec = config.get("fake_task") == "medrec" or any(h in dataset.lower() for h in MEDREC_HINTS)
@@ -60,7 +60,14 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     history = [{"epoch": e, "train_loss": 1.0 / (e + 1) + rng.normal(0, 0.01),
                 "valid": {valid_key: quality * (1 - 0.5 ** (e + 1))}, "time_s": 0.01} for e in range(epochs)]
     valid = metrics(0.0)
-    test = metrics(-0.01)
+    test = metrics(-0.01) if config.get("evaluate_test", True) is not False else {}
+    stopped = None
+    for h in history:  # a tuning trial's pruner sees the validation curve epoch by epoch
+        if on_valid is not None and on_valid(h["epoch"], h["valid"][valid_key], True):
+            stopped = h["epoch"]
+            valid = {valid_key: h["valid"][valid_key]}
+            history = history[:stopped + 1]
+            break
     if markers:
         open(os.path.join(markers, tag + ".done"), "w").close()
     return RunResult(
@@ -68,4 +75,4 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
         config={**config, "valid_metric": valid_key.upper(), "valid_metric_bigger": True},
         best_valid_score=valid[valid_key], best_valid_result=valid, test_result=test, history=history,
         wall_time_s=time.time() - started, peak_rss_mb=0.0,
-        protocol={"split": "fake", "mask": "none", "bootstrap": False})
+        protocol={"split": "fake", "mask": "none", "bootstrap": False}, stopped_at_epoch=stopped)

@@ -53,7 +53,8 @@ class RunRequest:
     dataset_sha256: str | None = None
     ddi_sha256: str | None = None
     run_fn: str = DEFAULT_RUN_FN
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # config entries added by the backend, outside the run's identity
+    tuning: dict = field(default_factory=dict)  # tuning trials: phase, study, trial number, pruning settings
 
     def label(self) -> str:
         point = ",".join(f"{k}={v}" for k, v in sorted(self.grid_point.items()))
@@ -63,7 +64,7 @@ class RunRequest:
         return {"run_key": self.run_key, "model": self.model, "dataset": self.dataset, "seed": self.seed,
                 "grid_id": self.grid_id, "grid_point": self.grid_point, "config_dict": self.config_dict,
                 "dataset_sha256": self.dataset_sha256, "ddi_sha256": self.ddi_sha256, "run_fn": self.run_fn,
-                "extra": self.extra}
+                "extra": self.extra, "tuning": self.tuning}
 
 
 def run_config(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_point: dict, seed: int) -> dict:
@@ -79,10 +80,14 @@ def run_config(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_point
 
 
 def make_request(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_point: dict, seed: int,
-                 hashes: DatasetHashes, run_fn: str = DEFAULT_RUN_FN) -> RunRequest:
+                 hashes: DatasetHashes, run_fn: str = DEFAULT_RUN_FN, overrides: dict | None = None,
+                 identity_extra: dict | None = None) -> RunRequest:
+    """``overrides``: config entries above everything (a tuned board's epoch cap); ``identity_extra``: more that
+    tells this run apart (a tuning trial's study and number)."""
     config = run_config(spec, model, dataset, grid_point, seed)
+    config.update(overrides or {})
     identity = {"model": model.name, "dataset": dataset, "config": config, "dataset_sha256": hashes.files,
-                "run_fn": run_fn}
+                "run_fn": run_fn, **({"tuning": identity_extra} if identity_extra else {})}
     return RunRequest(run_key=short_hash(identity), model=model.name, dataset=dataset, seed=seed,
                       grid_id=short_hash({"model": model.name, "dataset": dataset, "grid_point": grid_point}),
                       grid_point=dict(grid_point), config_dict=config, dataset_sha256=hashes.files,
@@ -92,17 +97,25 @@ def make_request(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_poi
 def tuning_runs(spec: LeaderboardSpec, hashes: dict[str, DatasetHashes], run_fn: str = DEFAULT_RUN_FN):
     """Phase 1: every grid point on the tuning seeds (all seeds unless the spec sets tuning_seeds)."""
     seeds = spec.seeds[:spec.tuning_seeds]
-    return [make_request(spec, m, d, point, s, hashes[d], run_fn)
-            for d in spec.datasets for m in spec.models if m.runs_on(d) for point in m.grid_points() for s in seeds]
+    out = [make_request(spec, m, d, point, s, hashes[d], run_fn)
+           for d in spec.datasets for m in spec.models if m.runs_on(d) for point in m.grid_points() for s in seeds]
+    for r in out:
+        r.tuning["phase"] = "grid"
+    return out
 
 
 def final_runs(spec: LeaderboardSpec, hashes: dict[str, DatasetHashes], chosen: dict[tuple[str, str], dict],
                run_fn: str = DEFAULT_RUN_FN):
-    """Phase 2: the chosen grid point of each (model, dataset) on the seeds not used for tuning."""
-    seeds = spec.seeds[spec.tuning_seeds:]
+    """Phase 2: the chosen configuration of each (model, dataset) on the seeds not used for tuning (a tuned board:
+    every seed of the spec, none of which is the tuning seed, under the same epoch cap as the trials)."""
+    seeds = spec.seeds if spec.tuning else spec.seeds[spec.tuning_seeds:]
     out = []
     for d in spec.datasets:
+        overrides = {"epochs": spec.tuning.budget(d)[1]} if spec.tuning else None
         for m in spec.models:
             if (m.name, d) in chosen:
-                out.extend(make_request(spec, m, d, chosen[(m.name, d)], s, hashes[d], run_fn) for s in seeds)
+                out.extend(make_request(spec, m, d, chosen[(m.name, d)], s, hashes[d], run_fn, overrides)
+                           for s in seeds)
+    for r in out:
+        r.tuning["phase"] = "final" if spec.tuning else "grid"
     return out

@@ -71,7 +71,7 @@ def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str]) -> str:
+def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str], tuning_lines=()) -> str:
     lines = [f"# Leaderboard: {title}", "",
              "Mean ± sample std over seeds of the test metrics of the configuration chosen on validation. "
              "**Bold**: best per column (↑ higher is better, ↓ lower is better). "
@@ -99,6 +99,7 @@ def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines += ["", "Chosen configurations: " + "; ".join(f"{m}: {grid_text(t.chosen.get(m))}" for m in t.models),
                   ""]
+    lines += list(tuning_lines)
     lines += ["## Provenance", "", f"- runs: {prov['runs']} ({prov['failed']} failed), total worker time "
               f"{prov['wall_time_s'] / 60:.1f} min", f"- code: {', '.join(prov['code_versions'])}"]
     for d, hs in prov["dataset_hashes"].items():
@@ -308,7 +309,7 @@ def _td(text, sort=None, cls=None):
 
 
 def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_keys: set, prov: dict,
-              plot_dir: Path, plots: list[str]) -> str:
+              plot_dir: Path, plots: list[str], tuning_html: str = "") -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard: {e(title)}</title>",
              f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
@@ -333,6 +334,8 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
             cells.append(_td(grid_text(t.chosen.get(model))))
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</tbody></table>")
+    if tuning_html:
+        parts.append(tuning_html)
     # the tables' columns (runs.csv keeps every metric)
     metrics = list(dict.fromkeys(m for t in tables for m in t.metrics)) or sorted(
         {k for r in rows for k in (r.get("test_result") or {}) if not k.endswith("_std")})
@@ -364,17 +367,28 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
 
 
 def write_report(out_dir: str | Path, title: str, task: str, tables: list[DatasetTable], rows: list[dict],
-                 chosen_keys: set) -> list[Path]:
+                 chosen_keys: set, studies=None, tuning=None) -> list[Path]:
+    """``studies`` / ``tuning``: a tuned board's study outcomes and budget (a 'Tuning' section, its plots and
+    tuning.csv); ``rows`` then holds the trials' runs too (runs.csv, the HTML page's run table)."""
+    from recbole_ext.leaderboard import tuning_report
+
     out_dir = Path(out_dir)
     prov = provenance(rows)
     with atomic_dir(out_dir / "plots", overwrite=True) as tmp_plots:
         plots = make_plots(tmp_plots, tables)
+        tuning_plots = tuning_report.plots(tmp_plots, studies, _safe) if tuning is not None else []
     plot_dir = out_dir / "plots"
-    files = {"leaderboard.md": markdown(title, tables, prov, [f"plots/{p}" for p in plots]),
+    tuning_lines = tuning_report.markdown(studies, tuning, [f"plots/{p}" for p in tuning_plots]) \
+        if tuning is not None else []
+    tuning_html = tuning_report.html_section(studies, tuning) if tuning is not None else ""
+    files = {"leaderboard.md": markdown(title, tables, prov, [f"plots/{p}" for p in plots], tuning_lines),
              "leaderboard.tex": latex(title, tables),
-             "leaderboard.html": html_page(title, tables, rows, chosen_keys, prov, plot_dir, plots)}
+             "leaderboard.html": html_page(title, tables, rows, chosen_keys, prov, plot_dir, plots + tuning_plots,
+                                           tuning_html)}
     for name, text in files.items():
         with atomic_file(out_dir / name, encoding="utf-8") as fh:
             fh.write(text)
     write_csvs(out_dir, tables, rows, chosen_keys)
-    return [out_dir / n for n in (*files, "leaderboard.csv", "runs.csv")] + [plot_dir / p for p in plots]
+    extra = [tuning_report.write_csv(out_dir, studies)] if tuning is not None else []
+    return [out_dir / n for n in (*files, "leaderboard.csv", "runs.csv")] + extra + \
+        [plot_dir / p for p in plots + tuning_plots]

@@ -1,6 +1,8 @@
 """Run a leaderboard spec: tune on validation, finish the chosen configurations on every seed, store each run.
 
-Phase 1 runs every grid point on the tuning seeds; the grid point with the best mean validation score (over those
+A tuned board (``tuning:``) runs one Optuna study per (model, dataset) with the same budget for every model
+(recbole_ext/leaderboard/tuning.py), then the best trial's configuration on every seed of the spec. A grid board's
+phase 1 runs every grid point on the tuning seeds; the grid point with the best mean validation score (over those
 seeds, in the direction of the validation metric) is chosen per (model, dataset) from validation numbers only;
 phase 2 runs the chosen point on the remaining seeds. Epochs are chosen inside each run by early stopping on
 validation (``RunResult.best_valid_*``). Finished runs are skipped; failed runs are retried unless asked not to.
@@ -68,12 +70,15 @@ class Outcome:
     skipped: int = 0
     failed: int = 0
     chosen: dict = field(default_factory=dict)     # (model, dataset) -> grid point
+    final_requests: list = field(default_factory=list)  # the runs the tables are built from
+    studies: list = field(default_factory=list)    # tuning.StudyOutcome of a tuned board
 
 
 def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backend: str = "local",
              address: str | None = None, run_fn: str = DEFAULT_RUN_FN, retry_failed: bool = True,
-             progress: bool = True, execute_runs: bool = True) -> Outcome:
-    """Execute what is missing (unless ``execute_runs`` is False: report-only) and return the plan."""
+             progress: bool = True, execute_runs: bool = True, final: bool = True) -> Outcome:
+    """Execute what is missing (unless ``execute_runs`` is False: report-only) and return the plan; ``final``
+    False stops a tuned board after its studies (the final runs are planned, not run)."""
     out_dir = make_dirs(out_dir, "leaderboard output folder")
     hashes = {d: dataset_hashes(d, spec.dataset_config.get(d, {}).get("data_path", spec.config.get("data_path")))
               for d in spec.datasets}
@@ -89,16 +94,29 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
             outcome.skipped += len(requests) - len(keep)
             return keep
 
+        counted = set()  # run keys already in the bar's total (a tuned board announces its trials up front)
+
+        def announce(n: int):
+            nonlocal bar
+            if bar is None:
+                bar = Progress(n, outcome.skipped, enabled=progress)
+            else:
+                bar.add_total(n)
+
         def execute(requests):
             nonlocal runner, bar
             requests = todo(requests)
             if not execute_runs:
                 return
+            new = [r for r in requests if r.run_key not in counted]
+            if spec.tuning is not None and any(r.tuning.get("phase") == "tune" for r in requests):
+                new = []  # counted by announce()
+            counted.update(r.run_key for r in requests)
             if bar is None:
-                bar = Progress(len(requests), outcome.skipped, enabled=progress)
+                bar = Progress(len(new), outcome.skipped, enabled=progress)
             else:
                 bar.skipped = outcome.skipped
-                bar.add_total(len(requests))
+                bar.add_total(len(new))
             if not requests:
                 return
             if runner is None:
@@ -117,12 +135,22 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
 
             runner.execute(requests, bar.started, on_result)
 
-        phase1 = tuning_runs(spec, hashes, run_fn)
-        execute(phase1)
-        outcome.chosen = stats.choose_configs(phase1, store.rows(r.run_key for r in phase1))
+        if spec.tuning is not None:
+            from recbole_ext.leaderboard.tuning import tune
+
+            outcome.studies = tune(spec, hashes, store, execute, run_fn, progress=announce if progress else None,
+                                   execute_runs=execute_runs)
+            outcome.chosen = {(o.model, o.dataset): o.chosen for o in outcome.studies if o.chosen is not None}
+            phase1 = []
+        else:
+            phase1 = tuning_runs(spec, hashes, run_fn)
+            execute(phase1)
+            outcome.chosen = stats.choose_configs(phase1, store.rows(r.run_key for r in phase1))
         phase2 = final_runs(spec, hashes, outcome.chosen, run_fn)
-        execute(phase2)
+        if final or spec.tuning is None:
+            execute(phase2)
         outcome.requests = phase1 + phase2
+        outcome.final_requests = phase2 if spec.tuning is not None else phase1 + phase2
     finally:
         if bar is not None:
             bar.close()

@@ -19,6 +19,16 @@ A spec expands into runs, one per (model, dataset, configuration, seed). Example
         config: {n_layers: 2}      # fixed entries for this model
         grid:                      # every combination is tried; the best on validation is kept
           learning_rate: [0.001, 0.0005]
+
+A tuned board replaces the grids with one budget for every model (recbole_ext/leaderboard/tuning.py)::
+
+    tuning: {trials: 20, sampler: tpe, seed: 0, max_epochs: 50, pruner: none}
+    seeds: [1, 2, 3]               # the final runs' seeds; the tuning seed may not be one of them
+    models:
+      - BPR                        # searched over properties/search/BPR.yaml
+      - name: LightGCN
+        search:                    # (optional) this board's own space instead of the declared one
+          space: {n_layers: {type: categorical, choices: [1, 2, 3]}}
 """
 from __future__ import annotations
 
@@ -32,8 +42,8 @@ from recbole_ext.errors import UserError
 
 TASKS = ("general", "mmrec", "medrec", "mixed")
 SPEC_KEYS = {"name", "task", "datasets", "models", "seeds", "tuning_seeds", "config", "dataset_config", "metrics",
-             "description"}
-MODEL_KEYS = {"name", "grid", "config", "datasets"}
+             "description", "tuning"}
+MODEL_KEYS = {"name", "grid", "config", "datasets", "search"}
 # Keys the leaderboard owns: a spec setting them would break seeding or the run identity.
 RESERVED_CONFIG_KEYS = {"seed", "model", "dataset"}
 
@@ -44,6 +54,7 @@ class ModelSpec:
     config: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     datasets: tuple[str, ...] | None = None  # None: every dataset of the spec
+    search: dict | None = None  # a tuned board's own search space for this model (else properties/search/)
 
     def runs_on(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets
@@ -69,6 +80,7 @@ class LeaderboardSpec:
     metrics: tuple[str, ...] | None
     source: str = ""
     description: str = ""
+    tuning: Any = None  # tuning.Tuning of a tuned board, else None (grids, or defaults only)
 
     @property
     def n_grid_points(self) -> int:
@@ -157,7 +169,13 @@ def _parse_model(entry, index: int, source: str) -> ModelSpec:
     datasets = None
     if "datasets" in entry:
         datasets = _parse_str_list(entry["datasets"], f"models[{index}].datasets", source)
-    return ModelSpec(name.strip(), config, clean_grid, datasets)
+    search = entry.get("search")
+    if search is not None:
+        from recbole_ext.leaderboard.tuning import parse_space
+
+        parse_space(name.strip(), search, f"{source}: models[{index}].search")  # checked now, used by tuning
+        _check_json_value(search, f"models[{index}].search", source)
+    return ModelSpec(name.strip(), config, clean_grid, datasets, search)
 
 
 def _parse_str_list(value, what: str, source: str) -> tuple[str, ...]:
@@ -239,8 +257,37 @@ def parse_spec(data: Any, source: str = "<spec>") -> LeaderboardSpec:
     metrics = data.get("metrics")
     if metrics is not None:
         metrics = tuple(m.lower() for m in _parse_str_list(metrics, "metrics", source))
+    budget = None
+    if "tuning" in data:
+        budget = _parse_tuning(data, models, seeds, config, dataset_config, datasets, source)
+    elif any(m.search is not None for m in models):
+        raise UserError(f"{source}: a model gives 'search:' but the spec has no 'tuning:' budget",
+                        fix="add tuning: {trials: 20, sampler: tpe, seed: 0, max_epochs: 50}")
     return LeaderboardSpec(name.strip(), task, datasets, models, seeds, tuning, config, dataset_config, metrics,
-                           source, description)
+                           source, description, budget)
+
+
+def _parse_tuning(data: dict, models, seeds, config: dict, dataset_config: dict, datasets, source: str):
+    """A tuned board: one budget, no grids, the epoch cap owned by the budget, a tuning seed apart from the seeds."""
+    from recbole_ext.leaderboard.tuning import parse_tuning
+
+    budget = parse_tuning(data["tuning"], source, datasets)
+    if "tuning_seeds" in data:
+        raise UserError(f"{source}: 'tuning_seeds' belongs to grid boards; a tuned board tunes on tuning.seed",
+                        fix="drop tuning_seeds")
+    gridded = [m.name for m in models if m.grid]
+    if gridded:
+        raise UserError(f"{source}: models {gridded} give a 'grid', but the board is tuned with one budget for all",
+                        fix="drop the grids (spaces live in properties/search/<Model>.yaml or a model's 'search:')")
+    if budget.seed in seeds:
+        raise UserError(f"{source}: the tuning seed {budget.seed} is also in seeds; the final runs must use other "
+                        f"seeds than the trials", fix=f"drop {budget.seed} from seeds or change tuning.seed")
+    for where, entries in [("config", config), *((f"dataset_config.{d}", c) for d, c in dataset_config.items()),
+                           *((f"models.{m.name}.config", m.config) for m in models)]:
+        if "epochs" in entries:
+            raise UserError(f"{source}: {where} sets epochs, but a tuned board caps epochs with tuning.max_epochs",
+                            fix="drop epochs (tuning.datasets.<name>.max_epochs sets a dataset's own cap)")
+    return budget
 
 
 def load_spec(path: str | Path) -> LeaderboardSpec:

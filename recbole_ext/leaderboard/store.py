@@ -48,7 +48,13 @@ _COLUMNS = [
     ("peak_rss_mb", "REAL", False),       # whole worker process (ru_maxrss)
     ("started_at", "TEXT", False),
     ("finished_at", "TEXT NOT NULL", False),
+    # added after schema 1 was released; an older store gains them (NULL) on open
+    ("phase", "TEXT", False),             # tune (a tuning trial) | final (a tuned board's chosen config) | grid
+    ("study", "TEXT", False),             # a trial's Optuna study (its name; the study lives in this same file)
+    ("trial", "INTEGER", False),          # a trial's number in its study
+    ("pruned", "INTEGER", False),         # 1: the pruner stopped this trial (its best_valid_score is so far)
 ]
+_ADDED_COLUMNS = {"phase", "study", "trial", "pruned"}
 COLUMN_NAMES = [c[0] for c in _COLUMNS]
 _JSON_COLUMNS = {c[0] for c in _COLUMNS if c[2]}
 
@@ -80,6 +86,10 @@ class ResultStore:
             raise UserError(f"{self.path} has schema version {row[0]}, this recbole-ext writes {SCHEMA_VERSION}",
                             fix="use a fresh --out folder")
         existing = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for name, sqltype, _ in _COLUMNS:
+            if name in _ADDED_COLUMNS and name not in existing:
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sqltype}")
+                existing.add(name)
         missing = set(COLUMN_NAMES) - existing
         if missing:
             raise UserError(f"{self.path}: table 'runs' lacks columns {sorted(missing)}",

@@ -105,6 +105,8 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
     row = {k: payload[k] for k in ("run_key", "model", "dataset", "seed", "grid_id", "grid_point", "config_dict",
                                    "run_fn", "dataset_sha256", "ddi_sha256")}
     row.update(started_at=now_iso(), backend=backend, host=socket.gethostname(), code_version=code_version())
+    tuning = payload.get("tuning") or {}
+    row.update(phase=tuning.get("phase"), study=tuning.get("study"), trial=tuning.get("trial"))
     config = dict(payload["config_dict"])
     config.update(payload.get("extra") or {})
     if config.get("run_dir"):  # a killed earlier attempt may have left a partial run folder: start clean
@@ -113,7 +115,12 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
         run_fn = load_run_fn(payload["run_fn"])
         if threads and "torch" in sys.modules:  # OMP_NUM_THREADS covers a torch imported later
             sys.modules["torch"].set_num_threads(threads)
-        result = _plain(_result_dict(run_fn(payload["model"], payload["dataset"], config_dict=config)))
+        kwargs = {}
+        if tuning.get("pruning"):
+            from recbole_ext.leaderboard.tuning import pruning_callback
+
+            kwargs["on_valid"] = pruning_callback(tuning)
+        result = _plain(_result_dict(run_fn(payload["model"], payload["dataset"], config_dict=config, **kwargs)))
         effective = result.get("config") or {}
         row.update(
             status="ok",
@@ -128,6 +135,7 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
             protocol=result.get("protocol") or {},
             run_wall_time_s=result.get("wall_time_s"),
             run_peak_rss_mb=result.get("peak_rss_mb"),
+            pruned=int(result.get("stopped_at_epoch") is not None),
         )
         if row["dataset_sha256"] is None and effective.get("data_path"):  # data found only once the run resolved it
             folder = os.path.join(str(effective["data_path"]), payload["dataset"])

@@ -39,9 +39,6 @@ from recbole_ext.utils.memory import release_freed_memory
 
 # RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
 _USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
-# Keys a model's own YAML may set that MMRec lets it override over the dataset YAML (MMRec loads model YAML last).
-_MODEL_OVERRIDABLE = ("epochs", "stopping_step", "train_batch_size", "learning_rate", "learning_rate_scheduler",
-                      "weight_decay", "learner", "seed", "eval_step", "clip_grad_norm")
 
 
 def _pairs_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
@@ -239,32 +236,6 @@ class MMRecTrainer(Trainer):
         return self.best_valid_score, self.best_valid_result
 
 
-def _resolve_model_yaml_precedence(config) -> None:
-    """MMRec loads the model YAML after the dataset YAML; RecBole (and our overlay) the other way round.
-
-    For the training keys a model legitimately sets (stopping_step, learning_rate_scheduler, ...), put the
-    model YAML's value back unless the user set the key explicitly.
-    """
-    import yaml
-
-    from recbole_ext.utils.paths import PROPERTIES_DIR
-
-    model = config["model"]
-    import recbole
-
-    files = [f"{recbole.__path__[0]}/properties/model/{model}.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml"]
-    from_model: dict = {}
-    for path in files:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                from_model.update(yaml.safe_load(fh) or {})
-        except FileNotFoundError:
-            continue
-    for key in _MODEL_OVERRIDABLE:
-        if key in from_model and key not in config.external_config_dict:
-            config[key] = from_model[key]
-
-
 class MMRecTask(Task):
     """``task: mmrec`` in a dataset YAML: MMRecDataset + the MMRec protocol for any general recommender."""
 
@@ -284,7 +255,6 @@ class MMRecTask(Task):
 
         if not Path(config["data_path"]).is_dir() and not mmrec_source_folder(config).is_dir():
             raise missing_dataset_error(config)
-        _resolve_model_yaml_precedence(config)
 
     def create_dataset(self, config):
         from recbole_ext.data.multimodal import MMRecDataset
