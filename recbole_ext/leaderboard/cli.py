@@ -130,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
                    if outcome.chosen.get((r.model, r.dataset)) == r.grid_point}
     files = write_report(out, spec.name, spec.task, tables, rows + trial_rows, chosen_keys,
                          studies=outcome.studies, tuning=spec.tuning)
-    missing = len(outcome.requests) - len(rows)
-    print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests), "executed": outcome.executed,
+    missing = 0 if args.tune_only else len(outcome.requests) - len(rows)  # --tune-only plans finals it does not run
+    print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests), "trials": len(trial_keys),
+                      "executed": outcome.executed,
                       "skipped": outcome.skipped, "failed_now": outcome.failed,
                       "failed_total": sum(r["status"] != "ok" for r in rows), "missing": missing}))
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files[:5])}, ...")
-    return 0 if not any(r["status"] != "ok" for r in rows) and not missing else 1
+    return 0 if not any(r["status"] != "ok" for r in rows + trial_rows) and not missing else 1
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ TUNING_KEYS = {"trials", "sampler", "seed", "max_epochs", "pruner", "datasets"}
 PER_DATASET_KEYS = {"trials", "max_epochs"}
 PARAM_TYPES = ("float", "int", "categorical")
 SEARCH_DIR = PROPERTIES_DIR / "search"
-# TPE's random start-up trials: Optuna's default is 10, which a 20-trial budget would spend half on; a quarter of
-# the budget (at least 3) leaves the model-based part most of it.
-MIN_STARTUP_TRIALS = 3
+# TPE's random start-up trials: Optuna's default is 10, which a 10-20-trial budget would spend mostly on; 4 leaves
+# the model-based part most of it. Fixed (not a share of the budget) so that raising the budget continues a study.
+TPE_STARTUP_TRIALS = 4
 
 
 # ----------------------------------------------------------------------------------------------------- budget
@@ -278,14 +278,22 @@ def storage_for(store_path: str | Path):
                                       engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def make_sampler(tuning: Tuning, space: SearchSpace, trials: int):
+def trial_seed(seed: int, study: str, number: int) -> int:
+    """The sampler's seed for trial ``number``: a seeded sampler's generator would restart after a kill and repeat
+    draws, so each trial gets its own seed, and a resumed study asks exactly what an uninterrupted one asks."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}/{study}/{number}".encode()).digest()[:4], "little")
+
+
+def make_sampler(tuning: Tuning, space: SearchSpace, seed: int):
     import optuna
 
     if tuning.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=tuning.seed)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if tuning.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=tuning.seed)
-    return optuna.samplers.TPESampler(seed=tuning.seed, n_startup_trials=max(MIN_STARTUP_TRIALS, trials // 4))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
 
 
 def make_pruner(name: str, max_epochs: int):
@@ -344,7 +352,9 @@ def study_name(spec, model_spec, dataset: str, space: SearchSpace, trials: int, 
                dataset_sha: str | None) -> str:
     from recbole_ext.leaderboard.plan import short_hash
 
-    identity = {"space": space.to_dict()["space"], "budget": [trials, max_epochs], "tuning": spec.tuning.to_dict(),
+    # the trial count is not part of it: a larger budget continues the same study
+    tuning = {k: v for k, v in spec.tuning.to_dict().items() if k not in ("trials", "datasets")}
+    identity = {"space": space.to_dict()["space"], "max_epochs": max_epochs, "tuning": tuning,
                 "config": {k: v for k, v in base.items() if k != "seed"}, "dataset_sha256": dataset_sha}
     return f"{spec.name}/{model_spec.name}/{dataset}/{short_hash(identity)}"
 
@@ -401,7 +411,7 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
     studies = {}
     existing = {s.study_name for s in storage.get_all_studies()}
     for plan in plans:
-        sampler = make_sampler(spec.tuning, plan.space, plan.trials)
+        sampler = make_sampler(spec.tuning, plan.space, spec.tuning.seed)
         pruner = make_pruner(spec.tuning.pruner, plan.max_epochs)
         if not execute_runs:
             if plan.study_name in existing:
@@ -427,6 +437,9 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
                 round_requests.append((plan, t.number, trial_request(spec, plan, dict(t.params), t.number, hashes,
                                                                      run_fn)))
             elif len(trials) < plan.trials:
+                study.sampler = make_sampler(spec.tuning, plan.space,
+                                             trial_seed(spec.tuning.seed, plan.study_name.rsplit("/", 1)[0],
+                                                        len(trials)))
                 trial = study.ask()
                 params = {p.name: p.suggest(trial) for p in plan.space.params}
                 round_requests.append((plan, trial.number, trial_request(spec, plan, params, trial.number, hashes,
