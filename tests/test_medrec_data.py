@@ -320,8 +320,15 @@ def test_dataset_attributes_and_collation():
 
     dg, pr, md = ds.train_visits()
     assert len(dg) == len(ds.phase_visits("train")) and all(x.min() >= 1 for x in md)
+    # the co-prescription graph has an edge exactly where two medications share a TRAINING visit; the demo has
+    # pairs prescribed together only in validation/test visits, which an all-visit graph would add
+    def pairs(phases):
+        rows = np.concatenate([ds.phase_visits(p) for p in phases])
+        return {(a, b) for meds in d.codes["med"].take(rows).as_lists() for a in meds - 1 for b in meds - 1 if a != b}
     adj = ds.ehr_adj()
     assert adj.shape == (ds.n_med, ds.n_med) and adj.diagonal().sum() == 0
+    assert {tuple(e) for e in adj.nonzero().tolist()} == pairs(["train"])
+    assert pairs(["valid", "test"]) - pairs(["train"])
 
 
 def test_missing_dataset_is_a_user_error(tmp_path, monkeypatch):

@@ -359,10 +359,27 @@ def test_safedrug_molecular_resources(tiny):
         SafeDrug({}, NoSmiles())
 
 
-def test_gamenet_co_prescription_graph_from_training(data):
-    model = build(GAMENet, data)
-    adj = model.ehr_gcn.adj
+def _pairs(med_lists):
+    return {(a, b) for meds in med_lists for a in meds - 1 for b in meds - 1 if a != b}
+
+
+def test_gamenet_co_prescription_graph_from_training(tiny):
+    """The EHR graph has an edge exactly where two medications share a training visit: a pair prescribed together
+    only in a test visit has none."""
+    import dataclasses
+
+    train_pairs = _pairs(tiny.train_visits()[2])
+    a, b = next((i, j) for i in range(tiny.n_med) for j in range(i + 1, tiny.n_med) if (i, j) not in train_pairs)
+    patients = list(tiny.patients)
+    held_out = tiny.test_idx[0]
+    diag, proc, med = patients[held_out][0]
+    patients[held_out] = [(diag, proc, np.union1d(med, [a + 1, b + 1]))] + patients[held_out][1:]
+    data = dataclasses.replace(tiny, patients=patients)
+    adj = build(GAMENet, data).ehr_gcn.adj
     assert adj.shape == (data.n_med, data.n_med) and torch.allclose(adj.sum(-1), torch.ones(data.n_med))
+    off_diagonal = (adj > 0) & ~torch.eye(data.n_med, dtype=torch.bool)
+    assert {tuple(e) for e in off_diagonal.nonzero().tolist()} == train_pairs
+    assert not off_diagonal[a, b] and (a, b) in _pairs([v[2] for p in patients for v in p])
 
 
 def test_bad_dataset_is_a_user_error():
