@@ -74,3 +74,21 @@ def tiny(tiny_data, quiet):
     """Config values for a fast run on the tiny dataset."""
     return {**quiet, "data_path": str(tiny_data), "topk": [10], "valid_metric": "recall@10",
             "metrics": ["Recall", "NDCG"], "train_batch_size": 256}
+
+
+def reevaluated_test_result(result) -> dict:
+    """The test metrics of a run's checkpoint, reloaded and evaluated again by its task's trainer: equal to
+    ``result.test_result`` when the reported numbers are those of the saved model on the test split."""
+    from recbole_ext import registry
+    from recbole_ext.quick_start import _trainer_class, load_run
+
+    config, model, _, _, _, test = load_run(result.checkpoint, {"runs_root": result.run_dir})
+    task = registry.get_task(config["task"] or "general")
+    trainer = _trainer_class(task, config, type(model))(config, model)
+    return dict(trainer.evaluate(test, load_best_model=False, show_progress=False))
+
+
+def assert_same_metrics(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key

@@ -141,7 +141,10 @@ def test_cli_trains_and_prints_table(repo_root, tmp_path, tiny_data):
     (run_dir,) = list((tmp_path / "runs").iterdir())
     assert {"config.yaml", "result.json", "model.pth", "run.log", "log_tensorboard"} <= {p.name for p in run_dir.iterdir()}
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["model"] == "BPR" and 0 <= result["test_result"]["recall@20"] <= 1
+    assert result["model"] == "BPR"
+    # the printed table shows this run's numbers: valid and test columns of the recall@20 row
+    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("recall@20 "))
+    assert row[1:] == [f"{result['best_valid_result']['recall@20']:.4f}", f"{result['test_result']['recall@20']:.4f}"]
     assert not (tmp_path / "log").exists() and not (tmp_path / "saved").exists()
 
 

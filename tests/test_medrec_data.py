@@ -3,6 +3,7 @@ import gzip
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -319,8 +320,15 @@ def test_dataset_attributes_and_collation():
 
     dg, pr, md = ds.train_visits()
     assert len(dg) == len(ds.phase_visits("train")) and all(x.min() >= 1 for x in md)
+    # the co-prescription graph has an edge exactly where two medications share a TRAINING visit; the demo has
+    # pairs prescribed together only in validation/test visits, which an all-visit graph would add
+    def pairs(phases):
+        rows = np.concatenate([ds.phase_visits(p) for p in phases])
+        return {(a, b) for meds in d.codes["med"].take(rows).as_lists() for a in meds - 1 for b in meds - 1 if a != b}
     adj = ds.ehr_adj()
     assert adj.shape == (ds.n_med, ds.n_med) and adj.diagonal().sum() == 0
+    assert {tuple(e) for e in adj.nonzero().tolist()} == pairs(["train"])
+    assert pairs(["valid", "test"]) - pairs(["train"])
 
 
 def test_missing_dataset_is_a_user_error(tmp_path, monkeypatch):
@@ -493,3 +501,99 @@ def test_no_ffill_keeps_prescriptions_without_an_icu_stay(raw3_copy, tmp_path):
     steps = json.loads((tmp_path / "out" / "m3" / "m3.json").read_text())["medication_steps"]
     no_icu = pd.read_csv(raw3_copy / "PRESCRIPTIONS.csv", dtype=str)["icustay_id"].isna().sum()
     assert no_icu > 1000 and steps["after_fill_dropna_dedup"] > steps["rows_read"] - no_icu
+
+
+# -- --vocab-from train ------------------------------------------------------------------------------------------
+def _training_rows(data):
+    """Visit rows of the patients the medication task trains on (the ordered split of the loaded dataset)."""
+    ptr = data.patient_visit_ptr
+    return np.concatenate([np.arange(ptr[p], ptr[p + 1]) for p in split_patients(data.n_patients)["train"]])
+
+
+def _held_out_patients(data):
+    return set(data.patient_tokens) - set(data.patient_tokens[split_patients(data.n_patients)["train"]])
+
+
+def _with_diagnoses(raw3_copy, tmp_path, rows):
+    """The demo's CSVs with diagnosis rows (subject, hadm, code) appended."""
+    def edit(df):
+        extra = pd.DataFrame([{"row_id": str(900000 + i), "subject_id": s, "hadm_id": h, "seq_num": "99",
+                               "icd9_code": c} for i, (s, h, c) in enumerate(rows)])
+        return pd.concat([df, extra], ignore_index=True)
+    return _raw_copy(raw3_copy, tmp_path, "DIAGNOSES_ICD", edit)
+
+
+def test_vocab_from_train_drops_codes_seen_only_in_held_out_patients(raw3_copy, tmp_path, capsys):
+    """A code that only validation/test patients have is in the default vocabulary, not in the training one; the
+    visit keeps its other codes, and a visit left without diagnoses is dropped. The vocabularies are exactly the
+    codes of the visits that training (the split of the written dataset) will use."""
+    demo = load_medrec(ROOT / "mimic3-demo")
+    visits = pd.read_csv(ROOT / "mimic3-demo" / "mimic3-demo.visit", sep="\t", dtype=str)
+    last, second_last = visits["patient_id:token"].unique()[-2:][::-1]
+    assert {last, second_last} <= _held_out_patients(demo)
+    keep_visit = visits[visits["patient_id:token"] == last]["visit_id:token"].iloc[0]
+    empty_visit = visits[visits["patient_id:token"] == second_last]["visit_id:token"].iloc[0]
+    src = _with_diagnoses(raw3_copy, tmp_path, [(last, keep_visit, "ZZZ01")])
+    # every diagnosis of one held-out visit replaced by codes no training patient has
+    diag = pd.read_csv(src / "DIAGNOSES_ICD.csv", dtype=str, keep_default_na=False)
+    diag.loc[diag["hadm_id"] == empty_visit, "icd9_code"] = "ZZZ03"
+    diag.to_csv(src / "DIAGNOSES_ICD.csv", index=False)
+
+    _prep(src, tmp_path / "all", *DEMO3)
+    _prep(src, tmp_path / "train", *DEMO3, "--vocab-from", "train")
+    out = capsys.readouterr().out
+    every, train = load_medrec(tmp_path / "all" / "m3"), load_medrec(tmp_path / "train" / "m3")
+    assert {"ZZZ01", "ZZZ03"} <= set(every.vocab["diag"]["code"])
+    assert not {"ZZZ01", "ZZZ03"} & set(train.vocab["diag"]["code"])
+    assert empty_visit in set(every.visit_tokens) and empty_visit not in set(train.visit_tokens)
+
+    def diag_of(data, visit):
+        ids = data.codes["diag"].take(np.flatnonzero(data.visit_tokens == visit))
+        return set(data.vocab["diag"]["code"].to_numpy()[ids.indices - 1])
+    kept = diag_of(train, keep_visit)
+    assert kept and kept == diag_of(every, keep_visit) & set(train.vocab["diag"]["code"])
+    rows = _training_rows(train)
+    for kind in ("diag", "proc", "med"):  # every code of the vocabulary is used by a training visit, and only those
+        assert np.array_equal(np.unique(train.codes[kind].take(rows).indices), np.arange(1, train.n_codes(kind) + 1))
+    report = json.loads((tmp_path / "train" / "m3" / "m3.json").read_text())["vocabulary"]
+    assert report["diag"]["held_out_entries_dropped"] >= 2 and report["visits_dropped"] >= 1
+    assert report["training_patients"] == len(split_patients(train.n_patients)["train"])
+    assert f"dropped from validation/test visits {report['diag']['held_out_entries_dropped']} diag" in out
+    assert "vocabulary" not in json.loads((tmp_path / "all" / "m3" / "m3.json").read_text())
+
+
+def test_vocab_from_train_counts_top_n_on_training_patients(raw3_copy, tmp_path):
+    """A code frequent among validation/test patients but seen once in training is in the overall top 30 and not in
+    the training top 30 (though in the training vocabulary without a top-N); the kept codes are the most frequent
+    ones of the training visits."""
+    demo = load_medrec(ROOT / "mimic3-demo")
+    visits = pd.read_csv(ROOT / "mimic3-demo" / "mimic3-demo.visit", sep="\t", dtype=str)
+    held_out = list(visits["patient_id:token"].unique()[-10:])
+    rows = [(p, v, "ZZZ02") for p, v in zip(visits["patient_id:token"], visits["visit_id:token"]) if p in held_out]
+    rows.append((visits["patient_id:token"].iloc[0], visits["visit_id:token"].iloc[0], "ZZZ02"))  # once in training
+    assert len(rows) > 11 and set(held_out) <= _held_out_patients(demo)
+    src = _with_diagnoses(raw3_copy, tmp_path, rows)
+
+    _prep(src, tmp_path / "all", *DEMO3, "--top-diag", "30")
+    _prep(src, tmp_path / "train", *DEMO3, "--top-diag", "30", "--vocab-from", "train")
+    _prep(src, tmp_path / "seen", *DEMO3, "--vocab-from", "train")
+    every, train = load_medrec(tmp_path / "all" / "m3"), load_medrec(tmp_path / "train" / "m3")
+    assert "ZZZ02" in set(every.vocab["diag"]["code"]) and "ZZZ02" not in set(train.vocab["diag"]["code"])
+    assert "ZZZ02" in set(load_medrec(tmp_path / "seen" / "m3").vocab["diag"]["code"])
+
+    # counts (one per visit and code, as the table's de-duplicated rows) over the training visits' raw diagnoses
+    diag = pd.read_csv(src / "DIAGNOSES_ICD.csv", dtype=str).drop_duplicates(["hadm_id", "icd9_code"])
+    counts = diag[diag["hadm_id"].isin(set(train.visit_tokens[_training_rows(train)]))]["icd9_code"].value_counts()
+    vocab = set(train.vocab["diag"]["code"])
+    assert len(vocab) == 30 and counts["ZZZ02"] == 1  # the held-out patients stayed held out
+    assert counts[counts.index.isin(vocab)].min() >= counts[~counts.index.isin(vocab)].max()
+
+
+def test_training_vocabulary_with_a_random_split_warns(raw3_copy, tmp_path):
+    _prep(raw3_copy, tmp_path, *DEMO3, "--vocab-from", "train")
+    cfg = {"dataset": "m3", "data_path": str(tmp_path / "m3"), "seed": 0}
+    with pytest.warns(UserWarning, match="prepared with --vocab-from train"):
+        MedRecDataset({**cfg, "medrec_split": "random"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MedRecDataset(cfg)  # the ordered split is the one the vocabularies were built for

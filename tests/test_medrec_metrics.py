@@ -72,16 +72,28 @@ def test_bootstrap_reproduces_published_sampling_and_duplicates():
 
 
 def test_bootstrap_scores_mean_and_std_keys():
+    """``<metric>`` / ``<metric>_std`` are the mean and population std of the per-round scores of the published
+    samples (each round: the sampled patients' visits, a patient drawn twice counted twice)."""
     rng = np.random.default_rng(1)
     prob = rng.random((40, 6))
     true = rng.random((40, 6)) < 0.4
     patient = np.repeat(np.arange(20), 2)
-    res = mm.bootstrap_scores(prob, true, patient, np.zeros((6, 6)), rounds=10, seed=0)
+    adj = (rng.random((6, 6)) < 0.3).astype(float)
+    adj = np.maximum(adj, adj.T)
+    res = mm.bootstrap_scores(prob, true, patient, adj, rounds=10, seed=0)
+    per_round = []
+    for sample in mm.bootstrap_samples(20, rounds=10, frac=0.8, seed=0):
+        rows = np.concatenate([np.flatnonzero(patient == p) for p in sample])
+        groups = np.repeat(np.arange(len(sample)), 2)
+        per_round.append(mm.medrec_scores(prob[rows], true[rows], groups, adj))
+    assert set(res) == set(mm.METRIC_KEYS) | {f"{k}_std" for k in mm.METRIC_KEYS}
     for k in mm.METRIC_KEYS:
-        assert f"{k}_std" in res and res[f"{k}_std"] >= 0
-    assert res["jaccard_std"] > 0  # resampling changes the score
-    assert res == mm.bootstrap_scores(prob, true, patient, np.zeros((6, 6)), rounds=10, seed=0)
-    assert res != mm.bootstrap_scores(prob, true, patient, np.zeros((6, 6)), rounds=10, seed=1)
+        values = np.array([r[k] for r in per_round])
+        assert values.std() > 0, k  # every metric varies across rounds, so the std is really checked
+        assert res[k] == pytest.approx(values.mean(), abs=1e-12), k
+        assert res[f"{k}_std"] == pytest.approx(values.std(ddof=0), abs=1e-12), k
+    assert res == mm.bootstrap_scores(prob, true, patient, adj, rounds=10, seed=0)
+    assert res != mm.bootstrap_scores(prob, true, patient, adj, rounds=10, seed=1)
 
 
 def test_metric_classes_read_datastruct():

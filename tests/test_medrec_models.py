@@ -233,6 +233,25 @@ def test_rgcn_relation_levels_follow_causalmed_bucketing():
     assert first[0, :, 0, 0].tolist() == [1.0, 1.0] and first[0, :, 1:].sum() == 0  # placeholder level-0 edges
 
 
+def test_rgcn_weights_have_glorot_bound_per_relation():
+    """Every relation matrix [d_in, d_out] (and the root weight) is U(-b, b) with b = sqrt(6 / (d_in + d_out)), as
+    PyG's RGCNConv initialises them; xavier on the 3-D stack would give a bound ~3.7x smaller at d = 16."""
+    from recbole_ext.models.medrec.cafemed import N_LEVELS
+
+    torch.manual_seed(0)
+    dim = 16
+    graph = StaticRelationalGraph(dim)
+    bound = (6.0 / (dim + dim)) ** 0.5
+    for rel in graph.relations:
+        assert rel.shape == (2 * N_LEVELS, dim, dim)
+        for w in rel.detach():  # 256 draws per relation: the max |w| is within 3 % of the bound with near certainty
+            assert 0.9 * bound < w.abs().max() <= bound
+        # std of U(-b, b) is b / sqrt(3) = sqrt(2 / (d_in + d_out)); 3,072 draws: sampling error ~1.3 %
+        assert abs(rel.detach().std().item() / (2.0 / (dim + dim)) ** 0.5 - 1) < 0.05
+    for root in graph.roots:
+        assert 0.9 * bound < root.weight.detach().abs().max() <= bound and not root.bias.any()
+
+
 # -- losses ------------------------------------------------------------------------------------------------------
 def test_margin_targets_and_ddi_rate():
     target = torch.tensor([[0, 1, 0, 1.0], [1, 0, 0, 0]])
@@ -340,10 +359,27 @@ def test_safedrug_molecular_resources(tiny):
         SafeDrug({}, NoSmiles())
 
 
-def test_gamenet_co_prescription_graph_from_training(data):
-    model = build(GAMENet, data)
-    adj = model.ehr_gcn.adj
+def _pairs(med_lists):
+    return {(a, b) for meds in med_lists for a in meds - 1 for b in meds - 1 if a != b}
+
+
+def test_gamenet_co_prescription_graph_from_training(tiny):
+    """The EHR graph has an edge exactly where two medications share a training visit: a pair prescribed together
+    only in a test visit has none."""
+    import dataclasses
+
+    train_pairs = _pairs(tiny.train_visits()[2])
+    a, b = next((i, j) for i in range(tiny.n_med) for j in range(i + 1, tiny.n_med) if (i, j) not in train_pairs)
+    patients = list(tiny.patients)
+    held_out = tiny.test_idx[0]
+    diag, proc, med = patients[held_out][0]
+    patients[held_out] = [(diag, proc, np.union1d(med, [a + 1, b + 1]))] + patients[held_out][1:]
+    data = dataclasses.replace(tiny, patients=patients)
+    adj = build(GAMENet, data).ehr_gcn.adj
     assert adj.shape == (data.n_med, data.n_med) and torch.allclose(adj.sum(-1), torch.ones(data.n_med))
+    off_diagonal = (adj > 0) & ~torch.eye(data.n_med, dtype=torch.bool)
+    assert {tuple(e) for e in off_diagonal.nonzero().tolist()} == train_pairs
+    assert not off_diagonal[a, b] and (a, b) in _pairs([v[2] for p in patients for v in p])
 
 
 def test_bad_dataset_is_a_user_error():

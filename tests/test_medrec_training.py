@@ -60,7 +60,11 @@ def test_non_medication_model_is_rejected(tmp_path):
 def test_demo_runs_out_of_the_box(tmp_path):
     r = quick_start.run("MedLogReg", "mimic3-demo", config_dict={"epochs": 1, "runs_root": str(tmp_path),
                                                                  "patients_per_batch": 16, "show_progress": False})
-    assert 0 <= r.test_result["jaccard"] <= 1 and "ddi_rate_std" in r.test_result
+    assert "ddi_rate_std" in r.test_result
+    # it trained on the demo's labels and scored its test visits: an untrained (all-equal) or random ranking gives
+    # a PRAUC near the share of medications per visit (0.19-0.22 here), the training visits' medication
+    # frequencies 0.68; one epoch of the reference model gets there (0.68)
+    assert r.test_result["prauc"] > 0.4
 
 
 @pytest.mark.parametrize("key,value", [("patients_per_batch", 0), ("patients_per_batch", "many"),

@@ -179,10 +179,16 @@ def test_synthetic_cli_writes_identical_files_for_same_seed(tmp_path, monkeypatc
     args = ["--users", "60", "--items", "40", "--interactions", "600", "--seed", "3"]
     assert synthetic_main(["--name", "a"] + args) == 0
     assert synthetic_main(["--name", "b"] + args + ["--feature-dtype", "float16"]) == 0
-    assert file_sha256(tmp_path / "a" / "a.inter") != ""
+    assert synthetic_main(["--name", "c"] + args) == 0
+    for a_file, c_file in (("a.inter", "c.inter"), ("a.item", "c.item"), ("image_feat.npy",) * 2,
+                           ("text_feat.npy",) * 2):  # same seed, same options: byte-identical files
+        assert file_sha256(tmp_path / "a" / a_file) == file_sha256(tmp_path / "c" / c_file), a_file
     a_inter = (tmp_path / "a" / "a.inter").read_text()
     assert a_inter == (tmp_path / "b" / "b.inter").read_text()
-    assert np.load(tmp_path / "b" / "image_feat.npy").dtype == np.float16
+    for modality in ("image", "text"):  # float16 holds the same features, rounded
+        half = np.load(tmp_path / "b" / f"{modality}_feat.npy")
+        assert half.dtype == np.float16
+        np.testing.assert_array_equal(half, np.load(tmp_path / "a" / f"{modality}_feat.npy").astype(np.float16))
     manifest = json.loads((tmp_path / "a" / "mm_features.json").read_text())
     assert manifest["provenance"]["command"].endswith("--seed 3")
     assert "CC0" in (tmp_path / "a" / "README.md").read_text()

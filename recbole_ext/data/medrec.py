@@ -250,6 +250,26 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
                       meta=meta)
 
 
+def split_patients(n: int, mode: str = "ordered", seed: int = 0) -> dict[str, np.ndarray]:
+    """Patient indices per phase: 2/3 train, then floor(rest/2) test, then the rest validation.
+
+    The medication task's split (``medrec_split``); it lives here because ``prepare mimic* --vocab-from train``
+    must pick the same training patients as training will.
+    """
+    if n < 4:
+        raise UserError(f"the dataset has {n} patient(s); the patient split needs at least 4 (one per split)",
+                        fix="prepare a larger dataset (relax --min-admissions)")
+    if mode == "ordered":
+        order = np.arange(n)
+    elif mode == "random":
+        order = np.random.RandomState(seed).permutation(n)
+    else:
+        raise UserError(f"medrec_split must be 'ordered' or 'random', not {mode!r}", fix="set medrec_split: ordered")
+    n_train = (2 * n) // 3
+    n_test = (n - n_train) // 2
+    return {"train": order[:n_train], "test": order[n_train:n_train + n_test], "valid": order[n_train + n_test:]}
+
+
 def first_appearance_vocab(visits: pd.DataFrame, kind: str, names: dict[str, str] | None = None) -> pd.DataFrame:
     """Vocabulary in order of first appearance when scanning visits in order (the published ``Voc`` order)."""
     flat = visits[kind].explode().dropna()

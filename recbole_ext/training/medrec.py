@@ -16,6 +16,7 @@ visit) has no RecBole interaction equivalent, and RecBole's Config/registry only
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from time import time
@@ -27,7 +28,7 @@ from recbole.trainer import Trainer
 from tqdm import tqdm
 
 from recbole_ext.config import AT_LEAST_ONE, SEED, UNIT_INTERVAL, Bounds, config_value
-from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec
+from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec, split_patients
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import config_flag
@@ -108,22 +109,6 @@ def _how_to_prepare(name: str) -> str:
             f"python run.py prepare synthetic-ehr --name {name}")
 
 
-def split_patients(n: int, mode: str = "ordered", seed: int = 0) -> dict[str, np.ndarray]:
-    """Patient indices per phase: 2/3 train, then floor(rest/2) test, then the rest validation."""
-    if n < 4:
-        raise UserError(f"the dataset has {n} patient(s); the patient split needs at least 4 (one per split)",
-                        fix="prepare a larger dataset (relax --min-admissions)")
-    if mode == "ordered":
-        order = np.arange(n)
-    elif mode == "random":
-        order = np.random.RandomState(seed).permutation(n)
-    else:
-        raise UserError(f"medrec_split must be 'ordered' or 'random', not {mode!r}", fix="set medrec_split: ordered")
-    n_train = (2 * n) // 3
-    n_test = (n - n_train) // 2
-    return {"train": order[:n_train], "test": order[n_train:n_train + n_test], "valid": order[n_train + n_test:]}
-
-
 class MedRecDataset:
     """A medication dataset with its patient split.
 
@@ -147,6 +132,12 @@ class MedRecDataset:
         mode = str(config_value(config, "medrec_split", "ordered"))
         seed = number_key(config, "medrec_split_seed", config_value(config, "seed", 0), int, SEED)
         self.split = split_patients(d.n_patients, mode, seed)
+        if mode != "ordered" and d.meta.get("options", {}).get("vocab_from") == "train":
+            # the vocabularies were built from the ordered split's training patients: with another split, codes of
+            # today's validation/test patients shaped them and some training patients lost codes
+            warnings.warn(f"{self.dataset_name} was prepared with --vocab-from train, i.e. for medrec_split: ordered; "
+                          f"with medrec_split: {mode} its vocabularies do not come from this split's training "
+                          "patients", stacklevel=2)
 
     # ----------------------------------------------------------------------------------------------- introspection
     def __repr__(self) -> str:

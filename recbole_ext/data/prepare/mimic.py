@@ -10,7 +10,8 @@ Follows the SafeDrug/GAMENet pipeline as used by CausalMed (spec cafemed.md §3)
 * admissions present in all three tables; patients in SUBJECT_ID order, visits in numeric HADM_ID order;
 * DDI pairs: the bundled GAMENet TWOSIDES pairs restricted to the medication vocabulary (``--twosides`` rebuilds them).
 
-Corrected variants are options: ``--visit-order admittime``, ``--icd-version-prefix`` (MIMIC-IV), ``--no-ffill``.
+Corrected variants are options: ``--visit-order admittime``, ``--icd-version-prefix`` (MIMIC-IV), ``--no-ffill``;
+``--vocab-from train`` builds the vocabularies and top-N filters from the training patients only.
 Every dropped row is counted in the report (printed and saved in ``<name>.json``), including unmapped NDCs.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_ext.data.medrec import first_appearance_vocab, visit_statistics, write_medrec_files
+from recbole_ext.data.medrec import first_appearance_vocab, split_patients, visit_statistics, write_medrec_files
 from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
@@ -92,7 +93,7 @@ def _numeric_ids(df: pd.DataFrame, cols: list[str], table: str, report: dict) ->
 
 # ------------------------------------------------------------------------------------------------------ medications
 def process_medications(med: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
-    """Prescription rows -> ``SUBJECT_ID, HADM_ID, ATC3`` in (subject, hadm, time) order."""
+    """Prescription rows -> ``SUBJECT_ID, HADM_ID, TIME, ATC3`` in (subject, hadm, time) order (before top-N)."""
     steps = report.setdefault("medication_steps", {})
     time_col = "STARTDATE" if version == 3 else "STARTTIME"
     keep = [S, H, "ICUSTAY_ID", time_col, "NDC"] if version == 3 else [S, H, time_col, "NDC"]
@@ -134,10 +135,8 @@ def process_medications(med: pd.DataFrame, version: int, opts, report: dict) -> 
         report["atc3_without_smiles"] = {"rows": len(dropped), "codes": sorted(dropped["ATC3"].unique().tolist())}
         med = med[med["ATC3"].isin(vocab)]
         steps["after_smiles_filter"] = len(med)
-    if opts.top_med > 0:
-        med = med[med["ATC3"].isin(_top_codes(med["ATC3"], opts.top_med))]
-        steps[f"after_top_{opts.top_med}"] = len(med)
-    return med[[S, H, "ATC3"]].reset_index(drop=True)
+    # TIME stays: the top-N filter (``restrict_vocabularies``) counts prescription rows, as published
+    return med[[S, H, "TIME", "ATC3"]].reset_index(drop=True)
 
 
 def map_ndc(med: pd.DataFrame, opts, report: dict) -> pd.DataFrame:
@@ -194,19 +193,12 @@ def _icd_rows(df: pd.DataFrame, version: int, opts, report: dict, table: str) ->
     return df.assign(CODE=_versioned(df, opts))
 
 
-def _keep_top(df: pd.DataFrame, n: int, steps: dict) -> pd.DataFrame:
-    if n > 0:
-        df = df[df["CODE"].isin(_top_codes(df["CODE"], n))]
-        steps[f"after_top_{n}"] = len(df)
-    return df.reset_index(drop=True)
-
-
 def process_diagnoses(diag: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
     steps = report.setdefault("diagnosis_steps", {"rows_read": len(diag)})
     diag = _icd_rows(diag, version, opts, report, "diagnoses")[[S, H, "CODE"]].drop_duplicates()
     diag = diag.sort_values([S, H], kind="stable")
     steps["after_dropna_dedup"] = len(diag)
-    return _keep_top(diag, opts.top_diag, steps)
+    return diag.reset_index(drop=True)
 
 
 def process_procedures(proc: pd.DataFrame, version: int, opts, report: dict) -> pd.DataFrame:
@@ -219,7 +211,7 @@ def process_procedures(proc: pd.DataFrame, version: int, opts, report: dict) -> 
     proc = proc.drop_duplicates().sort_values([S, H, "SEQ_NUM"], kind="stable", na_position="last")
     proc = proc.drop(columns="SEQ_NUM").drop_duplicates()
     steps["after_dedup"] = len(proc)
-    return _keep_top(proc, opts.top_proc, steps)
+    return proc.reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------------------- admissions
@@ -237,6 +229,94 @@ def admissions_times(admit: pd.DataFrame, report: dict) -> pd.DataFrame:
         raise UserError(f"admissions: HADM_ID {int(first[H])} has {int(twice.sum())} rows with different ADMITTIMEs",
                         fix="each admission has one row in MIMIC's admissions table")
     return admit
+
+
+# ----------------------------------------------------------------------------------------------------- vocabularies
+# (kind, code column, top-N option, report section) of the three code tables
+VOCAB_TABLES = (("diag", "CODE", "top_diag", "diagnosis_steps"), ("proc", "CODE", "top_proc", "procedure_steps"),
+                ("med", "ATC3", "top_med", "medication_steps"))
+MAX_VOCAB_ROUNDS = 20
+
+
+def _keys(df: pd.DataFrame) -> pd.MultiIndex:
+    # int64 levels: an id column that held an unparseable value was parsed as float64
+    return pd.MultiIndex.from_arrays([df[S].astype(np.int64).to_numpy(), df[H].astype(np.int64).to_numpy()])
+
+
+def training_admissions(visits: pd.DataFrame) -> pd.MultiIndex:
+    """(SUBJECT_ID, HADM_ID) of the visits that the medication task's split (``medrec_split: ordered``) will train
+    on: those of the first floor(2N/3) patients, in the dataset's (SUBJECT_ID) order."""
+    patients = pd.unique(visits["patient_id"])
+    train = set(patients[split_patients(len(patients))["train"]])
+    rows = visits[visits["patient_id"].isin(train)]
+    return pd.MultiIndex.from_arrays([rows["patient_id"].astype(np.int64).to_numpy(),
+                                      rows["visit_id"].astype(np.int64).to_numpy()], names=[S, H])
+
+
+def _allowed_codes(codes: pd.Series, n: int) -> pd.Index:
+    return _top_codes(codes, n) if n > 0 else pd.Index(pd.unique(codes.to_numpy()))
+
+
+def restrict_vocabularies(tables: dict[str, pd.DataFrame], admit, opts, report: dict) -> pd.DataFrame:
+    """The top-N filters (or, with ``--vocab-from train``, the training vocabularies) applied, then ``combine``.
+
+    ``all`` (published): each top-N counts the rows of the whole table (every patient of the source).
+    ``train``: the codes kept are those of the training patients' visits (the N most frequent there, or all of them
+    with N = 0); in validation/test visits the other codes are dropped, and a visit left without diagnoses,
+    procedures or medications is dropped like any admission missing from a table. Dropping visits can remove
+    patients and so move the split's boundary: the training visits are recomputed from the result until they are
+    the ones the vocabularies were counted on (a fixed point: 2 rounds on the bundled demos), so that the vocabularies
+    are exactly the codes of the visits training will use.
+    """
+    if opts.vocab_from == "all":
+        kept = {}
+        for kind, col, flag, section in VOCAB_TABLES:
+            df, n = tables[kind], getattr(opts, flag)
+            if n > 0:
+                df = df[df[col].isin(_top_codes(df[col], n))]
+                report[section][f"after_top_{n}"] = len(df)
+            kept[kind] = df.reset_index(drop=True)
+        return combine(kept["med"], kept["diag"], kept["proc"], admit, report)
+
+    candidates = combine(tables["med"], tables["diag"], tables["proc"], admit, report)  # before any code is dropped
+    train = training_admissions(candidates)
+    for rounds in range(1, MAX_VOCAB_ROUNDS + 1):
+        kept, allowed = {}, {}
+        for kind, col, flag, _ in VOCAB_TABLES:
+            df = tables[kind]
+            allowed[kind] = _allowed_codes(df[col][_keys(df).isin(train)], getattr(opts, flag))
+            kept[kind] = df[df[col].isin(allowed[kind])].reset_index(drop=True)
+        visits = combine(kept["med"], kept["diag"], kept["proc"], admit, report)
+        now = training_admissions(visits)
+        if now.sort_values().equals(train.sort_values()):
+            break
+        train = now
+    else:
+        raise UserError(f"--vocab-from train: the training patients did not settle in {MAX_VOCAB_ROUNDS} rounds "
+                        "(dropping validation/test visits keeps moving the split's boundary)",
+                        fix="use --vocab-from all, or raise the --top-* sizes")
+    _report_training_vocab(tables, kept, allowed, candidates, visits, train, rounds, opts, report)
+    return visits
+
+
+def _report_training_vocab(tables, kept, allowed, candidates, visits, train, rounds, opts, report) -> None:
+    """What ``--vocab-from train`` removed: per kind, the code entries dropped from validation/test visits."""
+    final = pd.MultiIndex.from_arrays([visits["patient_id"].astype(np.int64).to_numpy(),
+                                       visits["visit_id"].astype(np.int64).to_numpy()])
+    held_out = final[~final.isin(train)]
+    out = {"from": "train", "rounds": rounds, "training_patients": int(train.get_level_values(0).nunique()),
+           "training_visits": len(train),
+           "visits_dropped": int(len(candidates) - len(visits)),
+           "patients_dropped": int(candidates["patient_id"].nunique() - visits["patient_id"].nunique())}
+    for kind, col, flag, section in VOCAB_TABLES:
+        df = tables[kind]
+        rows = df[_keys(df).isin(held_out)].drop_duplicates([S, H, col])
+        gone = rows[~rows[col].isin(allowed[kind])]
+        out[kind] = {"codes": len(allowed[kind]), "held_out_entries_dropped": len(gone),
+                     "held_out_codes_dropped": int(gone[col].nunique())}
+        n = getattr(opts, flag)
+        report[section][f"after_train_top_{n}" if n > 0 else "after_train_codes"] = len(kept[kind])
+    report["vocabulary"] = out
 
 
 # -------------------------------------------------------------------------------------------------------- combining
@@ -318,6 +398,10 @@ def build_parser(version: int) -> argparse.ArgumentParser:
     p.add_argument("--top-proc", type=int, default=0 if version == 3 else 1500,
                    help="keep the N most frequent procedure codes (0 = all; published: III all, IV 1500)")
     p.add_argument("--top-med", type=int, default=300, help="keep the N most frequent ATC3 classes (0 = all)")
+    p.add_argument("--vocab-from", choices=["all", "train"], default="all",
+                   help="patients the vocabularies and the --top-* counts come from: all (published) or the "
+                        "training patients of the ordered split (codes seen only in validation/test visits are "
+                        "dropped from them)")
     p.add_argument("--no-smiles-filter", dest="smiles_filter", action="store_false",
                    help="keep ATC3 classes without SMILES (published: only the 131 with SMILES)")
     p.add_argument("--no-ffill", dest="ffill", action="store_false",
@@ -378,7 +462,7 @@ def prepare(version: int, argv: list[str]) -> int:
     admit = None
     if opts.visit_order == "admittime":
         admit = admissions_times(read_table(adm_p, [S, H, "ADMITTIME"]), report)
-    visits = combine(med, diag, proc, admit, report)
+    visits = restrict_vocabularies({"diag": diag, "proc": proc, "med": med}, admit, opts, report)
 
     atc = dr.atc_names()
     vocabs = {"diag": first_appearance_vocab(visits, "diag", _code_names(dnames_p, version, opts.icd_version_prefix)),
@@ -428,6 +512,13 @@ def print_report(report: dict, target: Path) -> None:
     if report["admissions"].get("without_admittime"):
         print(f"  {report['admissions']['without_admittime']} visits without a readable ADMITTIME are ordered after "
               "their patient's dated visits, by HADM_ID")
+    v = report.get("vocabulary")
+    if v:
+        dropped = ", ".join(f"{v[k]['held_out_entries_dropped']} {k} ({v[k]['held_out_codes_dropped']} codes)"
+                            for k in ("diag", "proc", "med"))
+        print(f"  vocabularies from the {v['training_patients']} training patients ({v['training_visits']} visits, "
+              f"{v['rounds']} round(s)): dropped from validation/test visits {dropped}; {v['visits_dropped']} "
+              f"visits and {v['patients_dropped']} patients dropped by the vocabulary filters")
     a = report["admissions"]
     print(f"  admissions with meds/diagnoses/procedures: {a['with_meds']}/{a['with_diagnoses']}/"
           f"{a['with_procedures']}; in all three: {a['in_all_three']}")

@@ -111,13 +111,27 @@ class VisitNodes:
         return self._pairs[key]
 
 
+def relation_glorot_(weight: torch.Tensor) -> torch.Tensor:
+    """Glorot-uniform init of a stack of relation matrices ``[R, d_in, d_out]``, each on its own fan.
+
+    Bound ``sqrt(6 / (d_in + d_out))`` for every relation, as PyG's ``glorot`` (used by ``RGCNConv``, which the
+    published CausalMed code runs) computes it from the last two dimensions. ``nn.init.xavier_uniform_`` on the 3-D
+    tensor would take fan_in = d_in * d_out and fan_out = R * d_out (convolution-kernel convention) and draw from a
+    bound about 6x smaller at d = 64, R = 12.
+    """
+    bound = (6.0 / (weight.shape[-2] + weight.shape[-1])) ** 0.5
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
 class StaticRelationalGraph(nn.Module):
     """CausalMed's causal-effect graph: med(k-1) -> diag/proc(k) edges typed by effect level, two RGCN layers.
 
     RGCN (Schlichtkrull et al.) with mean aggregation per relation, root weight and bias, ReLU between layers, as
     PyG's ``RGCNConv`` defaults. Edge (code i, med j) exists when C[i, j] > ``threshold``; its level is
     ``ceil(5 C) - 1`` (so (0.2, 0.4] -> 1, ..., (0.8, 1] -> 4). First visits get one zero placeholder med node
-    linked to every code by a level-0 edge. Med nodes receive no messages.
+    linked to every code by a level-0 edge. Med nodes receive no messages. Initialisation as ``RGCNConv``'s: glorot
+    per relation matrix and for the root weight, zero bias.
     """
 
     def __init__(self, dim: int, threshold: float = 0.2, n_layers: int = 2):
@@ -125,9 +139,9 @@ class StaticRelationalGraph(nn.Module):
         self.threshold = threshold
         self.roots = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
         self.relations = nn.ParameterList(
-            nn.Parameter(nn.init.xavier_uniform_(torch.empty(2 * N_LEVELS, dim, dim))) for _ in range(n_layers))
+            nn.Parameter(relation_glorot_(torch.empty(2 * N_LEVELS, dim, dim))) for _ in range(n_layers))
         for root in self.roots:
-            nn.init.xavier_uniform_(root.weight)
+            nn.init.xavier_uniform_(root.weight)  # 2-D [out, in]: the same bound as PyG's glorot on [in, out]
             nn.init.zeros_(root.bias)
 
     def _adjacency(self, c, mask_x, mask_m, first):
