@@ -12,7 +12,7 @@ from pathlib import Path
 
 from recbole_ext.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per_user_test
 
 _COLUMNS = [
     # name, SQL type, JSON-encoded?
@@ -33,6 +33,7 @@ _COLUMNS = [
     ("best_valid_score", "REAL", False),
     ("best_valid_result", "TEXT", True),
     ("test_result", "TEXT", True),
+    ("per_user_test", "TEXT", True),    # {"users": [...], "metrics": {metric: [...]}}; NULL: none
     ("history", "TEXT", True),
     ("effective_config", "TEXT", True),
     ("protocol", "TEXT", True),
