@@ -41,6 +41,9 @@ class RunResult:
     peak_rss_mb: float = 0.0
     protocol: dict = field(default_factory=dict)
     stopped_at_epoch: int | None = None  # set when ``on_valid`` stopped training (a pruned tuning trial)
+    # {"users": [token, ...], "metrics": {metric: [value per user, ...]}} of the test evaluation; {} when the
+    # evaluation has no per-user metric. Written to per_user_test.json, not result.json (one value per user).
+    per_user_test: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,6 +241,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     from recbole.utils import init_seed
 
     from recbole_ext.checkpoint import id_maps_of, to_plain
+    from recbole_ext.evaluation.per_user import evaluate_per_user
 
     _init_logging(config, run_dir)
     logger = getLogger()
@@ -267,10 +271,11 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         best_valid_score, best_valid_result = _best_so_far(history, bool(config["valid_metric_bigger"]))
         logger.info(f"training stopped after epoch {stop.epoch} by the caller (pruned)")
     if config["evaluate_test"] is False:  # tuning trials: nothing about the test split may reach a choice
-        test_result = {}
+        test_result, per_user = {}, {}
         logger.info("test split not evaluated (evaluate_test: False)")
     else:
-        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
+        test_result, per_user = evaluate_per_user(trainer, test_data, dataset, load_best_model=saved,
+                                                  show_progress=show)
     logger.info(f"best valid : {_plain_line(best_valid_result)}")
     logger.info(f"test result: {_plain_line(test_result)}")
 
@@ -282,11 +287,17 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         best_valid_result=_floats(best_valid_result), test_result=_floats(test_result), history=history,
         wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
         stopped_at_epoch=stopped_at,
+        per_user_test=per_user,
     )
     with atomic_file(run_dir / "config.yaml") as fh:
         yaml.safe_dump(result.config, fh, sort_keys=True)
+    summary = result.to_dict()
+    summary.pop("per_user_test")
     with atomic_file(run_dir / "result.json") as fh:
-        json.dump(result.to_dict(), fh, indent=2, default=str)
+        json.dump(summary, fh, indent=2, default=str)
+    if per_user:
+        with atomic_file(run_dir / "per_user_test.json") as fh:
+            json.dump(per_user, fh)
     getattr(trainer, "tensorboard", None) and trainer.tensorboard.close()
     return result
 

@@ -45,5 +45,8 @@ def test_real_bpr_run_is_stored_with_provenance_and_is_reproducible(tmp_path, mo
     assert row["effective_config"]["seed"] == 3 and row["effective_config"]["epochs"] == 2
     run_dir = tmp_path / "a" / "runs" / row["run_key"]
     assert json.loads((run_dir / "result.json").read_text())["test_result"] == row["test_result"]
+    per_user = row["per_user_test"]  # one value per test user, stored with the row
+    assert per_user == json.loads((run_dir / "per_user_test.json").read_text()) and len(per_user["users"]) == 40
+    assert {k: round(float(np.mean(v)), 4) for k, v in per_user["metrics"].items()} == row["test_result"]
     assert results[1]["run_key"] == row["run_key"] and results[1]["test_result"] == row["test_result"]  # same seed
     assert "ndcg@5 ↑" in (tmp_path / "a" / "leaderboard.md").read_text()

@@ -26,14 +26,19 @@ THRESHOLD = 0.5
 METRIC_KEYS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_med")
 
 
+def _patient_means(values: np.ndarray, patient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted patient groups and each one's mean over its visits."""
+    groups, inv = np.unique(patient, return_inverse=True)
+    sums = np.bincount(inv, weights=values, minlength=len(groups))
+    counts = np.bincount(inv, minlength=len(groups))
+    return groups, sums / counts
+
+
 def _per_patient_mean(values: np.ndarray, patient: np.ndarray) -> float:
     """Mean over patients of each patient's mean over visits."""
     if len(values) == 0:
         return 0.0
-    groups, inv = np.unique(patient, return_inverse=True)
-    sums = np.bincount(inv, weights=values, minlength=len(groups))
-    counts = np.bincount(inv, minlength=len(groups))
-    return float(np.mean(sums / counts))
+    return float(np.mean(_patient_means(values, patient)[1]))
 
 
 def set_scores(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,16 +79,22 @@ def average_precision_rows(prob: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.divide(total, n_pos, out=np.zeros(n), where=n_pos > 0)
 
 
-def ddi_rate(pred: np.ndarray, ddi_adj: np.ndarray) -> float:
-    """Canonical DDI rate of boolean predicted sets [N, n_med] under a symmetric 0/1 adjacency."""
+def ddi_pairs_per_visit(pred: np.ndarray, ddi_adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(# interacting pairs, # pairs) of each predicted set [N, n_med] under a symmetric 0/1 adjacency."""
     y = pred.astype(np.float64)
     adj = ((np.asarray(ddi_adj) + np.asarray(ddi_adj).T) > 0).astype(np.float64)
     np.fill_diagonal(adj, 0.0)
     k = y.sum(1)
-    all_pairs = float((k * (k - 1) / 2).sum())
+    return ((y @ adj) * y).sum(1) / 2, k * (k - 1) / 2
+
+
+def ddi_rate(pred: np.ndarray, ddi_adj: np.ndarray) -> float:
+    """Canonical DDI rate of boolean predicted sets [N, n_med] under a symmetric 0/1 adjacency."""
+    bad, pairs = ddi_pairs_per_visit(pred, ddi_adj)
+    all_pairs = float(pairs.sum())
     if all_pairs == 0:
         return 0.0
-    return float(((y @ adj) * y).sum() / 2) / all_pairs
+    return float(bad.sum()) / all_pairs
 
 
 def medrec_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, ddi_adj: np.ndarray,
@@ -104,6 +115,41 @@ def medrec_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, ddi
     if "avg_med" in which:
         out["avg_med"] = float(pred.sum() / len(pred)) if len(pred) else 0.0
     return {k: out[k] for k in which if k in out}
+
+
+def per_patient_scores(prob: np.ndarray, target: np.ndarray, patient: np.ndarray, ddi_adj: np.ndarray,
+                       threshold: float = THRESHOLD, which: tuple[str, ...] = METRIC_KEYS
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Sorted patient groups and each metric per patient, for tests with patients as the unit.
+
+    ``jaccard``, ``f1``, ``prauc``: the patient's mean over its visits, exactly the terms ``medrec_scores`` averages,
+    so their mean over patients IS the reported value. The two pooled metrics are ratios over visits, so their
+    per-patient values average to the reported value only with weights: ``ddi_rate`` is the ratio over the patient's
+    own predicted pairs (0 without pairs, as the metric) and the reported rate is their mean weighted by each
+    patient's number of predicted pairs; ``avg_med`` is the patient's mean set size and the reported value is their
+    mean weighted by visits.
+    """
+    prob = np.asarray(prob)
+    target = np.asarray(target).astype(bool)
+    patient = np.asarray(patient)
+    pred = prob >= threshold
+    groups = np.unique(patient)
+    out: dict[str, np.ndarray] = {}
+    if "jaccard" in which or "f1" in which:
+        jac, f1 = set_scores(pred, target)
+        out["jaccard"] = _patient_means(jac, patient)[1]
+        out["f1"] = _patient_means(f1, patient)[1]
+    if "prauc" in which:
+        out["prauc"] = _patient_means(average_precision_rows(prob, target), patient)[1]
+    if "ddi_rate" in which:
+        bad, pairs = ddi_pairs_per_visit(pred, ddi_adj)
+        _, inv = np.unique(patient, return_inverse=True)
+        bad_p = np.bincount(inv, weights=bad, minlength=len(groups))
+        pairs_p = np.bincount(inv, weights=pairs, minlength=len(groups))
+        out["ddi_rate"] = np.divide(bad_p, pairs_p, out=np.zeros(len(groups)), where=pairs_p > 0)
+    if "avg_med" in which:
+        out["avg_med"] = _patient_means(pred.sum(1).astype(np.float64), patient)[1]
+    return groups, {k: out[k] for k in which if k in out}
 
 
 def bootstrap_samples(n_patients: int, rounds: int = 10, frac: float = 0.8, seed: int = 0) -> list[np.ndarray]:

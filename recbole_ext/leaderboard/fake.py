@@ -7,7 +7,10 @@ keys, so they never mix with real results.
 
 Config keys it understands (tests use them to script behaviour):
 ``fake_sleep`` seconds to sleep, ``fake_fail`` raise an error, ``fake_crash`` exit the process abruptly,
-``fake_epochs`` length of the history. ``on_valid`` (a tuning trial's pruner) is called once per history epoch. With ``$RECBOLE_EXT_FAKE_MARKERS`` set, it writes
+``fake_epochs`` length of the history (``on_valid``, a tuning trial's pruner, sees it epoch by epoch), ``fake_quality`` the model's level instead of the hash (to plant a difference
+between two models), ``fake_users`` the number of test users (50) and ``fake_user_noise`` the sd of each user's
+run-to-run noise (0.05). Test metrics are means over the users of per-user values = model level + a user effect
+shared by every model (some users are harder) + noise. With ``$RECBOLE_EXT_FAKE_MARKERS`` set, it writes
 ``<run_key-ish>.<pid>.start`` / ``.done`` files there so tests can see and kill running workers.
 """
 from __future__ import annotations
@@ -44,7 +47,8 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     seed = int(config.get("seed", 0))
     point = {k: v for k, v in config.items() if k not in ("seed", "reproducibility", "run_dir", "show_progress",
                                                           "epochs", "evaluate_test") and not k.startswith("fake_")}
-    quality = 0.1 + 0.3 * _unit(model, dataset) + 0.05 * _unit(model, dataset, point)
+    quality = float(config["fake_quality"]) if "fake_quality" in config else \
+        0.1 + 0.3 * _unit(model, dataset) + 0.05 * _unit(model, dataset, point)
     rng = np.random.default_rng(int(_unit(model, dataset, point, seed) * 2 ** 32))
     medrec = config.get("fake_task") == "medrec" or any(h in dataset.lower() for h in MEDREC_HINTS)
     valid_key = "jaccard" if medrec else "ndcg@10"
@@ -60,7 +64,13 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
     history = [{"epoch": e, "train_loss": 1.0 / (e + 1) + rng.normal(0, 0.01),
                 "valid": {valid_key: quality * (1 - 0.5 ** (e + 1))}, "time_s": 0.01} for e in range(epochs)]
     valid = metrics(0.0)
-    test = metrics(-0.01) if config.get("evaluate_test", True) is not False else {}
+    n_users = int(config.get("fake_users", 50))
+    effect = np.random.default_rng(int(_unit(dataset, "users") * 2 ** 32)).normal(0, 0.1, n_users)
+    noise = float(config.get("fake_user_noise", 0.05))
+    per_user = {k: v + effect + rng.normal(0, noise, n_users) for k, v in metrics(-0.01).items()}
+    test = {k: float(v.mean()) for k, v in per_user.items()}
+    if config.get("evaluate_test", True) is False:
+        test, per_user = {}, {}
     stopped = None
     for h in history:  # a tuning trial's pruner sees the validation curve epoch by epoch
         if on_valid is not None and on_valid(h["epoch"], h["valid"][valid_key], True):
@@ -75,4 +85,6 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files=
         config={**config, "valid_metric": valid_key.upper(), "valid_metric_bigger": True},
         best_valid_score=valid[valid_key], best_valid_result=valid, test_result=test, history=history,
         wall_time_s=time.time() - started, peak_rss_mb=0.0,
-        protocol={"split": "fake", "mask": "none", "bootstrap": False}, stopped_at_epoch=stopped)
+        protocol={"split": "fake", "mask": "none", "bootstrap": False}, stopped_at_epoch=stopped,
+        per_user_test={"users": [f"u{i}" for i in range(n_users)], "metrics": {k: v.tolist() for k, v in
+                                                                               per_user.items()}} if per_user else {})

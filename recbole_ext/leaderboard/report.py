@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from recbole_ext.leaderboard.stats import DatasetTable, metric_direction
+from recbole_ext.leaderboard.stats import BOOTSTRAP_ROUNDS, DatasetTable, metric_direction
 from recbole_ext.utils.io import atomic_dir, atomic_file
 
 ACCURACY_FOR_DDI_PLOT = ("jaccard", "f1", "prauc")
@@ -26,6 +26,47 @@ def fmt_p(p: float) -> str:
     if p is None or math.isnan(p):
         return "n/a"
     return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_signed(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:+.4f}"
+
+
+def fmt_effect(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+TEST_TEXT = ("Tests of the best model of each column against every other model, one-sided in the metric's "
+             "direction. Per user (primary): the unit is the test user (patient); each user's value is the mean of "
+             "that model's per-user values over the seeds both models ran, and the users both models evaluated are "
+             "paired; paired t-test / Wilcoxon signed-rank test, p adjusted by Holm over all per-user comparisons "
+             "of the dataset's table (every model against the best, every metric with a direction); d_z = mean / sd "
+             "of the per-user differences; Δ = mean over users of best − model (negative on ↓ metrics when the "
+             f"best is better) with a 95 % bootstrap interval ({BOOTSTRAP_ROUNDS} resamples of users). Per seed "
+             "(secondary): paired t / Wilcoxon over the seed means, uncorrected. n/a: no per-user values for that "
+             "pair (a metric that is not a mean over users, such as ItemCoverage or AUC, or runs of a run function "
+             "that does not record them).")
+
+
+def user_p_text(test) -> str:
+    return "n/a" if test is None else f"{fmt_p(test.t_p_holm)} / {fmt_p(test.wilcoxon_p_holm)}"
+
+
+def diff_text(test) -> str:
+    if test is None:
+        return "n/a"
+    return f"{fmt_signed(test.mean_diff)} [{fmt_signed(test.ci_low)}, {fmt_signed(test.ci_high)}]"
+
+
+def family_size(table: DatasetTable) -> int:
+    """Per-user comparisons with a p-value (fewer than two paired users give none): the Holm family."""
+    return sum(not math.isnan(t.t_p) for t in table.user_tests.values())
+
+
+def compared(table: DatasetTable) -> list[tuple[str, str]]:
+    """(model, metric) pairs compared with the best model, in table order (models, then metrics)."""
+    return [(model, metric) for model in table.models for metric in table.metrics
+            if (model, metric) in table.tests or (model, metric) in table.user_tests]
 
 
 def cell_text(table: DatasetTable, model: str, metric: str) -> tuple[str, bool]:
@@ -74,9 +115,7 @@ def _md_row(cells: list[str]) -> str:
 def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str], tuning_lines=()) -> str:
     lines = [f"# Leaderboard: {title}", "",
              "Mean ± sample std over seeds of the test metrics of the configuration chosen on validation. "
-             "**Bold**: best per column (↑ higher is better, ↓ lower is better). "
-             "p-values: one-sided paired tests of the best model against each other model over seeds "
-             "(Student t / Wilcoxon signed-rank).", ""]
+             "**Bold**: best per column (↑ higher is better, ↓ lower is better).", "", TEST_TEXT, ""]
     for t in tables:
         header = ["Model", *(f"{m} {arrow(m)}".strip() for m in t.metrics), "seeds"]
         lines += [f"## {t.dataset}", "", _md_row(header), "|---" * len(header) + "|"]
@@ -88,15 +127,18 @@ def markdown(title: str, tables: list[DatasetTable], prov: dict, plots: list[str
             n = max((t.cells[(model, m)].n for m in t.metrics if (model, m) in t.cells), default=0)
             failed = f" ({t.failed[model]} failed)" if t.failed.get(model) else ""
             lines.append(_md_row([model, *cells, f"{n}{failed}"]))
-        if t.tests:
-            lines += ["", "p-values vs the best model (t / Wilcoxon):", "",
-                      "| Model | " + " | ".join(t.metrics) + " |", "|---" * (len(t.metrics) + 1) + "|"]
-            for model in t.models:
-                if not any((model, m) in t.tests for m in t.metrics):
-                    continue
-                cells = [f"{fmt_p(t.tests[(model, m)].t_p)} / {fmt_p(t.tests[(model, m)].wilcoxon_p)}"
-                         if (model, m) in t.tests else ("best" if t.best.get(m) == model else "—") for m in t.metrics]
-                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        pairs = compared(t)
+        if pairs:
+            header = ["Model", "Metric", "best", "users", "Δ best − model [95% CI]", "d_z",
+                      "p per user, Holm (t / W)", "p per seed (t / W)"]
+            lines += ["", f"Tests against the best model ({family_size(t)} per-user comparisons in the Holm "
+                      "family):", "", _md_row(header), "|---" * len(header) + "|"]
+            for model, metric in pairs:
+                user, seed = t.user_tests.get((model, metric)), t.tests.get((model, metric))
+                lines.append(_md_row([model, metric, t.best.get(metric, ""), "n/a" if user is None else str(user.n),
+                                      diff_text(user), fmt_effect(None if user is None else user.effect),
+                                      user_p_text(user), "n/a" if seed is None else
+                                      f"{fmt_p(seed.t_p)} / {fmt_p(seed.wilcoxon_p)}"]))
         lines += ["", "Chosen configurations: " + "; ".join(f"{m}: {grid_text(t.chosen.get(m))}" for m in t.models),
                   ""]
     lines += list(tuning_lines)
@@ -141,11 +183,21 @@ def latex(title: str, tables: list[DatasetTable]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- CSV
+def _user_columns(test) -> list:
+    if test is None:
+        return [""] * 10
+    return [test.n, " ".join(str(s) for s in test.seeds), test.mean_diff, test.ci_low, test.ci_high, test.effect,
+            test.t_p, test.wilcoxon_p, test.t_p_holm, test.wilcoxon_p_holm]
+
+
 def write_csvs(out_dir: Path, tables: list[DatasetTable], rows: list[dict], chosen_keys: set):
     with atomic_file(out_dir / "leaderboard.csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["dataset", "model", "metric", "direction", "mean", "std", "n_seeds", "best", "best_model",
-                    "t_p_vs_best", "wilcoxon_p_vs_best", "chosen_config"])
+                    "t_p_vs_best", "wilcoxon_p_vs_best", "chosen_config",
+                    # per-user comparison with best_model (empty where not tested or without per-user values)
+                    "n_users", "user_seeds", "user_mean_diff", "user_diff_ci_low", "user_diff_ci_high",
+                    "user_effect_dz", "user_t_p", "user_wilcoxon_p", "user_t_p_holm", "user_wilcoxon_p_holm"])
         for t in tables:
             for model in t.models:
                 for metric in t.metrics:
@@ -155,7 +207,8 @@ def write_csvs(out_dir: Path, tables: list[DatasetTable], rows: list[dict], chos
                                 "" if cell is None else cell.mean, "" if cell is None else cell.std,
                                 0 if cell is None else cell.n, int(bool(cell and cell.best)), t.best.get(metric, ""),
                                 "" if test is None else test.t_p, "" if test is None else test.wilcoxon_p,
-                                json.dumps(t.chosen.get(model), sort_keys=True)])
+                                json.dumps(t.chosen.get(model), sort_keys=True)] + _user_columns(
+                                    t.user_tests.get((model, metric))))
     metrics = sorted({k for r in rows for k in (r.get("test_result") or {})})
     with atomic_file(out_dir / "runs.csv", newline="") as fh:
         w = csv.writer(fh)
@@ -308,6 +361,14 @@ def _td(text, sort=None, cls=None):
     return f"<td{attrs}>{html.escape(str(text))}</td>"
 
 
+def _user_td(test):
+    """``num(field, formatter)`` -> a cell of one number of a per-user test, sorting by its value."""
+    def num(name, text=fmt_p):
+        value = None if test is None else getattr(test, name)
+        return _td(text(value), "" if value is None or math.isnan(value) else value)
+    return num
+
+
 def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_keys: set, prov: dict,
               plot_dir: Path, plots: list[str], tuning_html: str = "") -> str:
     e = html.escape
@@ -315,11 +376,13 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
              f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
              f"<h1>Leaderboard: {e(title)}</h1>",
              "<p class='muted'>Mean ± sample std over seeds of test metrics for the configuration chosen on "
-             "validation. Bold: best per column (↑ higher better, ↓ lower better). p: one-sided paired t-test / "
-             "Wilcoxon of the best model against each model over seeds. Click a header to sort.</p>"]
+             "validation. Bold: best per column (↑ higher better, ↓ lower better). p: per-user tests against the "
+             "best model, Holm-adjusted (t / Wilcoxon); the table below each summary gives the effect size, the "
+             "interval and the per-seed tests. Click a header to sort.</p>",
+             f"<p class='muted'>{e(TEST_TEXT)}</p>"]
     for i, t in enumerate(tables):
         parts.append(f"<h2>{e(t.dataset)}</h2><table class='sortable summary' id='summary-{i}'><thead><tr>"
-                     "<th>Model</th>" + "".join(f"<th>{e(m)} {arrow(m)}</th><th>p vs best (t / W)</th>"
+                     "<th>Model</th>" + "".join(f"<th>{e(m)} {arrow(m)}</th><th>p per user, Holm (t / W)</th>"
                                                 for m in t.metrics) + "<th>config</th></tr></thead><tbody>")
         for model in t.models:
             cells = [_td(model)]
@@ -327,13 +390,32 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
                 cell = t.cells.get((model, metric))
                 text, best = cell_text(t, model, metric)
                 cells.append(_td(text, "" if cell is None else cell.mean, "best" if best else None))
-                test = t.tests.get((model, metric))
-                cells.append(_td("best" if t.best.get(metric) == model else
-                                 ("—" if test is None else f"{fmt_p(test.t_p)} / {fmt_p(test.wilcoxon_p)}"),
-                                 "" if test is None or math.isnan(test.t_p) else test.t_p))
+                user = t.user_tests.get((model, metric))
+                tested = (model, metric) in t.tests or user is not None
+                cells.append(_td("best" if t.best.get(metric) == model else user_p_text(user) if tested else "—",
+                                 "" if user is None or math.isnan(user.t_p_holm) else user.t_p_holm))
             cells.append(_td(grid_text(t.chosen.get(model))))
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</tbody></table>")
+        pairs = compared(t)
+        if pairs:
+            heads = ["model", "metric", "best", "users", "Δ best − model", "95% CI", "d_z", "p t (Holm)",
+                     "p W (Holm)", "p t", "p W", "p seeds t / W"]
+            parts.append(f"<p>Tests against the best model: {family_size(t)} per-user comparisons in the Holm "
+                         f"family.</p><table class='sortable' id='tests-{i}'><thead><tr>"
+                         + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr></thead><tbody>")
+            for model, metric in pairs:
+                user, seed = t.user_tests.get((model, metric)), t.tests.get((model, metric))
+                num = _user_td(user)
+                ci = "n/a" if user is None else f"[{fmt_signed(user.ci_low)}, {fmt_signed(user.ci_high)}]"
+                cells = [_td(model), _td(metric), _td(t.best.get(metric, "")),
+                         _td("n/a" if user is None else user.n, "" if user is None else user.n),
+                         num("mean_diff", fmt_signed), _td(ci), num("effect", fmt_effect), num("t_p_holm"),
+                         num("wilcoxon_p_holm"), num("t_p"), num("wilcoxon_p"),
+                         _td("n/a" if seed is None else f"{fmt_p(seed.t_p)} / {fmt_p(seed.wilcoxon_p)}",
+                             "" if seed is None or math.isnan(seed.t_p) else seed.t_p)]
+                parts.append("<tr>" + "".join(cells) + "</tr>")
+            parts.append("</tbody></table>")
     if tuning_html:
         parts.append(tuning_html)
     # the tables' columns (runs.csv keeps every metric)

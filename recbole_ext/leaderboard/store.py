@@ -12,7 +12,7 @@ from pathlib import Path
 
 from recbole_ext.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # columns added since are added to an older store on open (_ADDED_COLUMNS)
 
 _COLUMNS = [
     # name, SQL type, JSON-encoded?
@@ -33,6 +33,7 @@ _COLUMNS = [
     ("best_valid_score", "REAL", False),
     ("best_valid_result", "TEXT", True),
     ("test_result", "TEXT", True),
+    ("per_user_test", "TEXT", True),    # {"users": [...], "metrics": {metric: [...]}}; NULL: none
     ("history", "TEXT", True),
     ("effective_config", "TEXT", True),
     ("protocol", "TEXT", True),
@@ -54,7 +55,7 @@ _COLUMNS = [
     ("trial", "INTEGER", False),          # a trial's number in its study
     ("pruned", "INTEGER", False),         # 1: the pruner stopped this trial (its best_valid_score is so far)
 ]
-_ADDED_COLUMNS = {"phase", "study", "trial", "pruned"}
+_ADDED_COLUMNS = {"per_user_test", "phase", "study", "trial", "pruned"}
 COLUMN_NAMES = [c[0] for c in _COLUMNS]
 _JSON_COLUMNS = {c[0] for c in _COLUMNS if c[2]}
 

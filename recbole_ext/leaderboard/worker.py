@@ -92,6 +92,17 @@ def _result_dict(result) -> dict:
     return dict(vars(result))
 
 
+def _per_user(value) -> dict | None:
+    """A run's per-user test values with lower-case metric names like ``test_result``; None when absent or not of
+    the RunResult.per_user_test shape (a custom run function), so the report shows n/a instead of failing."""
+    if not isinstance(value, dict) or not isinstance(value.get("users"), list) \
+            or not isinstance(value.get("metrics"), dict):
+        return None
+    n = len(value["users"])
+    metrics = {str(k).lower(): v for k, v in value["metrics"].items() if isinstance(v, list) and len(v) == n}
+    return {"users": [str(u) for u in value["users"]], "metrics": metrics} if n and metrics else None
+
+
 def _limit_threads(threads: int | None):
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -130,6 +141,7 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
             best_valid_score=result.get("best_valid_score"),
             best_valid_result={k.lower(): v for k, v in (result.get("best_valid_result") or {}).items()},
             test_result={k.lower(): v for k, v in (result.get("test_result") or {}).items()},
+            per_user_test=_per_user(result.get("per_user_test")),
             history=result.get("history") or [],
             effective_config=effective,
             protocol=result.get("protocol") or {},
