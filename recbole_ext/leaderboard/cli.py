@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     files = write_report(out, spec.name, spec.task, tables, rows + trial_rows, chosen_keys,
                          studies=outcome.studies, tuning=spec.tuning)
     missing = 0 if args.tune_only else len(outcome.requests) - len(rows)  # --tune-only plans finals it does not run
-    print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests), "trials": len(trial_keys),
-                      "executed": outcome.executed,
+    print(json.dumps({"spec": spec.name, "out": str(out), "runs": len(outcome.requests),
+                      **({"trials": len(trial_keys)} if spec.tuning else {}), "executed": outcome.executed,
                       "skipped": outcome.skipped, "failed_now": outcome.failed,
                       "failed_total": sum(r["status"] != "ok" for r in rows), "missing": missing}))
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files[:5])}, ...")
