@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -234,3 +236,59 @@ def test_median_pruning_stops_weak_trials_which_count_against_the_budget(tmp_pat
     assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == 7 - len(pruned)
     chosen = [t for t in trials_table(out) if t["chosen"] == "1"]
     assert len(chosen) == 1 and chosen[0]["state"] == "COMPLETE"
+
+
+# ------------------------------------------------------------------------------------------------- no test leakage
+@pytest.mark.slow
+def test_the_test_split_does_not_change_a_real_boards_trials_or_choices(tmp_path):
+    """BPR tuned on synth-mm twice: as shipped, and with most test rows pointing at other items. RecBole numbers
+    items in order of first appearance in the .inter file, test rows included, and a different numbering is a
+    different random initialisation (not information about the test split): the corruption keeps that order by
+    replacing only test rows whose item appeared earlier, with an item that appeared earlier. The trials (their
+    parameters, validation scores and the choice) must agree exactly."""
+    import shutil
+
+    import numpy as np
+
+    from recbole_ext.utils.paths import dataset_root
+
+    outs = []
+    for scramble in (False, True):
+        root = tmp_path / ("scrambled" if scramble else "shipped")
+        data = root / "data" / "synth-mm"
+        shutil.copytree(dataset_root() / "synth-mm", data)
+        if scramble:
+            inter = data / "synth-mm.inter"
+            lines = inter.read_text().splitlines()
+            rows = [line.split("\t") for line in lines[1:]]
+            rng = np.random.default_rng(0)
+            seen, order, changed, tests = set(), [], 0, 0  # items met so far, in order of first appearance
+            for row in rows:
+                item = row[1]
+                if float(row[4]) == 2:
+                    tests += 1
+                    if item in seen:
+                        row[1] = order[rng.integers(len(order))]
+                        changed += row[1] != item
+                if item not in seen:
+                    seen.add(item)
+                    order.append(item)
+            assert changed > 0.8 * tests
+            inter.write_text("\n".join([lines[0]] + ["\t".join(r) for r in rows]) + "\n")
+        spec = tuned_spec(root / "s.yaml", trials=2, models=[{"name": "BPR", "search": {"space": {
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}}])
+        text = yaml.safe_load(spec.read_text())
+        text.update(task="mmrec", datasets=["synth-mm"], metrics=["recall@20"])
+        text["tuning"]["max_epochs"] = 2
+        spec.write_text(yaml.safe_dump(text))
+        # the real run function (start_cli would use the fake)
+        proc = subprocess.run([sys.executable, "-m", "recbole_ext.leaderboard.cli", str(spec), "--out",
+                               str(root / "out"), "--workers", "2", "--tune-only", "--no-progress"], cwd=str(root),
+                              env={**cli_env(root), "RECBOLE_EXT_DATA": str(root / "data")}, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(root / "out")
+    shipped, scrambled = (trials_table(o) for o in outs)
+    assert len(shipped) == 2 and all(float(t["wall_time_s"]) > 1 for t in shipped)  # real training
+    assert [(t["trial"], t["params"], t["best_valid_score"], t["chosen"]) for t in shipped] == \
+        [(t["trial"], t["params"], t["best_valid_score"], t["chosen"]) for t in scrambled]

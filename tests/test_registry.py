@@ -100,3 +100,39 @@ def test_register_metric_in_place():
         for table in (reg.metrics_dict, reg.metric_information, reg.metric_types):
             table.pop("hitstwice", None)
     del torch
+
+
+# Training hyper-parameters: a model's own; a dataset YAML must not set them for every model.
+TRAINING_KEYS = {"learning_rate", "epochs", "patients_per_batch", "target_ddi", "train_batch_size", "weight_decay",
+                 "dropout_prob", "embedding_size", "stopping_step", "learning_rate_scheduler", "reg_weight"}
+# MMRec's overall.yaml values that its protocol datasets carry as framework defaults (every model YAML may override)
+MMREC_FRAMEWORK_DEFAULTS = {"epochs", "stopping_step", "train_batch_size", "learning_rate", "learning_rate_scheduler"}
+
+
+def test_model_yaml_wins_over_dataset_yaml_and_the_run_log_says_so():
+    """synth-mm.yaml carries MMRec's stopping_step 20 and constant lr; MambaRec.yaml sets 10 and [0.96, 50]."""
+    from recbole_ext.config import build_config
+    from recbole_ext.quick_start import precedence_lines
+
+    config, _ = build_config("MambaRec", "synth-mm", {"state": "ERROR"})
+    assert config["stopping_step"] == 10 and config["learning_rate_scheduler"] == [0.96, 50]
+    lines = precedence_lines(config)
+    assert any(line.startswith("config precedence: stopping_step is 20 in synth-mm.yaml and 10 in MambaRec.yaml; "
+                               "used 10: the model YAML wins") for line in lines), lines
+    config, _ = build_config("MambaRec", "synth-mm", {"state": "ERROR", "stopping_step": 3})
+    assert config["stopping_step"] == 3
+    assert any("stopping_step" in line and "used 3 from the run's config files / command line" in line
+               for line in precedence_lines(config))
+    config, _ = build_config("BPR", "synth-mm", {"state": "ERROR"})  # no model YAML of ours: the dataset's value
+    assert config["stopping_step"] == 20 and precedence_lines(config) == []
+
+
+def test_bundled_dataset_yamls_leave_training_hyper_parameters_to_the_models():
+    import yaml
+
+    from recbole_ext.utils.paths import PROPERTIES_DIR
+
+    for path in sorted((PROPERTIES_DIR / "dataset").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        allowed = MMREC_FRAMEWORK_DEFAULTS if data.get("task") == "mmrec" else set()
+        assert not (set(data) & TRAINING_KEYS) - allowed, (path.name, sorted(set(data) & TRAINING_KEYS - allowed))
