@@ -257,19 +257,16 @@ def test_builtin_models_run_through_the_protocol(tiny_synth, model):
 
 
 def test_model_yaml_overrides_dataset_yaml_like_mmrec(tmp_path, monkeypatch):
-    """MMRec loads the model YAML after the dataset YAML (MambaRec's stopping_step 10 beats overall's 20)."""
+    """MMRec loads the model YAML after the dataset YAML (MambaRec's stopping_step 10 beats overall's 20); so does
+    every task here (registry.property_files)."""
     from recbole_ext.config import build_config
     from recbole_ext.data.prepare.synthetic_mm import main
-    from recbole_ext.utils import paths
 
     monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
     assert main(["--name", "synth-mm", "--users", "30", "--items", "20", "--interactions", "300"]) == 0
     config, _ = build_config("BPR", "synth-mm", {"state": "WARNING"})
     assert config["stopping_step"] == 20 and config["learning_rate_scheduler"] == [1.0, 50]  # dataset YAML
-    (tmp_path / "props" / "model").mkdir(parents=True)
-    (tmp_path / "props" / "model" / "BPR.yaml").write_text("stopping_step: 7\nlearning_rate_scheduler: [0.9, 10]\n")
-    monkeypatch.setattr(paths, "PROPERTIES_DIR", tmp_path / "props")
-    config, _ = build_config("BPR", "synth-mm", {"state": "WARNING"})
-    assert config["stopping_step"] == 7 and config["learning_rate_scheduler"] == [0.9, 10]
-    config, _ = build_config("BPR", "synth-mm", {"state": "WARNING", "stopping_step": 3})
+    config, _ = build_config("MambaRec", "synth-mm", {"state": "WARNING"})  # properties/model/MambaRec.yaml
+    assert config["stopping_step"] == 10 and config["learning_rate_scheduler"] == [0.96, 50]
+    config, _ = build_config("MambaRec", "synth-mm", {"state": "WARNING", "stopping_step": 3})
     assert config["stopping_step"] == 3  # the user still wins
