@@ -84,7 +84,9 @@ def arrow(metric: str) -> str:
 def grid_text(point: dict | None) -> str:
     if point is None:
         return "none finished"
-    return ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "defaults"
+    # a tuned float (learning_rate=0.004421645092853467) is shown to 4 significant digits; runs.csv keeps it whole
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(point.items())) \
+        or "defaults"
 
 
 def provenance(rows: list[dict]) -> dict:

@@ -16,13 +16,9 @@ def _fmt(x, digits: int = 4) -> str:
 
 
 def _config_text(point: dict | None) -> str:
-    if point is None:
-        return "no finished trial"
-    return ", ".join(f"{k}={_short(v)}" for k, v in sorted(point.items())) or "defaults"
+    from recbole_ext.leaderboard.report import grid_text
 
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return "no finished trial" if point is None else grid_text(point)
 
 
 def budget_text(tuning) -> str:
