@@ -98,6 +98,7 @@ def plots(plot_dir: Path, studies, safe) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for dataset in dict.fromkeys(o.dataset for o in studies):
@@ -109,9 +110,10 @@ def plots(plot_dir: Path, studies, safe) -> list[str]:
             ys = best_so_far(o)
             ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, lw=1.2, color=plt.get_cmap("tab10")(i % 10),
                     label=o.model)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trials finished")
         ax.set_ylabel("best validation score so far")
-        ax.set_title(f"{dataset}: tuning progress (a flat end: the budget was enough)")
+        ax.set_title(f"{dataset}: tuning progress (still rising at the end: the budget was short)", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         name = f"tuning_{safe(dataset)}.png"
