@@ -300,9 +300,10 @@ def make_pruner(name: str, max_epochs: int):
     import optuna
 
     if name == "median":
-        # a trial is compared with the finished ones at the same epoch once 3 have finished, after a warm-up of a
-        # tenth of the epoch cap (early epochs of every model look alike)
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, max_epochs // 10))
+        # a trial is compared with the finished ones at the same epoch once 5 have finished, after a warm-up of a
+        # quarter of the epoch cap: with a tenth, slow-starting curves (LightGCN on synth-mm) were stopped before
+        # they caught up (bench/tuning.py, docs/leaderboard.md)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 4))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, max_epochs // 10), max_resource=max_epochs,
                                               reduction_factor=3)
