@@ -260,7 +260,8 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     trainer = _trainer_class(task, config, model_cls)(config, model)
     trainer.saved_model_file = str(run_dir / "model.pth")
     trainer.ext_id_maps = id_maps_of(dataset)
-    history = _record_history(trainer, on_valid, bool(config["valid_metric_bigger"]))
+    bigger = bool(config["valid_metric_bigger"])
+    history = _record_history(trainer, on_valid, bigger)
 
     show = bool(config["show_progress"])
     stopped_at = None
@@ -268,7 +269,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     except StopTraining as stop:
         stopped_at = stop.epoch
-        best_valid_score, best_valid_result = _best_so_far(history, bool(config["valid_metric_bigger"]))
+        best_valid_score, best_valid_result = _best_so_far(history, bigger)
         logger.info(f"training stopped after epoch {stop.epoch} by the caller (pruned)")
     if config["evaluate_test"] is False:  # tuning trials: nothing about the test split may reach a choice
         test_result, per_user = {}, {}

@@ -115,7 +115,7 @@ def test_every_declared_space_parses_names_a_source_and_fits_the_models_bounds()
         assert space.source, path
         cls = model_class(path.stem)
         for p in space.params:
-            for value in (p.choices if p.type == "categorical" else (p.low, p.high)):
+            for value in p.extremes():
                 check_options(cls, {p.name: value})
 
 

@@ -56,12 +56,7 @@ def _points_to_check(spec, model) -> list[dict]:
         return model.grid_points()
     from recbole_ext.leaderboard.tuning import space_for
 
-    space = space_for(model, spec.source)
-    points = [{}]
-    for p in space.params:
-        values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
-        points += [{p.name: v} for v in values]
-    return points
+    return [{}] + [{p.name: v} for p in space_for(model, spec.source).params for v in p.extremes()]
 
 
 def check_models_and_options(spec, build: bool = True) -> None:

@@ -81,9 +81,10 @@ def run_config(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_point
 
 def make_request(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_point: dict, seed: int,
                  hashes: DatasetHashes, run_fn: str = DEFAULT_RUN_FN, overrides: dict | None = None,
-                 identity_extra: dict | None = None) -> RunRequest:
+                 identity_extra: dict | None = None, tuning: dict | None = None) -> RunRequest:
     """``overrides``: config entries above everything (a tuned board's epoch cap); ``identity_extra``: more that
-    tells this run apart (a tuning trial's study and number)."""
+    tells this run apart (a tuning trial's study and number); ``tuning``: the request's phase and, for a trial,
+    its study, number and pruning settings (not part of the identity)."""
     config = run_config(spec, model, dataset, grid_point, seed)
     config.update(overrides or {})
     identity = {"model": model.name, "dataset": dataset, "config": config, "dataset_sha256": hashes.files,
@@ -91,17 +92,14 @@ def make_request(spec: LeaderboardSpec, model: ModelSpec, dataset: str, grid_poi
     return RunRequest(run_key=short_hash(identity), model=model.name, dataset=dataset, seed=seed,
                       grid_id=short_hash({"model": model.name, "dataset": dataset, "grid_point": grid_point}),
                       grid_point=dict(grid_point), config_dict=config, dataset_sha256=hashes.files,
-                      ddi_sha256=hashes.ddi, run_fn=run_fn)
+                      ddi_sha256=hashes.ddi, run_fn=run_fn, tuning=dict(tuning or {}))
 
 
 def tuning_runs(spec: LeaderboardSpec, hashes: dict[str, DatasetHashes], run_fn: str = DEFAULT_RUN_FN):
     """Phase 1: every grid point on the tuning seeds (all seeds unless the spec sets tuning_seeds)."""
     seeds = spec.seeds[:spec.tuning_seeds]
-    out = [make_request(spec, m, d, point, s, hashes[d], run_fn)
-           for d in spec.datasets for m in spec.models if m.runs_on(d) for point in m.grid_points() for s in seeds]
-    for r in out:
-        r.tuning["phase"] = "grid"
-    return out
+    return [make_request(spec, m, d, point, s, hashes[d], run_fn, tuning={"phase": "grid"})
+            for d in spec.datasets for m in spec.models if m.runs_on(d) for point in m.grid_points() for s in seeds]
 
 
 def final_runs(spec: LeaderboardSpec, hashes: dict[str, DatasetHashes], chosen: dict[tuple[str, str], dict],
@@ -109,13 +107,12 @@ def final_runs(spec: LeaderboardSpec, hashes: dict[str, DatasetHashes], chosen: 
     """Phase 2: the chosen configuration of each (model, dataset) on the seeds not used for tuning (a tuned board:
     every seed of the spec, none of which is the tuning seed, under the same epoch cap as the trials)."""
     seeds = spec.seeds if spec.tuning else spec.seeds[spec.tuning_seeds:]
+    phase = {"phase": "final" if spec.tuning else "grid"}
     out = []
     for d in spec.datasets:
         overrides = {"epochs": spec.tuning.budget(d)[1]} if spec.tuning else None
         for m in spec.models:
             if (m.name, d) in chosen:
-                out.extend(make_request(spec, m, d, chosen[(m.name, d)], s, hashes[d], run_fn, overrides)
-                           for s in seeds)
-    for r in out:
-        r.tuning["phase"] = "final" if spec.tuning else "grid"
+                out.extend(make_request(spec, m, d, chosen[(m.name, d)], s, hashes[d], run_fn, overrides,
+                                        tuning=phase) for s in seeds)
     return out

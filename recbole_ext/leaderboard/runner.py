@@ -94,8 +94,6 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
             outcome.skipped += len(requests) - len(keep)
             return keep
 
-        counted = set()  # run keys already in the bar's total (a tuned board announces its trials up front)
-
         def announce(n: int):
             nonlocal bar
             if bar is None:
@@ -108,10 +106,8 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
             requests = todo(requests)
             if not execute_runs:
                 return
-            new = [r for r in requests if r.run_key not in counted]
-            if spec.tuning is not None and any(r.tuning.get("phase") == "tune" for r in requests):
-                new = []  # counted by announce()
-            counted.update(r.run_key for r in requests)
+            # a tuned board's trials were counted up front by announce(); every other request is new to the bar
+            new = [] if any(r.tuning.get("phase") == "tune" for r in requests) else requests
             if bar is None:
                 bar = Progress(len(new), outcome.skipped, enabled=progress)
             else:

@@ -143,5 +143,9 @@ class ResultStore:
                 f"SELECT * FROM runs WHERE run_key IN ({','.join('?' * len(chunk))})", chunk)))
         return out
 
+    def rows_of_phase(self, phase: str) -> list[dict]:
+        """Every row of one phase (``tune``: a tuned board's trials), without reading the others."""
+        return self._decode(self.conn.execute("SELECT * FROM runs WHERE phase = ? ORDER BY finished_at", (phase,)))
+
     def finished_keys(self, status: str = "ok") -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT run_key FROM runs WHERE status=?", (status,))}

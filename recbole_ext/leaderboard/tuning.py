@@ -115,21 +115,16 @@ class Param:
     log: bool = False
     choices: tuple = ()
 
-    def distribution(self):
-        import optuna.distributions as d
-
-        if self.type == "float":
-            return d.FloatDistribution(self.low, self.high, log=self.log)
-        if self.type == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log)
-        return d.CategoricalDistribution(list(self.choices))
-
     def suggest(self, trial):
         if self.type == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log)
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_categorical(self.name, list(self.choices))
+
+    def extremes(self) -> list:
+        """Every value a trial can get at the edges: each choice, or a range's two ends (for bound checks)."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
 
     def grid_values(self) -> list | None:
         """The values a grid sampler walks; None for a continuous range."""
@@ -349,7 +344,7 @@ class StudyOutcome:
         return sum(t.wall_time_s or 0.0 for t in self.trials)
 
 
-def study_name(spec, model_spec, dataset: str, space: SearchSpace, trials: int, max_epochs: int, base: dict,
+def study_name(spec, model_spec, dataset: str, space: SearchSpace, max_epochs: int, base: dict,
                dataset_sha: str | None) -> str:
     from recbole_ext.leaderboard.plan import short_hash
 
@@ -374,23 +369,23 @@ def study_plans(spec, hashes) -> list[StudyPlan]:
             base = run_config(spec, m, dataset, {}, spec.tuning.seed)
             base["epochs"] = max_epochs
             plans.append(StudyPlan(m, dataset, space, budget, max_epochs,
-                                   study_name(spec, m, dataset, space, budget, max_epochs, base, hashes[dataset].files),
+                                   study_name(spec, m, dataset, space, max_epochs, base, hashes[dataset].files),
                                    base))
     return plans
 
 
-def trial_request(spec, plan: StudyPlan, params: dict, number: int, hashes, run_fn: str):
+def trial_request(spec, plan: StudyPlan, params: dict, number: int, hashes, run_fn: str, store_path):
     """The run of one trial: the spec's config for the model, the trial's parameters, the tuning seed, the epoch
-    cap, no test evaluation. The trial's study and number are part of its identity (one row per trial)."""
+    cap, no test evaluation. The trial's study and number are part of its identity (one row per trial); with a
+    pruner, the worker reports its epochs to the study in ``store_path``."""
     from recbole_ext.leaderboard.plan import make_request
 
-    request = make_request(spec, plan.model_spec, plan.dataset, params, spec.tuning.seed, hashes[plan.dataset], run_fn,
-                           overrides={"epochs": plan.max_epochs, "evaluate_test": False},
-                           identity_extra={"study": plan.study_name, "trial": number})
-    request.tuning.update({"phase": "tune", "trial": number, "study": plan.study_name})
+    tuning = {"phase": "tune", "trial": number, "study": plan.study_name, "store": str(store_path)}
     if spec.tuning.pruner != "none":
-        request.tuning["pruning"] = {"pruner": spec.tuning.pruner, "max_epochs": plan.max_epochs}
-    return request
+        tuning["pruning"] = {"pruner": spec.tuning.pruner, "max_epochs": plan.max_epochs}
+    return make_request(spec, plan.model_spec, plan.dataset, params, spec.tuning.seed, hashes[plan.dataset], run_fn,
+                        overrides={"epochs": plan.max_epochs, "evaluate_test": False},
+                        identity_extra={"study": plan.study_name, "trial": number}, tuning=tuning)
 
 
 def _signed(value: float, bigger: bool) -> float:
@@ -410,7 +405,8 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
     plans = study_plans(spec, hashes)
     storage = storage_for(store.path)
     studies = {}
-    existing = {s.study_name for s in storage.get_all_studies()}
+    # a report loads the studies that exist and creates none
+    existing = set() if execute_runs else {s.study_name for s in storage.get_all_studies()}
     for plan in plans:
         sampler = make_sampler(spec.tuning, plan.space, spec.tuning.seed)
         pruner = make_pruner(spec.tuning.pruner, plan.max_epochs)
@@ -436,7 +432,7 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
             if running:  # left by a killed run: rerun it with the parameters it was given
                 t = running[0]
                 round_requests.append((plan, t.number, trial_request(spec, plan, dict(t.params), t.number, hashes,
-                                                                     run_fn)))
+                                                                     run_fn, store.path)))
             elif len(trials) < plan.trials:
                 study.sampler = make_sampler(spec.tuning, plan.space,
                                              trial_seed(spec.tuning.seed, plan.study_name.rsplit("/", 1)[0],
@@ -444,11 +440,9 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
                 trial = study.ask()
                 params = {p.name: p.suggest(trial) for p in plan.space.params}
                 round_requests.append((plan, trial.number, trial_request(spec, plan, params, trial.number, hashes,
-                                                                         run_fn)))
+                                                                         run_fn, store.path)))
         if not round_requests:
             break
-        for _, _, request in round_requests:
-            request.tuning["store"] = str(store.path)  # where the worker reports epochs for the pruner
         execute([r for _, _, r in round_requests])
         rows = {r["run_key"]: r for r in store.rows(r.run_key for _, _, r in round_requests)}
         for plan, number, request in round_requests:  # plan order: the told sequence never depends on timing
@@ -473,10 +467,7 @@ def _finished(study) -> int:
 def outcomes(plans, studies, store) -> list[StudyOutcome]:
     from optuna.trial import TrialState
 
-    rows = {}
-    for r in store.rows():
-        if r.get("phase") == "tune" and r.get("study"):
-            rows[(r["study"], r["trial"])] = r
+    rows = {(r["study"], r["trial"]): r for r in store.rows_of_phase("tune") if r.get("study")}
     out = []
     for plan in plans:
         records = []
@@ -511,10 +502,11 @@ def pruning_callback(tuning: dict):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=tuning["study"], storage=storage_for(store_path),
+    storage = storage_for(store_path)
+    study = optuna.load_study(study_name=tuning["study"], storage=storage,
                               pruner=make_pruner(pruning["pruner"], int(pruning["max_epochs"])))
-    trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == tuning["trial"])
-    trial = optuna.trial.Trial(study, trial_id)
+    trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(tuning["study"]), tuning["trial"]))
 
     def on_valid(epoch: int, score: float, bigger: bool = True) -> bool:
         with warnings.catch_warnings():  # a rerun trial reports epochs its killed attempt reported already
