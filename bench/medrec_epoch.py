@@ -41,7 +41,7 @@ def load_data(source: str, folder: str | None, batch_size: int):
 
         data = make_synthetic(**SCALE)
         return data, data.batches("train", batch_size)
-    from recbole_ext.training.medrec import MedRecDataLoader, MedRecDataset
+    from recbole_ext.data.medrec_dataset import MedRecDataLoader, MedRecDataset
 
     config = {"dataset": "synth-ehr", "data_path": folder}
     dataset = MedRecDataset(config)

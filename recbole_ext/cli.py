@@ -30,7 +30,7 @@ USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 
 def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
     """``--key=value`` / ``--key value`` pairs -> (model, dataset, config_dict, config_files)."""
-    from recbole_ext.compat import safe_literal
+    from recbole_ext.options import safe_literal
 
     values: dict = {}
     i = 0

@@ -10,7 +10,6 @@ pattern is gone, so an upstream change is noticed instead of silently skipped.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import importlib.util
 import inspect
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from recbole_ext.options import safe_literal
 
 RECBOLE_VERSION = "1.2.1"
 
@@ -403,24 +404,6 @@ def _faiss_loader_notices():
 
 # --------------------------------------------------------------------------------------------------------------
 # Security: Config._convert_config_dict eval()s every string from config_dict and the command line.
-
-
-def safe_literal(value: str):
-    """Parse a config string the way a user means it, without ever evaluating code.
-
-    Python/YAML literals (numbers, lists, dicts, tuples, True/False/None) become values; anything else stays a
-    string (e.g. a dataset name or a path).
-    """
-    text = value.strip()
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null", "~"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return value
 
 
 @shim(

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from recbole_ext.compat import safe_literal
 from recbole_ext.errors import UserError
+from recbole_ext.options import check_options, effective_bounds
 from recbole_ext.utils.paths import check_dataset_name
 
 # Keys whose RecBole default has one type but which legitimately take another.
@@ -79,95 +77,6 @@ def check_types(internal: dict, external: dict, sources: dict[str, str],
                             fix=f"set {key} to {_type_name(default)}")
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """Allowed values of a numeric option: ``low <= value <= high``; an ``*_open`` side is strict, None unbounded.
-    ``words``: strings the option also takes in place of a number (compared lower-case)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    words: tuple[str, ...] = ()
-
-    def admits(self, value: float) -> bool:
-        if isinstance(value, float) and math.isnan(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"{'<' if self.high_open else '<='} {self.high}"
-
-
-AT_LEAST_ONE = Bounds(1)
-NON_NEGATIVE = Bounds(0)
-POSITIVE = Bounds(0, low_open=True)
-UNIT_INTERVAL = Bounds(0, 1)
-DROPOUT = Bounds(0, 1, high_open=True)  # a dropout probability of 1 would zero every input
-SEED = Bounds(0, 2**32 - 1)  # numpy's legacy seeding (RecBole's init_seed, the published bootstrap) takes these
-
-# Options with one meaning across RecBole's models, its trainer and ours, checked for every model (RecBole's
-# built-ins included) where the configuration has them. Out of range, torch refused some with a bare ValueError
-# after the data had loaded (learning_rate, weight_decay, dropout) and others ran on silently (BPR with
-# embedding_size 0 or eval_batch_size 0, LightGCN with n_layers -1).
-COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train_batch_size": AT_LEAST_ONE,
-                 "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
-                 "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
-                 "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE,
-                 "seed": SEED, "eval_users_per_batch": AT_LEAST_ONE}  # ~ (None) derives it from eval_batch_size
-
-
-def config_value(config: Any, key: str, default: Any = None) -> Any:
-    """``config[key]`` for a RecBole Config (None when absent) or a plain dict; ``default`` when absent or None."""
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
-
-
-def option_bounds(model_class) -> dict[str, Bounds]:
-    """The ``option_bounds`` of a model class and of its bases (a subclass's entry wins)."""
-    merged: dict[str, Bounds] = {}
-    for klass in reversed(getattr(model_class, "__mro__", ())):
-        merged.update(vars(klass).get("option_bounds", {}))
-    return merged
-
-
-def effective_bounds(model_class) -> dict[str, Bounds]:
-    """Every bound ``check_options`` applies to the model: ``COMMON_BOUNDS``, then its own ``option_bounds``."""
-    return {**COMMON_BOUNDS, **option_bounds(model_class)}
-
-
-def check_options(model_class, config: Any) -> None:
-    """Every bounded numeric option of the model (``option_bounds``) and the common ones within bounds, then the
-    model's own cross-option check (classmethod ``check_config(config)``), as one-line errors. ``build_config``
-    runs this before any data is read; the models' constructors run it too (direct use with a dict config)."""
-    name = getattr(model_class, "__name__", str(model_class))
-    for key, bounds in effective_bounds(model_class).items():
-        value = config_value(config, key)
-        if isinstance(value, str) and value.lower() not in bounds.words:
-            # parsed as RecBole's Config will parse it (a YAML spec's 1e-3 is the string '1e-3' until then); what
-            # stays a string ('nan', 'many') would escape check_types for a key without a RecBole default
-            value = safe_literal(value)
-            if isinstance(value, str):
-                raise UserError(f"{name}: option {key}={value!r} must be a number {bounds}",
-                                fix=f"set {key} to a number {bounds}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue  # absent, a declared word, or of another wrong type (check_types reports that)
-        if not bounds.admits(value):
-            raise UserError(f"{name}: option {key}={value!r} must be {bounds}", fix=f"set {key} {bounds}")
-    hook = getattr(model_class, "check_config", None)
-    if callable(hook):
-        hook(config)
-
-
 @contextlib.contextmanager
 def _argv_isolated():
     """RecBole's Config parses sys.argv; our CLI passes values explicitly instead."""
@@ -215,7 +124,6 @@ def _computed_metric_example(metrics: list, topk: list) -> str:
 def build_config(model: str, dataset: str, config_dict: dict | None = None,
                  config_files: list[str] | None = None):
     """Return ``(config, task)`` or raise ``UserError``. Nothing is written to disk here."""
-    import recbole_ext  # noqa: F401  (shims and registry hooks)
     from recbole.config import Config
 
     from recbole_ext import registry
@@ -267,14 +175,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
         kind = {"mmrec": "a multimodal (MMRec-format)", "medrec": "a medication (visit)"}.get(needs, f"a '{needs}'")
         raise UserError(f"model {model} needs {kind} dataset, but '{dataset}' is a '{task.name}' dataset",
                         fix=f"pick a dataset whose YAML sets task: {needs}")
-    if task.name != "medrec":  # registered with RecBole, so its Config accepts them; its collector then fails
-        from recbole_ext.evaluation.medrec_metrics import METRICS
-
-        set_metrics = {cls.__name__.lower() for cls in METRICS}
-        misplaced = [m for m in config["metrics"] if str(m).lower() in set_metrics]
-        if misplaced:
-            raise UserError(f"metrics {misplaced} score medication sets, but '{dataset}' is a '{task.name}' dataset",
-                            fix="use ranking metrics such as Recall and NDCG here, or a dataset with task: medrec")
+    task.check_config(config)
     task.check_model(config.model_class)
     task.check_data(config)
     return config, task

@@ -105,7 +105,7 @@ def test_epochs_and_seed_cannot_be_searched():
 def test_every_declared_space_parses_names_a_source_and_fits_the_models_bounds():
     """Each file of properties/search/: a known model, a source, and every value the sampler can draw (each choice,
     each range's ends) passes the model's option checks, so no trial dies on a bad value."""
-    from recbole_ext.config import check_options
+    from recbole_ext.options import check_options
     from recbole_ext.registry import model_class
 
     files = sorted(SEARCH_DIR.glob("*.yaml"))

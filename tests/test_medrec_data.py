@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from recbole_ext.data.medrec import load_medrec
+from recbole_ext.data.medrec import split_patients
+from recbole_ext.data.medrec_dataset import MedRecDataset
 from recbole_ext.data.prepare import mimic, synthetic_ehr
 from recbole_ext.errors import UserError
-from recbole_ext.training.medrec import MedRecDataset, split_patients
 
 ROOT = Path(__file__).resolve().parent.parent / "dataset_atomic"
 RAW3 = ROOT / "mimic3-demo" / "raw"

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from recbole_ext import registry
-from recbole_ext.config import Bounds, build_config, check_options, effective_bounds, option_bounds
+from recbole_ext.config import build_config
 from recbole_ext.errors import UserError
+from recbole_ext.options import Bounds, check_options, effective_bounds, option_bounds
 from recbole_ext.utils.paths import PROPERTIES_DIR
 
 # the packaged zoo ("module:Class" specs), not models other tests register at run time
@@ -115,7 +116,7 @@ def test_direct_construction_checks_too():
     ("RETAIN", {"eval_patients_per_batch": 2.5}, "'eval_patients_per_batch' must be an integer"),
 ])
 def test_build_config_refuses_before_reading_data(model, options, needle, monkeypatch):
-    from recbole_ext.training import medrec
+    from recbole_ext.data import medrec_dataset as medrec
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the options were checked")
@@ -150,7 +151,7 @@ def test_a_declared_word_passes_the_type_check_and_reaches_the_model(monkeypatch
     the CWG pair mask off; any other string is refused."""
     from recbole_ext.models.medrec.cafemed import CafeMed
     from recbole_ext.models.medrec.testing import make_synthetic
-    from recbole_ext.training import medrec
+    from recbole_ext.data import medrec_dataset as medrec
 
     monkeypatch.setattr(medrec.MedRecDataset, "__init__", lambda *a, **k: None)
     config, _ = build_config("CafeMed", "mimic3-demo", {"cwg_effect_threshold": "off"})

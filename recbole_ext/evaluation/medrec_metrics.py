@@ -20,7 +20,7 @@ import numpy as np
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
-from recbole_ext.config import config_value
+from recbole_ext.options import config_value
 
 THRESHOLD = 0.5
 METRIC_KEYS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_med")

@@ -63,7 +63,8 @@ def check_models_and_options(spec, build: bool = True) -> None:
     """Before the first run starts: every model name is known and every run's options are within the model's
     bounds (``check_options``); with ``build``, every run's configuration also builds as the worker will build it
     (``build_config``: the dataset exists and suits the model) and the spec's ``metrics`` are computed."""
-    from recbole_ext.config import build_config, check_options, computed_metrics
+    from recbole_ext.config import build_config, computed_metrics
+    from recbole_ext.options import check_options
     from recbole_ext.leaderboard.plan import run_config
     from recbole_ext.registry import model_class
 

@@ -16,16 +16,9 @@ from logging import getLogger
 import numpy as np
 import torch
 
+from recbole_ext.options import config_value
 from recbole_ext.retrieval.index import DEFAULT_FACTORY, ItemIndex
 from recbole_ext.retrieval.vectors import final_vectors
-
-
-def _config_get(config, key, default=None):
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
 
 
 class FaissEvalMixin:
@@ -53,10 +46,10 @@ class FaissEvalMixin:
         config = self.config
         index = ItemIndex.build(
             vectors.items.cpu(),
-            factory=_config_get(config, "faiss_index", DEFAULT_FACTORY),
-            nprobe=_config_get(config, "faiss_nprobe"),
-            ef_search=_config_get(config, "faiss_ef_search"),
-            seed=int(_config_get(config, "seed", 0)),
+            factory=config_value(config, "faiss_index", DEFAULT_FACTORY),
+            nprobe=config_value(config, "faiss_nprobe"),
+            ef_search=config_value(config, "faiss_ef_search"),
+            seed=int(config_value(config, "seed", 0)),
         )
         return vectors, index
 

@@ -5,12 +5,39 @@ from __future__ import annotations
 import os
 
 from recbole_ext.errors import UserError
+from recbole_ext.evaluation.medrec_metrics import METRICS as MEDICATION_SET_METRICS
+from recbole_ext.options import number_value
 
 
 class Task:
     """Base task: RecBole's own dataset, dataloaders and trainer."""
 
     name = "general"
+    # Numeric options the task reads: key -> (default, type, Bounds), the task's counterpart of a model's
+    # ``option_bounds``; all are checked before any data is read (``check_config``) and read through ``option``.
+    numeric_options: dict[str, tuple] = {}
+
+    @classmethod
+    def option(cls, config, key: str):
+        """A declared numeric option, read and checked (a bad value is a one-line error naming the key)."""
+        default, kind, bounds = cls.numeric_options[key]
+        return number_value(config, key, default, kind, bounds)
+
+    def check_config(self, config) -> None:
+        """Raise ``UserError`` for options this task cannot run with; called before any data is read."""
+        self.check_metrics(config)
+        for key in self.numeric_options:
+            self.option(config, key)
+
+    def check_metrics(self, config) -> None:
+        # RecBole's Config accepts the medication-set metrics (they are registered with it), and its collector
+        # fails on them later: refuse them here, on a task that ranks items
+        set_metrics = {cls.__name__.lower() for cls in MEDICATION_SET_METRICS}
+        misplaced = [m for m in config["metrics"] if str(m).lower() in set_metrics]
+        if misplaced:
+            raise UserError(f"metrics {misplaced} score medication sets, but '{config['dataset']}' is a "
+                            f"'{self.name}' dataset",
+                            fix="use ranking metrics such as Recall and NDCG here, or a dataset with task: medrec")
 
     def check_model(self, model_class) -> None:
         """Raise ``UserError`` if ``model_class`` cannot run on this task."""

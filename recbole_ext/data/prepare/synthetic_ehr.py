@@ -194,7 +194,7 @@ def planted_probabilities(dataset, phase: str = "test") -> tuple[np.ndarray, np.
 
     Returns (prob [N, n_med], target [N, n_med] bool, patient row [N]) in (patient, visit) order.
     """
-    from recbole_ext.training.medrec import dataset_folder
+    from recbole_ext.data.medrec_dataset import dataset_folder
 
     folder = dataset_folder(dataset.config)
     missing = [f for f in EFFECT_FILES if not (folder / f).is_file()]
@@ -235,7 +235,7 @@ def planted_probabilities(dataset, phase: str = "test") -> tuple[np.ndarray, np.
 
 def print_oracle(opts) -> int:
     from recbole_ext.evaluation.medrec_metrics import bootstrap_scores
-    from recbole_ext.training.medrec import MedRecDataset
+    from recbole_ext.data.medrec_dataset import MedRecDataset
 
     root = Path(opts.out).expanduser() if opts.out else dataset_root()
     ds = MedRecDataset({"dataset": opts.name, "data_path": str(root / opts.name), "seed": opts.seed})

@@ -17,35 +17,15 @@ published code takes one optimiser step per visit; here a batch of patients is o
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_ext.config import NON_NEGATIVE, POSITIVE, check_options, config_value
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-
-
-def config_flag(config: Any, key: str, default: bool) -> bool:
-    """A boolean option; accepts real booleans and the strings a command line gives (true/false, 1/0, yes/no)."""
-    value = config_value(config, key, default)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise UserError(f"{key}={value!r} is not a boolean", fix=f"set {key} to True or False")
-    return bool(value)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}", fix=f"set {name} to one of {choices}")
-    return value
+from recbole_ext.options import NON_NEGATIVE, POSITIVE, check_choice, check_options, config_flag, config_value
 
 
 def previous_visit(codes: torch.Tensor) -> torch.Tensor:

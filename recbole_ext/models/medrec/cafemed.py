@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import AT_LEAST_ONE, Bounds
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-from recbole_ext.models.medrec.base import MedRecModel, check_choice, config_flag, config_value, previous_visit
+from recbole_ext.models.medrec.base import MedRecModel, previous_visit
 from recbole_ext.models.medrec.causal import causal_effects
 from recbole_ext.models.medrec.stacked_gru import PackedVisits, stacked_gru
+from recbole_ext.options import AT_LEAST_ONE, Bounds
+from recbole_ext.options import check_choice, config_flag, config_value
 
 N_LEVELS = 6  # relation levels 0..5 per side; level 0 = first-visit placeholder edges, level 5 never occurs
 

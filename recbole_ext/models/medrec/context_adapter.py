@@ -30,7 +30,8 @@ from recbole.utils import FeatureSource, FeatureType
 
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-from recbole_ext.models.medrec.base import MedRecModel, config_value, previous_visit
+from recbole_ext.models.medrec.base import MedRecModel, previous_visit
+from recbole_ext.options import config_value
 
 LABEL = "label"
 

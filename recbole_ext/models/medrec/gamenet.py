@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import DROPOUT
 from recbole_ext.data.visit_batch import VisitBatch
-from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_flag, config_value
+from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel
 from recbole_ext.models.medrec.causal import visits_to_csr
+from recbole_ext.options import DROPOUT
+from recbole_ext.options import config_flag, config_value
 
 
 def row_normalise_with_self_loops(adj: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from recbole_ext.data.visit_batch import VisitBatch
-from recbole_ext.models.medrec.base import MedRecModel, config_value, embedding_bag_sum, previous_visit
+from recbole_ext.models.medrec.base import MedRecModel, embedding_bag_sum, previous_visit
+from recbole_ext.options import config_value
 
 
 class RETAIN(MedRecModel):

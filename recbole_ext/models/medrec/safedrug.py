@@ -30,10 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import AT_LEAST_ONE
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
-from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel, config_value
+from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel
+from recbole_ext.options import AT_LEAST_ONE
+from recbole_ext.options import config_value
 from recbole_ext.utils.cache import cache_dir
 from recbole_ext.utils.io import atomic_file
 from recbole_ext.utils.paths import RESOURCES_DIR

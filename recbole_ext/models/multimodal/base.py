@@ -6,30 +6,13 @@ import torch.nn as nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
-from recbole_ext.config import NON_NEGATIVE, check_options
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import interaction_csr, normalised_bipartite, to_torch_sparse
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.row_update import RowUpdate, linear_with_row_update
+from recbole_ext.options import NON_NEGATIVE, check_options
 
 MODALITIES = ("image", "text")
-_MISSING = object()
-
-
-def config_value(config, key: str, default=_MISSING):
-    """``config[key]`` for a RecBole ``Config`` or a plain dict; ``default`` when absent or None."""
-    try:
-        value = config[key]
-    except KeyError:
-        value = None
-    if value is None:
-        if default is _MISSING:
-            raise UserError(f"config key {key!r} is missing", fix=f"set {key} in the model YAML or on the command line")
-        return default
-    if isinstance(value, (list, tuple)) and not isinstance(default, (list, tuple)) and default is not _MISSING:
-        raise UserError(f"config key {key!r} is a list {list(value)!r}; the model needs one value",
-                        fix="search lists with recbole_ext.models.multimodal.grid, pass scalars to the model")
-    return value
 
 
 class MultimodalRecommender(GeneralRecommender):

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from recbole_ext.config import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
+from recbole_ext.models.multimodal.base import MultimodalRecommender
+from recbole_ext.options import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
+from recbole_ext.options import config_value
 
 _DEGREE_EPS = 1e-7
 

@@ -62,7 +62,7 @@ def run_grid(model: str, dataset: str, grid: dict[str, list] | None = None, conf
              config_files: list[str] | None = None, runner=None) -> GridResult:
     """Train every grid point; choose on the validation score; return the chosen point's test result only."""
     from recbole_ext import registry
-    from recbole_ext.config import check_options
+    from recbole_ext.options import check_options
 
     model_class = registry.model_class(model)  # an unknown name is said as such, not as "declares no hyper_grid"
     if runner is None:

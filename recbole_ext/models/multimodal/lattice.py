@@ -50,13 +50,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
+from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.models.multimodal.mgcn import REG_DENOMINATORS
+from recbole_ext.options import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL
+from recbole_ext.options import config_value
 
 CF_MODELS = ("lightgcn", "mf")
 GRAPH_REBUILDS = ("epoch", "batch")

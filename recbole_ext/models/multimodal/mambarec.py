@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from recbole_ext.config import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, POSITIVE
 from recbole_ext.models.layers.dream import DREAM
 from recbole_ext.models.layers.losses import gaussian_mmd
 from recbole_ext.models.layers.recompute import recomputed
-from recbole_ext.models.multimodal.base import config_value
 from recbole_ext.models.multimodal.mgcn import MGCN
+from recbole_ext.options import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, POSITIVE
+from recbole_ext.options import config_value
 
 
 class MambaRec(MGCN):

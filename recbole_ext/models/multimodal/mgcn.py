@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from recbole_ext.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2, info_nce
 from recbole_ext.models.layers.recompute import recomputed
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
+from recbole_ext.models.multimodal.base import MultimodalRecommender
+from recbole_ext.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
+from recbole_ext.options import config_value
 
 REG_DENOMINATORS = ("train_batch_size", "batch")
 

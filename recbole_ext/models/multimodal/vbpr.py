@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from recbole_ext.models.multimodal.base import MultimodalRecommender, config_value
+from recbole_ext.models.multimodal.base import MultimodalRecommender
+from recbole_ext.options import config_value
 
 _BPR_GAMMA = 1e-10  # MMRec's BPRLoss: -log(gamma + sigmoid(pos - neg))
 
