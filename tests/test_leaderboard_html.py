@@ -24,7 +24,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("chromium is not installed: apt-get update && apt-get install -y chromium (.ci/run does this)")
+        pytest.fail("chromium is not installed: run sh tests/install-browser.sh (the README test command does)")
     return exe
 
 
