@@ -7,7 +7,7 @@
 Data at MIMIC-III scale (6,350 patients, ~15,000 visits, 2,000 diagnoses, 1,400 procedures, 131 medications):
 ``--data task`` (default) prepares the medication task's ``synth-ehr`` dataset once in a temporary folder
 (``prepare synthetic-ehr`` defaults) and reads it through ``MedRecDataset`` / ``MedRecDataLoader`` exactly as
-training does; ``--data inprocess`` uses ``recbole_ext.models.medrec.testing.make_synthetic`` (planted
+training does; ``--data inprocess`` uses ``recbole_ext.testing.medrec_synthetic.make_synthetic`` (planted
 diagnosis->medication effects, 448 DDI pairs). The training split is the first 2/3 of the patients. Each model runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own;
 the epoch is one pass over the training patients with Adam built as ``MedRecTrainer`` builds it (fused on CPU
 unless ``--set fused_adam=false``), after one warm-up batch.
@@ -37,7 +37,7 @@ SCALE = dict(n_patients=6350, n_diag=2000, n_proc=1400, n_med=131, mean_extra_vi
 def load_data(source: str, folder: str | None, batch_size: int):
     """``(dataset, training batches)`` for the chosen data source."""
     if source == "inprocess":
-        from recbole_ext.models.medrec.testing import make_synthetic
+        from recbole_ext.testing.medrec_synthetic import make_synthetic
 
         data = make_synthetic(**SCALE)
         return data, data.batches("train", batch_size)

@@ -36,7 +36,7 @@ def one(model_name: str, shape: str, threads: int, epochs: int, adam: str = "fus
     import torch
 
     import recbole_ext  # noqa: F401  (compat shims for RecBole's LightGCN/BPR)
-    from recbole_ext.models.multimodal.toy import (ITEM_FIELD, NEG_PREFIX, USER_FIELD, negatives,
+    from recbole_ext.testing.multimodal_toy import (ITEM_FIELD, NEG_PREFIX, USER_FIELD, negatives,
                                                     planted_clusters, toy_config)
     from recbole_ext.registry import model_class
     from recbole_ext.training.row_adam import attach_row_adam
@@ -53,7 +53,7 @@ def one(model_name: str, shape: str, threads: int, epochs: int, adam: str = "fus
     t0 = time.time()
     model = model_class(model_name)(toy_config(**{**extra, **(overrides or {})}), ds)
     setup_s = time.time() - t0
-    # MMRecDataset hands its feature tables to the model (and reloads them from disk if asked again); the
+    # MultimodalDataset hands its feature tables to the model (and reloads them from disk if asked again); the
     # in-memory toy has no file to reload from, so the bench drops its reference here, as the real run does.
     ds = ds.with_features({})
     # plain = RecBole's default; fused = one kernel per tensor, no [n_items, 4096] temporaries (the MMRec

@@ -1,17 +1,20 @@
 """recbole-ext: MambaRec and CafeMed as first-class RecBole 1.2.1 models, FAISS retrieval and leaderboards.
 
-Importing the package applies the compatibility shims (``recbole_ext.compat``) and installs the registry hooks
-(``recbole_ext.registry``), both idempotent, so RecBole's own entry points see recbole-ext models afterwards.
+Importing the package applies the compatibility shims (``recbole_ext.compat``), installs the registry hooks
+(``recbole_ext.registry``) and re-binds RecBole's ``run_recbole`` / ``load_data_and_model`` to
+``recbole_ext.quick_start``, all idempotent, so RecBole's own entry points see recbole-ext models afterwards.
+Nothing here imports a trainer, a model or the leaderboard: those load when a run needs them.
 """
-__version__ = "0.1.0"
+from recbole_ext.version import __version__  # noqa: F401  (the public version attribute)
 
 
 def register() -> None:
     """Apply shims and registry hooks (done on import; calling again is harmless)."""
-    from recbole_ext import compat, registry
+    from recbole_ext import compat, quick_start, registry
 
     compat.apply_all()
     registry.install_hooks()
+    quick_start.install_recbole_entry_points()
 
 
 register()
@@ -25,7 +28,7 @@ def run(*args, **kwargs):
 
 
 def recommend(*args, **kwargs):
-    """See :func:`recbole_ext.retrieval.recommend`."""
-    from recbole_ext.retrieval import recommend as _recommend
+    """See :func:`recbole_ext.serving.recommend.recommend`."""
+    from recbole_ext.serving.recommend import recommend as _recommend
 
     return _recommend(*args, **kwargs)

@@ -19,6 +19,7 @@ import torch
 
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_file
+from recbole_ext.version import __version__
 
 FORMAT = "recbole-ext/checkpoint/1"
 
@@ -88,8 +89,6 @@ def save_trainer_state(trainer, path: str | os.PathLike, epoch: int) -> None:
 
 
 def _version() -> str:
-    from recbole_ext import __version__
-
     return __version__
 
 

@@ -15,7 +15,7 @@ import sys
 from recbole_ext.errors import UserError
 
 SUBCOMMANDS = {
-    "recommend": "recbole_ext.retrieval.cli:main",
+    "recommend": "recbole_ext.serving.cli:main",
     "leaderboard": "recbole_ext.leaderboard.cli:main",
 }
 PREPARERS = {

@@ -455,6 +455,44 @@ def _plain_data_checkpoints():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# RecBole's get_tensorboard writes ./log_tensorboard/<log file stem> relative to the working directory. A run's
+# files belong in its run directory, and changing the process's working directory to get them there would affect
+# every thread and the caller; instead the writer goes beside the run's log file, which recbole_ext.quick_start marks
+# with RUN_LOG_MARKER. Loggers without that marker (RecBole's own init_logger) keep RecBole's behaviour.
+
+RUN_LOG_MARKER = "recbole_ext_handler"
+
+
+@shim(
+    "tensorboard_beside_run_log",
+    "RecBole 1.2.1 get_tensorboard writes ./log_tensorboard relative to the working directory; a recbole-ext run "
+    "writes it inside its run directory, beside run.log",
+    gate=lambda: _installed("recbole") == _version_tuple(RECBOLE_VERSION),
+)
+def _tensorboard_beside_run_log():
+    import os
+
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils as utils_package
+    import recbole.utils.utils as utils_module
+
+    original = getattr(utils_module.get_tensorboard, "__ext_original__", utils_module.get_tensorboard)
+
+    def get_tensorboard(logger):
+        for handler in logger.handlers:
+            if getattr(handler, RUN_LOG_MARKER, False) and hasattr(handler, "baseFilename"):
+                from torch.utils.tensorboard import SummaryWriter
+
+                folder, name = os.path.split(handler.baseFilename)
+                return SummaryWriter(os.path.join(folder, "log_tensorboard", name.split(".")[0]))
+        return original(logger)
+
+    get_tensorboard.__ext_original__ = original
+    for module in (utils_module, utils_package, trainer_module):  # each bound the name at import
+        module.get_tensorboard = get_tensorboard
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def apply_all() -> dict[str, bool]:

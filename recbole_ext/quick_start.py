@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from recbole_ext.compat import RUN_LOG_MARKER
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_file, make_dirs
 
@@ -49,18 +50,6 @@ class RunResult:
         return asdict(self)
 
 
-def _floats(result) -> dict:
-    if not result:
-        return {}
-    out = {}
-    for k, v in dict(result).items():
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError):
-            out[str(k)] = v
-    return out
-
-
 def _check_cutoffs(config, dataset) -> None:
     """A top-K cutoff above the number of items failed in torch.topk after the first training epoch."""
     from recbole_ext.config import computed_metrics
@@ -77,15 +66,17 @@ def _check_cutoffs(config, dataset) -> None:
 
 def _plain_line(result) -> str:
     """``key value`` pairs for the log: numpy 2's repr would print ``OrderedDict([('recall@10', np.float64(...))])``."""
+    from recbole_ext.training.history import plain_floats
+
     return "    ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in _floats(result).items()) or "-"
+                       for k, v in plain_floats(result).items()) or "-"
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-_EXT_HANDLER = "recbole_ext_handler"
+_EXT_HANDLER = RUN_LOG_MARKER  # the shim tensorboard_beside_run_log writes log_tensorboard/ beside this file
 
 
 def _init_logging(config, run_dir: Path | None) -> None:
@@ -115,64 +106,6 @@ def _init_logging(config, run_dir: Path | None) -> None:
             h.setLevel(level)
 
 
-@contextlib.contextmanager
-def _inside(run_dir: Path):
-    """RecBole writes ./log_tensorboard relative to the working directory: keep it inside the run directory."""
-    previous = os.getcwd()
-    os.chdir(run_dir)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-class StopTraining(Exception):
-    """Raised from inside ``fit`` when the ``on_valid`` callback asks to stop (a pruned tuning trial)."""
-
-    def __init__(self, epoch: int):
-        super().__init__(f"training stopped after epoch {epoch}")
-        self.epoch = epoch
-
-
-def _record_history(trainer, on_valid=None, bigger: bool = True) -> list:
-    """Wrap the trainer's epoch methods (on the instance) to keep per-epoch loss and validation results; after each
-    validation, ``on_valid(epoch, score, bigger)`` may return True to stop training (``StopTraining``)."""
-    history: list[dict] = []
-    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
-
-    def _train_epoch(train_data, epoch_idx, *args, **kwargs):
-        start = time.time()
-        loss = train_epoch(train_data, epoch_idx, *args, **kwargs)
-        value = float(sum(loss)) if isinstance(loss, tuple) else float(loss) if loss is not None else None
-        history.append({"epoch": int(epoch_idx), "train_loss": value, "valid": {}, "time_s": time.time() - start})
-        return loss
-
-    def _valid_epoch(valid_data, *args, **kwargs):
-        score, result = valid_epoch(valid_data, *args, **kwargs)
-        if history:
-            history[-1]["valid"] = _floats(result)
-            history[-1]["valid_score"] = float(score)
-        if on_valid is not None and history and on_valid(history[-1]["epoch"], float(score), bigger):
-            raise StopTraining(history[-1]["epoch"])
-        return score, result
-
-    trainer._train_epoch = _train_epoch
-    trainer._valid_epoch = _valid_epoch
-    return history
-
-
-def _best_so_far(history: list, bigger: bool):
-    """The best validated epoch of ``history`` (the first of equal scores, as early stopping keeps it)."""
-    validated = [h for h in history if "valid_score" in h]
-    if not validated:
-        return None, {}
-    best = validated[0]
-    for h in validated[1:]:
-        if (h["valid_score"] > best["valid_score"]) if bigger else (h["valid_score"] < best["valid_score"]):
-            best = h
-    return best["valid_score"], best["valid"]
-
-
 def precedence_lines(config) -> list[str]:
     """One log line per key that both the dataset YAML and the model YAML set: which value the run uses and why."""
     from recbole_ext.registry import yaml_conflicts
@@ -191,6 +124,7 @@ def precedence_lines(config) -> list[str]:
 
 def _trainer_class(task, config, model_cls):
     from recbole_ext.registry import load_object
+    from recbole_ext.training.history import with_history
 
     cls = load_object(model_cls.ext_trainer) if getattr(model_cls, "ext_trainer", None) else \
         task.trainer_class(config, model_cls)
@@ -201,7 +135,7 @@ def _trainer_class(task, config, model_cls):
     elif str(config["retrieval"] or "dense").lower() != "dense":
         raise UserError(f"retrieval must be 'dense' or 'faiss', got {config['retrieval']!r}",
                         fix="set --retrieval=faiss or --retrieval=dense")
-    return cls
+    return with_history(cls)  # outermost: it records what the whole trainer does in each epoch
 
 
 def run(model: str, dataset: str, config_dict: dict | None = None, config_files: list[str] | None = None,
@@ -226,8 +160,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     config["run_dir"] = str(run_dir)
     config["checkpoint_dir"] = str(run_dir)
     try:
-        with _inside(run_dir):
-            result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
+        result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written,
         for folder in created[1:]:                  # not even the runs/ folder this run created
@@ -242,6 +175,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
 
     from recbole_ext.checkpoint import id_maps_of, to_plain
     from recbole_ext.evaluation.per_user import evaluate_per_user
+    from recbole_ext.training.history import StopTraining, plain_floats
 
     _init_logging(config, run_dir)
     logger = getLogger()
@@ -260,8 +194,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     trainer = _trainer_class(task, config, model_cls)(config, model)
     trainer.saved_model_file = str(run_dir / "model.pth")
     trainer.ext_id_maps = id_maps_of(dataset)
-    bigger = bool(config["valid_metric_bigger"])
-    history = _record_history(trainer, on_valid, bigger)
+    trainer.on_valid, trainer.valid_bigger = on_valid, bool(config["valid_metric_bigger"])
 
     show = bool(config["show_progress"])
     stopped_at = None
@@ -269,7 +202,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     except StopTraining as stop:
         stopped_at = stop.epoch
-        best_valid_score, best_valid_result = _best_so_far(history, bigger)
+        best_valid_score, best_valid_result = trainer.best_so_far()
         logger.info(f"training stopped after epoch {stop.epoch} by the caller (pruned)")
     if config["evaluate_test"] is False:  # tuning trials: nothing about the test split may reach a choice
         test_result, per_user = {}, {}
@@ -285,7 +218,8 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         model=str(config["model"]), dataset=str(config["dataset"]), task=task.name, run_dir=str(run_dir),
         checkpoint=checkpoint, config=to_plain(config.final_config_dict),
         best_valid_score=None if best_valid_score is None else float(best_valid_score),
-        best_valid_result=_floats(best_valid_result), test_result=_floats(test_result), history=history,
+        best_valid_result=plain_floats(best_valid_result), test_result=plain_floats(test_result),
+        history=trainer.history,
         wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
         stopped_at_epoch=stopped_at,
         per_user_test=per_user,
@@ -343,7 +277,7 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     return config, model, dataset, train_data, valid_data, test_data
 
 
-# ---- RecBole's own entry points, re-bound by recbole_ext.registry.install_hooks -----------------------------
+# ---- RecBole's own entry points, re-bound on import of recbole_ext (install_recbole_entry_points) -------------
 
 
 def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
@@ -360,6 +294,19 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
 def load_data_and_model(model_file):
     """``recbole.quick_start.load_data_and_model`` for recbole-ext checkpoints (weights_only loading)."""
     return load_run(model_file)
+
+
+def install_recbole_entry_points() -> None:
+    """Re-bind ``recbole.quick_start.run_recbole`` / ``load_data_and_model`` (in the package and the module that
+    define them) to the versions above, which run the same code path as :func:`run`. Idempotent."""
+    import recbole.quick_start as qs_pkg
+    import recbole.quick_start.quick_start as qs
+
+    for module in (qs_pkg, qs):
+        if not hasattr(module.run_recbole, "__ext_original__"):
+            run_recbole.__ext_original__ = module.run_recbole
+        module.run_recbole = run_recbole
+        module.load_data_and_model = load_data_and_model
 
 
 def result_table(result: RunResult) -> str:

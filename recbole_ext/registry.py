@@ -9,9 +9,10 @@ recbole-ext stays cheap and a model whose optional dependency is missing fails o
   ``recbole.config.configurator``, ``recbole.quick_start.quick_start``), so ``Config(model="MambaRec")`` works;
 * ``Config._load_internal_config_dict`` overlays ``properties/{overall,dataset/<D>,model/<M>}.yaml`` (in that
   order: a model's own YAML beats the dataset YAML) onto RecBole's internal defaults (external config still wins);
-* RecBole's metric tables are extended in place with our metric classes;
-* ``recbole.quick_start.run_recbole`` / ``load_data_and_model`` are re-bound to task-aware versions that run the
-  same code path as ``recbole_ext.quick_start.run``.
+* RecBole's metric tables are extended in place with our metric classes.
+
+(``recbole.quick_start.run_recbole`` / ``load_data_and_model`` are re-bound by ``recbole_ext.quick_start`` itself,
+which sits above this module.)
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from recbole_ext.utils.paths import PROPERTIES_DIR
 
 TASKS: dict[str, str] = {
     "general": "recbole_ext.training.tasks:GeneralTask",
-    "mmrec": "recbole_ext.training.mmrec:MMRecTask",
+    "mmrec": "recbole_ext.training.multimodal:MultimodalTask",
     "medrec": "recbole_ext.training.medrec:MedRecTask",
 }
 
-METRIC_MODULES = ("recbole_ext.evaluation.mmrec_metrics", "recbole_ext.evaluation.medrec_metrics")
+METRIC_MODULES = ("recbole_ext.evaluation.multimodal_metrics", "recbole_ext.evaluation.medrec_metrics")
 MODEL_PACKAGES = ("recbole_ext.models.multimodal", "recbole_ext.models.medrec")
 
 _installed = False
@@ -135,7 +136,7 @@ TASK_DEFAULTS = {"medrec": "mimic3.yaml", "mmrec": "synth-mm.yaml"}
 
 def detected_task(dataset: str) -> str | None:
     """'medrec' or 'mmrec' when ``dataset_root()/<dataset>`` holds that kind of prepared dataset, else None."""
-    from recbole_ext.data.mm_format import MANIFEST_NAME
+    from recbole_ext.data.mmrec_format import MANIFEST_NAME
     from recbole_ext.utils.paths import dataset_root
 
     folder = dataset_root() / dataset
@@ -222,19 +223,6 @@ def _rebind_get_model():
         module.get_model = get_model
 
 
-def _rebind_quick_start():
-    import recbole.quick_start as qs_pkg
-    import recbole.quick_start.quick_start as qs
-
-    from recbole_ext import quick_start as ext_qs
-
-    for module in (qs_pkg, qs):
-        if not hasattr(module.run_recbole, "__ext_original__"):
-            ext_qs.run_recbole.__ext_original__ = module.run_recbole
-        module.run_recbole = ext_qs.run_recbole
-        module.load_data_and_model = ext_qs.load_data_and_model
-
-
 def _register_metrics():
     for module_name in METRIC_MODULES:
         try:
@@ -255,5 +243,4 @@ def install_hooks() -> None:
     _install_config_overlay()
     _rebind_get_model()
     _register_metrics()
-    _rebind_quick_start()
     _installed = True

@@ -140,6 +140,8 @@ def test_cli_trains_and_prints_table(repo_root, tmp_path, tiny_data):
     assert "recall@20" in proc.stdout and "run directory" in proc.stdout
     (run_dir,) = list((tmp_path / "runs").iterdir())
     assert {"config.yaml", "result.json", "model.pth", "run.log", "log_tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "log_tensorboard" / "run").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # nothing in the working directory (no log_tensorboard)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["model"] == "BPR"
     # the printed table shows this run's numbers: valid and test columns of the recall@20 row

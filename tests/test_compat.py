@@ -347,3 +347,36 @@ print(torch.is_anomaly_enabled())
 ])
 def test_importing_recbole_sequential_models_leaves_anomaly_mode_alone(setup, expected):
     assert last_line(fresh_interpreter(_SINE_PROBE.format(setup=setup), timeout=300)) == expected
+
+
+def test_tensorboard_goes_beside_the_run_log_and_never_into_the_working_directory(tmp_path, monkeypatch):
+    """A logger whose file handler carries RUN_LOG_MARKER (a recbole-ext run's run.log) gets its tensorboard folder
+    beside that file; a plain RecBole logger keeps RecBole's ./log_tensorboard. Without the shim, both land in the
+    working directory (which quick_start used to chdir into the run directory for)."""
+    import logging
+
+    import recbole.trainer.trainer as trainer_module
+
+    work, run_dir = tmp_path / "work", tmp_path / "run"
+    work.mkdir()
+    run_dir.mkdir()
+    monkeypatch.chdir(work)
+    logger = logging.getLogger("tensorboard-shim-test")
+    marked = logging.FileHandler(run_dir / "run.log")
+    setattr(marked, compat.RUN_LOG_MARKER, True)
+    logger.addHandler(marked)
+    try:
+        writer = trainer_module.get_tensorboard(logger)  # the name RecBole's Trainer.__init__ calls
+        writer.close()
+        assert writer.log_dir == str(run_dir / "log_tensorboard" / "run")
+        assert list(work.iterdir()) == []
+        logger.removeHandler(marked)
+        plain = logging.FileHandler(run_dir / "plain.log")
+        logger.addHandler(plain)
+        writer = trainer_module.get_tensorboard(logger)
+        writer.close()
+        assert writer.log_dir == "log_tensorboard/plain" and (work / "log_tensorboard" / "plain").is_dir()
+        logger.removeHandler(plain)
+        plain.close()
+    finally:
+        marked.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE = "recbole_ext.leaderboard.fake:run"
+FAKE = "recbole_ext.testing.fake_runs:run"
 
 
 def write_spec(path: Path, **overrides) -> Path:

@@ -15,7 +15,7 @@ from recbole_ext.models.medrec.context_adapter import MedDeepFM, MedFM, MedWideD
 from recbole_ext.models.medrec.gamenet import GAMENet
 from recbole_ext.models.medrec.retain import RETAIN
 from recbole_ext.models.medrec.safedrug import SafeDrug
-from recbole_ext.models.medrec.testing import evaluate, fit, make_synthetic
+from recbole_ext.testing.medrec_synthetic import evaluate, fit, make_synthetic
 
 ALL_MODELS = [CafeMed, CausalMed, RETAIN, GAMENet, SafeDrug, MedFM, MedDeepFM, MedWideDeep]
 

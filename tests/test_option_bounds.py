@@ -100,7 +100,7 @@ def test_freedom_needs_feature_width_equal_to_id_width():
 
 def test_direct_construction_checks_too():
     """Models built outside build_config (notebooks, tests) refuse bad options in their constructor."""
-    from recbole_ext.models.medrec.testing import make_synthetic
+    from recbole_ext.testing.medrec_synthetic import make_synthetic
 
     data = make_synthetic(n_patients=12, n_diag=20, n_proc=10, n_med=6, seed=0)
     with pytest.raises(UserError, match="RETAIN: option dropout_prob=1.5"):
@@ -150,7 +150,7 @@ def test_a_declared_word_passes_the_type_check_and_reaches_the_model(monkeypatch
     """CafeMed's ``cwg_effect_threshold: off`` (YAML default 0.2, a number) is accepted by build_config and turns
     the CWG pair mask off; any other string is refused."""
     from recbole_ext.models.medrec.cafemed import CafeMed
-    from recbole_ext.models.medrec.testing import make_synthetic
+    from recbole_ext.testing.medrec_synthetic import make_synthetic
     from recbole_ext.data import medrec_dataset as medrec
 
     monkeypatch.setattr(medrec.MedRecDataset, "__init__", lambda *a, **k: None)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from recbole_ext.errors import UserError
-from recbole_ext.retrieval import cli, serving as rec
 from recbole_ext.retrieval.index import History
 from recbole_ext.retrieval.patient import load_patient, patient_batch
+from recbole_ext.serving import cli
+from recbole_ext.serving import recommend as rec
 
 # Items 1..5 (tokens i10..i50) in 2-d; user u1 = (1, 0) ranks them i10, i20, i30, i50, i40 and has seen i10.
 ITEM_VECTORS = torch.tensor([[0, 0], [5, 0], [4, 1], [3, -2], [-1, 7], [0.5, 0.5]])

@@ -11,9 +11,9 @@ import torch
 
 from recbole_ext.errors import UserError
 from recbole_ext.quick_start import load_run, run
-from recbole_ext.retrieval import cli
 from recbole_ext.retrieval.evaluation import with_faiss_eval
-from recbole_ext.retrieval.serving import index_folder
+from recbole_ext.serving import cli
+from recbole_ext.serving.recommend import index_folder
 
 ALL_METRICS = {"metrics": ["Recall", "MRR", "NDCG", "Hit", "Precision", "MAP"], "topk": [1, 5, 10, 20],
                "valid_metric": "recall@10", "metric_decimal_place": 12}

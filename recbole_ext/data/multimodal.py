@@ -1,7 +1,7 @@
-"""``MMRecDataset``: a RecBole ``Dataset`` for MMRec-style multimodal data (Baby, Sports, Clothing, synth-mm).
+"""``MultimodalDataset``: a RecBole ``Dataset`` for MMRec-style multimodal data (Baby, Sports, Clothing, synth-mm).
 
 It reads the folder written by ``prepare mmrec`` / ``prepare synthetic-mm`` (layout in
-:mod:`recbole_ext.data.mm_format`), splits by the ``x_label`` column (0 train, 1 valid, 2 test) instead of RecBole's
+:mod:`recbole_ext.data.mmrec_format`), splits by the ``x_label`` column (0 train, 1 valid, 2 test) instead of RecBole's
 ratio split, and exposes the model-facing contract (docs/CONTRACTS.md):
 
 * ``mm_features``: ``{"image": FloatTensor [item_num, d_v], "text": FloatTensor [item_num, d_t]}``, row k = the item
@@ -23,7 +23,7 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 
-from recbole_ext.data.mm_format import (MANIFEST_NAME, MODALITIES, SPLIT_LABELS, check_finite_rows,
+from recbole_ext.data.mmrec_format import (MANIFEST_NAME, MODALITIES, SPLIT_LABELS, check_finite_rows,
                                         open_feature_matrix, read_item_tokens, read_manifest)
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import bundled_elsewhere
@@ -90,7 +90,7 @@ def _feature_sha256(path: Path) -> str:
     return value
 
 
-class MMRecDataset(Dataset):
+class MultimodalDataset(Dataset):
     """RecBole Dataset with an ``x_label`` split and aligned multimodal item features."""
 
     def __init__(self, config):

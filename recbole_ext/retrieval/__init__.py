@@ -1,10 +1,10 @@
-"""Top-K retrieval over a model's final user/item vectors with FAISS: evaluation hook and serving.
+"""Top-K retrieval over a model's final user/item vectors with FAISS: the index, the vectors, the evaluation hook.
 
-Public names (imported lazily so ``import recbole_ext`` stays light): ``recommend``, ``ItemIndex``, ``History``,
-``FaissEvalMixin``, ``with_faiss_eval``, ``final_vectors``.
+Public names (imported lazily so ``import recbole_ext`` stays light): ``ItemIndex``, ``History``,
+``FaissEvalMixin``, ``with_faiss_eval``, ``final_vectors``. Serving a trained run (``recommend``) builds on this
+library in ``recbole_ext.serving``.
 """
 _EXPORTS = {
-    "recommend": "recbole_ext.retrieval.serving",
     "ItemIndex": "recbole_ext.retrieval.index",
     "History": "recbole_ext.retrieval.index",
     "FaissEvalMixin": "recbole_ext.retrieval.evaluation",

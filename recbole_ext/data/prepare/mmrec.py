@@ -3,7 +3,7 @@
 MMRec (Zhou et al., "A Comprehensive Survey on Multimodal Recommender Systems", and github.com/enoche/MMRec)
 publishes each dataset as a folder ``<name>/`` with ``<name>.inter`` (TSV: userID itemID rating timestamp x_label),
 ``image_feat.npy`` (4096-d CNN features, row = itemID) and ``text_feat.npy`` (384-d Sentence-Transformers features).
-The output layout is documented in :mod:`recbole_ext.data.mm_format`. Every input is validated first; a failure
+The output layout is documented in :mod:`recbole_ext.data.mmrec_format`. Every input is validated first; a failure
 leaves nothing behind (the folder is written through ``atomic_dir``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from recbole_ext.data.mm_format import (DEFAULT_FEATURE_FILES, MODALITIES, check_finite_rows, open_feature_matrix,
+from recbole_ext.data.mmrec_format import (DEFAULT_FEATURE_FILES, MODALITIES, check_finite_rows, open_feature_matrix,
                                         read_mmrec_inter, write_mm_folder)
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from recbole_ext.data.mm_format import write_mm_folder
+from recbole_ext.data.mmrec_format import write_mm_folder
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
@@ -157,7 +157,7 @@ images or texts). **Licence:** CC0-1.0.
 **Contents.** {s['n_users']} users, {spec.items} items, {s['n_interactions']} interactions; per-user random split
 as MMRec's preprocessing: train {s['n_train']}, valid {s['n_valid']}, test {s['n_test']} (`x_label` 0/1/2).
 `{name}.inter` / `{name}.item` are RecBole atomic files; `mm_features.json` is the manifest (format in
-`recbole_ext/data/mm_format.py`).
+`recbole_ext/data/mmrec_format.py`).
 
 | file | shape | dtype | sha256 |
 |---|---|---|---|

@@ -11,7 +11,7 @@ Faster than the official code, same function: the two stacked image maps are app
 (running statistics reproduced, see DREAM), MMD uses Gram matrices instead of ``B x B x 64`` broadcasts and
 MMD/InfoNCE run over the batch's distinct ids weighted by their counts, the kNN
 graphs come from FAISS instead of a dense ``items x items`` matrix, and evaluation encodes once instead of per user
-batch. ``tests/test_mm_models_equiv.py`` checks loss and gradients against a naive transcription of the spec.
+batch. ``tests/test_multimodal_models_equiv.py`` checks loss and gradients against a naive transcription of the spec.
 """
 from __future__ import annotations
 

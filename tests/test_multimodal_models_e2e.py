@@ -12,15 +12,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mambarec_runs_and_reloads_with_identical_scores(quiet, tmp_path, monkeypatch):
-    from recbole_ext.training import mmrec as mmrec_training
+    from recbole_ext.training import multimodal as multimodal_training
 
-    attached, attach = [], mmrec_training.attach_row_adam
+    attached, attach = [], multimodal_training.attach_row_adam
 
     def recording_attach(*args, **kwargs):
         attached.append(attach(*args, **kwargs))
         return attached[-1]
 
-    monkeypatch.setattr(mmrec_training, "attach_row_adam", recording_attach)
+    monkeypatch.setattr(multimodal_training, "attach_row_adam", recording_attach)
     result = run("MambaRec", "synth-mm", {**quiet, "runs_root": str(tmp_path / "runs")})
     assert result.task == "mmrec" and result.checkpoint
     assert result.config["n_ui_layers"] == 4 and result.config["stopping_step"] == 10

@@ -9,7 +9,7 @@ from recbole_ext.models.multimodal.freedom import FREEDOM
 from recbole_ext.models.multimodal.lattice import LATTICE
 from recbole_ext.models.multimodal.mambarec import MambaRec
 from recbole_ext.models.multimodal.mgcn import MGCN
-from recbole_ext.models.multimodal.toy import (ITEM_FIELD, USER_FIELD, fit, planted_clusters, random_batch,
+from recbole_ext.testing.multimodal_toy import (ITEM_FIELD, USER_FIELD, fit, planted_clusters, random_batch,
                                                 recall_at_k, toy_config)
 from recbole_ext.models.multimodal.vbpr import VBPR
 

@@ -6,7 +6,7 @@ import torch
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.multimodal.mambarec import MambaRec
 from recbole_ext.models.multimodal.mgcn import MGCN
-from recbole_ext.models.multimodal.toy import planted_clusters, toy_config
+from recbole_ext.testing.multimodal_toy import planted_clusters, toy_config
 
 
 @pytest.fixture(scope="module")

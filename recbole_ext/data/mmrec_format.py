@@ -10,7 +10,7 @@ A prepared folder ``<dataset_root>/<name>/`` holds::
 
 Why an item-token list instead of "row = internal id": RecBole assigns internal ids at load time in order of first
 appearance (``pd.factorize``), so no file can be written in internal-id order. The loader re-indexes the rows
-through ``field2id_token`` (``MMRecDataset``), and the ``.item`` file also makes RecBole give an id to items that
+through ``field2id_token`` (``MultimodalDataset``), and the ``.item`` file also makes RecBole give an id to items that
 appear in no interaction, so every feature row is ranked, as in MMRec.
 
 Only numpy and pandas here: preparation and validation must work without RecBole.

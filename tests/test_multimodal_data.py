@@ -1,5 +1,5 @@
 """Multimodal data: MMRec folder conversion (every malformed input), atomic writes, synthetic generator,
-MMRecDataset feature alignment and the never-download rule."""
+MultimodalDataset feature alignment and the never-download rule."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import pytest
 
-from recbole_ext.data import mm_format
+from recbole_ext.data import mmrec_format
 from recbole_ext.data.prepare.mmrec import convert_mmrec_folder, main_mmrec
 from recbole_ext.data.prepare.synthetic_mm import SyntheticMMSpec, generate
 from recbole_ext.data.prepare.synthetic_mm import main as synthetic_main
@@ -117,7 +117,7 @@ def test_prepare_is_atomic_on_failure(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mm_format.json, "dumps", boom)  # fails after the .inter/.item/.npy files are written
+    monkeypatch.setattr(mmrec_format.json, "dumps", boom)  # fails after the .inter/.item/.npy files are written
     with pytest.raises(OSError):
         main_mmrec(["--src", str(src), "--name", "fresh"])
     with pytest.raises(OSError):
@@ -201,14 +201,14 @@ def test_synthetic_rejects_too_few_interactions():
 
 def test_bundled_synth_mm_matches_its_manifest(repo_root):
     folder = repo_root / "dataset_atomic" / "synth-mm"
-    manifest = mm_format.read_manifest(folder)
+    manifest = mmrec_format.read_manifest(folder)
     for entry in manifest["features"].values():
         assert file_sha256(folder / entry["file"]) == entry["sha256"]
     lines = (folder / "synth-mm.inter").read_text().splitlines()
     assert len(lines) - 1 == manifest["splits"]["n_interactions"]
 
 
-# --- MMRecDataset -------------------------------------------------------------------------------------------------
+# --- MultimodalDataset -------------------------------------------------------------------------------------------------
 
 
 def _mm_config(tmp_path, monkeypatch, dataset="toy", **extra):

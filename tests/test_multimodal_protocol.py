@@ -13,7 +13,7 @@ from recbole.utils import InputType
 
 from recbole_ext import registry
 from recbole_ext.errors import UserError
-from recbole_ext.training.mmrec import MMRecTrainer, TrainItemNegativeSampler
+from recbole_ext.training.multimodal import MMRecTrainer, TrainItemNegativeSampler
 from tests.conftest import assert_same_metrics, reevaluated_test_result
 
 # the scripted trainers below skip optimizer.step(), which torch reports when the LR scheduler steps
@@ -226,10 +226,10 @@ def test_nan_loss_stops_and_keeps_best(toy_protocol):
 def test_non_general_models_are_refused():
     from recbole.model.sequential_recommender.gru4rec import GRU4Rec
 
-    from recbole_ext.training.mmrec import MMRecTask
+    from recbole_ext.training.multimodal import MultimodalTask
 
     with pytest.raises(UserError, match="cannot run under the MMRec protocol"):
-        MMRecTask().check_model(GRU4Rec)
+        MultimodalTask().check_model(GRU4Rec)
 
 
 @pytest.fixture

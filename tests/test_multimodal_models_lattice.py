@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal import lattice as lattice_module
 from recbole_ext.models.multimodal.lattice import LATTICE, blockwise_cosine_topk
-from recbole_ext.models.multimodal.toy import fit, planted_clusters, random_batch, recall_at_k, toy_config
+from recbole_ext.testing.multimodal_toy import fit, planted_clusters, random_batch, recall_at_k, toy_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,7 +2,7 @@
 
 What differs from RecBole's defaults, and where it is implemented (mambarec spec §3-§4, §6.1):
 
-* split by ``x_label`` (0/1/2), cold-start users dropped from valid/test ...... ``MMRecDataset.build``
+* split by ``x_label`` (0/1/2), cold-start users dropped from valid/test ...... ``MultimodalDataset.build``
 * full ranking over all items; ONLY TRAINING items masked, at validation AND test
   (RecBole masks train+valid at test) ............................................ ``MMRecEvalDataLoader``
 * one uniform negative per positive, drawn from items seen in training, rejecting the user's training items
@@ -14,7 +14,7 @@ What differs from RecBole's defaults, and where it is implemented (mambarec spec
 
 Each deviation has a switch for the RecBole behaviour (``mmrec_test_mask: train_valid``, ``neg_sampling_pool: all``,
 ``early_stop_ties: improve``), documented in docs/multimodal-data.md. Metrics: RecBole's Recall, NDCG, Precision
-and MAP already use MMRec's definitions (checked in tests/test_mmrec_protocol.py).
+and MAP already use MMRec's definitions (checked in tests/test_multimodal_protocol.py).
 """
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ from time import time
 
 import numpy as np
 import torch
-from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
-from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
-from recbole.data.interaction import Interaction
+from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
 from recbole_ext import checkpoint
+from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
 from recbole_ext.errors import UserError
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
@@ -39,94 +38,6 @@ from recbole_ext.utils.memory import release_freed_memory
 
 # RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
 _USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
-
-
-def _pairs_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
-    """Distinct (user, item) pairs as CSR arrays (indptr [n_users+1], indices sorted per user)."""
-    keys = np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
-    rows, cols = keys // n_items, keys % n_items
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
-    return indptr, cols, keys
-
-
-class TrainItemNegativeSampler:
-    """Uniform negatives from the items that occur in training, never one of the user's training items.
-
-    RecBole's ``Sampler`` interface as far as the training dataloader uses it (``sample_by_user_ids``, ``phase``,
-    ``used_ids``). Vectorised rejection sampling with numpy's global RNG, which ``init_seed`` seeds.
-    """
-
-    phase = "train"
-
-    def __init__(self, train_dataset, pool: str = "train"):
-        self.uid_field, self.iid_field = train_dataset.uid_field, train_dataset.iid_field
-        self.n_items = train_dataset.item_num
-        users = train_dataset.inter_feat[self.uid_field].numpy()
-        items = train_dataset.inter_feat[self.iid_field].numpy()
-        _, _, self._keys = _pairs_csr(users, items, train_dataset.user_num, self.n_items)
-        if pool == "train":
-            self.pool = np.unique(items)
-        elif pool == "all":
-            self.pool = np.arange(1, self.n_items)
-        else:
-            raise UserError(f"neg_sampling_pool must be 'train' (MMRec) or 'all' (RecBole), got {pool!r}",
-                            fix="set --neg_sampling_pool=train")
-        per_user = np.bincount(self._keys // self.n_items, minlength=train_dataset.user_num)
-        full = np.flatnonzero(per_user >= len(self.pool))
-        if len(full):
-            token = train_dataset.id2token(self.uid_field, full[:1])[0]
-            raise UserError(f"user {token} has interacted with every candidate negative item, so no negative can be "
-                            f"sampled", fix="remove such users from the dataset")
-        self.used_ids = None  # RecBole's per-user sets are not built: membership is tested on sorted pair keys
-
-    def sample_by_user_ids(self, user_ids, item_ids, num):
-        users = np.tile(np.asarray(user_ids, dtype=np.int64), num)
-        out = self.pool[np.random.randint(0, len(self.pool), len(users))]
-        todo = np.arange(len(users))
-        while len(todo):
-            keys = users[todo] * self.n_items + out[todo]
-            pos = np.searchsorted(self._keys, keys)
-            clash = (pos < len(self._keys)) & (self._keys[np.minimum(pos, len(self._keys) - 1)] == keys)
-            todo = todo[clash]
-            out[todo] = self.pool[np.random.randint(0, len(self.pool), len(todo))]
-        return torch.from_numpy(out)
-
-
-class MMRecEvalDataLoader(FullSortEvalDataLoader):
-    """Full-sort evaluation whose mask ("history") is a given set of items per user: the training items.
-
-    Same attributes and batches as RecBole's ``FullSortEvalDataLoader`` (``uid_list``, ``uid2positive_item``,
-    ``uid2history_item``, ``uid2items_num``, ``user_df``), built vectorised; ``eval_users_per_batch`` users per batch.
-    """
-
-    def __init__(self, config, dataset, history_csr):
-        self.logger = getLogger()
-        self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
-        self.is_sequential = False
-        n_users, n_items = dataset.user_num, dataset.item_num
-        users = dataset.inter_feat[self.uid_field].numpy()
-        items = dataset.inter_feat[self.iid_field].numpy()
-        pos_ptr, pos_items, _ = _pairs_csr(users, items, n_users, n_items)
-        hist_ptr, hist_items = history_csr
-        counts = np.diff(pos_ptr)
-        evaluated = np.flatnonzero(counts)
-        self.uid_list = torch.from_numpy(evaluated)
-        self.uid2items_num = counts
-        self.uid2positive_item = np.full(n_users, None, dtype=object)
-        self.uid2history_item = np.full(n_users, None, dtype=object)
-        pos_t, hist_t = torch.from_numpy(pos_items), torch.from_numpy(hist_items)
-        for u in evaluated.tolist():  # one small tensor per evaluated user (views, no copies)
-            self.uid2positive_item[u] = pos_t[pos_ptr[u]:pos_ptr[u + 1]]
-            self.uid2history_item[u] = hist_t[hist_ptr[u]:hist_ptr[u + 1]]
-        self.user_df = dataset.join(Interaction({self.uid_field: self.uid_list}))
-        self.sample_size = len(self.uid_list)
-        AbstractDataLoader.__init__(self, config, dataset, None, shuffle=False)
-
-    def _init_batch_size_and_step(self):
-        users = self.config["eval_users_per_batch"] or max(self.config["eval_batch_size"] // self._dataset.item_num, 1)
-        self.step = int(users)
-        self.set_batch_size(self.step * self._dataset.item_num)
 
 
 class _NanLoss(Exception):
@@ -236,8 +147,8 @@ class MMRecTrainer(Trainer):
         return self.best_valid_score, self.best_valid_result
 
 
-class MMRecTask(Task):
-    """``task: mmrec`` in a dataset YAML: MMRecDataset + the MMRec protocol for any general recommender."""
+class MultimodalTask(Task):
+    """``task: mmrec`` in a dataset YAML: MultimodalDataset + the MMRec protocol for any general recommender."""
 
     name = "mmrec"
 
@@ -257,9 +168,9 @@ class MMRecTask(Task):
             raise missing_dataset_error(config)
 
     def create_dataset(self, config):
-        from recbole_ext.data.multimodal import MMRecDataset
+        from recbole_ext.data.multimodal import MultimodalDataset
 
-        return MMRecDataset(config)
+        return MultimodalDataset(config)
 
     def data_preparation(self, config, dataset):
         train_ds, valid_ds, test_ds = dataset.build()
@@ -273,14 +184,14 @@ class MMRecTask(Task):
 
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
         items = train_ds.inter_feat[train_ds.iid_field].numpy()
-        train_hist = _pairs_csr(users, items, dataset.user_num, dataset.item_num)[:2]
+        train_hist = pairs_csr(users, items, dataset.user_num, dataset.item_num)[:2]
         test_mask = str(config["mmrec_test_mask"] or "train")
         if test_mask == "train":
             test_hist = train_hist
         elif test_mask == "train_valid":
             u = np.concatenate([users, valid_ds.inter_feat[valid_ds.uid_field].numpy()])
             i = np.concatenate([items, valid_ds.inter_feat[valid_ds.iid_field].numpy()])
-            test_hist = _pairs_csr(u, i, dataset.user_num, dataset.item_num)[:2]
+            test_hist = pairs_csr(u, i, dataset.user_num, dataset.item_num)[:2]
         else:
             raise UserError(f"mmrec_test_mask must be 'train' (MMRec) or 'train_valid' (RecBole), got {test_mask!r}",
                             fix="set --mmrec_test_mask=train")

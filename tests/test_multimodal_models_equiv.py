@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_ext.models.multimodal.mambarec import MambaRec
-from recbole_ext.models.multimodal.toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD, planted_clusters, toy_config
+from recbole_ext.testing.multimodal_toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD, planted_clusters, toy_config
 
 D = 16
 

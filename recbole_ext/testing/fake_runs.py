@@ -2,7 +2,7 @@
 
 It trains nothing: its numbers are a hash of (model, dataset, grid point) plus seed noise, so tests can check
 selection, statistics, reports, resumption and kills in seconds. Select it with the hidden CLI option
-``--run-fn recbole_ext.leaderboard.fake:run``; rows it writes carry that name in ``run_fn`` and have their own run
+``--run-fn recbole_ext.testing.fake_runs:run``; rows it writes carry that name in ``run_fn`` and have their own run
 keys, so they never mix with real results.
 
 Config keys it understands (tests use them to script behaviour):

@@ -8,7 +8,7 @@ users and rounded to 4 decimals (mambarec spec §4). RecBole 1.2.1's built-in cl
 * Precision@K = hits@K / K
 * MAP@K       = (1 / min(|P_u|, K)) * sum_{i<=K} rel_i * Precision@i
 
-``tests/test_mmrec_protocol.py`` checks each against hand-computed values, so no replacement class is registered.
+``tests/test_multimodal_protocol.py`` checks each against hand-computed values, so no replacement class is registered.
 The one difference is |P_u| for a (user, item) pair repeated inside one split: MMRec counts rows, RecBole counts
 distinct items. ``prepare mmrec`` reports such duplicates (``duplicate_pairs_within_split`` in the manifest); the
 MMRec datasets have none that matter.

@@ -59,7 +59,7 @@ def read_users_file(path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recbole_ext.retrieval.serving import recommend
+    from recbole_ext.serving.recommend import recommend
 
     args = build_parser().parse_args(argv)
     if args.k < 1:

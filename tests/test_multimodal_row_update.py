@@ -8,7 +8,7 @@ import torch
 from recbole_ext.models.layers.row_update import linear_with_row_update
 from recbole_ext.models.multimodal.mambarec import MambaRec
 from recbole_ext.models.multimodal.mgcn import MGCN
-from recbole_ext.models.multimodal.toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD, planted_clusters, toy_config
+from recbole_ext.testing.multimodal_toy import ITEM_FIELD, NEG_PREFIX, USER_FIELD, planted_clusters, toy_config
 from recbole_ext.training.row_adam import RowBlockAdam, attach_row_adam
 
 ADAM_SETTINGS = [

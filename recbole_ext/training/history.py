@@ -1,0 +1,80 @@
+"""Per-epoch history of a training run, recorded by the trainer itself (no wrapping of its methods from outside).
+
+``with_history(TrainerClass)`` is the trainer class with :class:`EpochHistory` in front: every ``_train_epoch``
+appends ``{"epoch", "train_loss", "valid", "time_s"}`` to ``trainer.history``, every ``_valid_epoch`` fills that
+entry's validation result and score, and then asks ``trainer.on_valid(epoch, score, bigger)`` (if set) whether to
+stop: True raises :class:`StopTraining` out of ``fit`` (a pruned tuning trial). Works for RecBole's trainers and ours,
+whose ``fit`` loops call these two methods.
+"""
+from __future__ import annotations
+
+import time
+
+
+class StopTraining(Exception):
+    """Raised from inside ``fit`` when the ``on_valid`` callback asks to stop (a pruned tuning trial)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"training stopped after epoch {epoch}")
+        self.epoch = epoch
+
+
+def plain_floats(result) -> dict:
+    """A result mapping with float values where they convert (numpy scalars included), others unchanged."""
+    if not result:
+        return {}
+    out = {}
+    for k, v in dict(result).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            out[str(k)] = v
+    return out
+
+
+class EpochHistory:
+    """Mix in before a RecBole ``Trainer`` subclass; see the module docstring."""
+
+    on_valid = None  # on_valid(epoch, score, bigger) -> True to stop training
+    valid_bigger = True  # the direction of valid_metric, passed to on_valid
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.history: list[dict] = []
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        start = time.time()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        value = float(sum(loss)) if isinstance(loss, tuple) else float(loss) if loss is not None else None
+        self.history.append({"epoch": int(epoch_idx), "train_loss": value, "valid": {}, "time_s": time.time() - start})
+        return loss
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        score, result = super()._valid_epoch(valid_data, *args, **kwargs)
+        if self.history:
+            self.history[-1]["valid"] = plain_floats(result)
+            self.history[-1]["valid_score"] = float(score)
+        if self.on_valid is not None and self.history and \
+                self.on_valid(self.history[-1]["epoch"], float(score), self.valid_bigger):
+            raise StopTraining(self.history[-1]["epoch"])
+        return score, result
+
+    def best_so_far(self):
+        """The best validated epoch's ``(score, result)`` (the first of equal scores, as early stopping keeps it)."""
+        validated = [h for h in self.history if "valid_score" in h]
+        if not validated:
+            return None, {}
+        best = validated[0]
+        for h in validated[1:]:
+            better = h["valid_score"] > best["valid_score"] if self.valid_bigger else \
+                h["valid_score"] < best["valid_score"]
+            if better:
+                best = h
+        return best["valid_score"], best["valid"]
+
+
+def with_history(trainer_class):
+    """``trainer_class`` with :class:`EpochHistory` in front of its method resolution order."""
+    if issubclass(trainer_class, EpochHistory):
+        return trainer_class
+    return type(f"{trainer_class.__name__}WithHistory", (EpochHistory, trainer_class), {})
