@@ -8,7 +8,9 @@ A behaviour-preserving change (a refactoring) must leave this output byte-identi
 
 Each run trains 2 epochs with seed 2020 and records the per-epoch training loss, the validation results, the test
 results and the per-user test values (as ``repr`` of each float, so a last-bit change shows). Wall time and paths,
-which differ between any two runs, are left out. About 4 minutes on 2 CPU cores.
+which differ between any two runs, are left out. Torch runs on one thread: with two, a reduction's float32 rounding
+can change with the machine's load (seen here: one epoch's summed loss of MambaRec or VBPR moved by 6e-8 between two
+runs of the same commit, every metric equal). About 6 minutes on one CPU core.
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ def fingerprint(model: str, dataset: str, runs_root: str) -> dict:
 
 
 def main(argv=None) -> int:
+    import torch
+
+    torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="only these models (default: all bundled)")
     args = parser.parse_args(argv)
