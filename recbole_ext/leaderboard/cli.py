@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from recbole_ext.errors import UserError
+from recbole_ext.errors import UserError, run_as_script
 from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN
 from recbole_ext.leaderboard.spec import load_spec
 
@@ -135,6 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from recbole_ext.cli import run_as_script
-
     run_as_script(main)
