@@ -32,13 +32,13 @@ A tuned board replaces the grids with one budget for every model (recbole_ext/le
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recbole_ext.errors import UserError
+from recbole_ext.utils import grids
 
 TASKS = ("general", "mmrec", "medrec", "mixed")
 SPEC_KEYS = {"name", "task", "datasets", "models", "seeds", "tuning_seeds", "config", "dataset_config", "metrics",
@@ -60,11 +60,11 @@ class ModelSpec:
         return self.datasets is None or dataset in self.datasets
 
     def grid_points(self) -> list[dict]:
-        """Every combination of the grid, in a stable order (keys sorted)."""
-        if not self.grid:
-            return [{}]
-        keys = sorted(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        """Every combination of the grid (``[{}]`` without one): :func:`recbole_ext.utils.grids.grid_points` over
+        the keys sorted by name, not in the spec's order. The order is the plan order, and the first of equally
+        scored points is chosen (stats.choose_configs), so the spec's order would choose another point on a tie
+        than every board run so far; run keys do not depend on it."""
+        return grids.grid_points({key: self.grid[key] for key in sorted(self.grid)})
 
 
 @dataclass(frozen=True)
