@@ -20,7 +20,8 @@ A spec expands into runs, one per (model, dataset, configuration, seed). Example
         grid:                      # every combination is tried; the best on validation is kept
           learning_rate: [0.001, 0.0005]
 
-A tuned board replaces the grids with one budget for every model (recbole_ext/leaderboard/tuning.py)::
+A tuned board replaces the grids with one budget for every model (parsed in recbole_ext/leaderboard/tuning_spec.py,
+run by recbole_ext/leaderboard/tuning.py)::
 
     tuning: {trials: 20, sampler: tpe, seed: 0, max_epochs: 50, pruner: none}
     seeds: [1, 2, 3]               # the final runs' seeds; the tuning seed may not be one of them
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_ext.errors import UserError
+from recbole_ext.leaderboard.tuning_spec import Tuning, parse_space, parse_tuning
 from recbole_ext.utils import grids
 
 TASKS = ("general", "mmrec", "medrec", "mixed")
@@ -80,7 +82,7 @@ class LeaderboardSpec:
     metrics: tuple[str, ...] | None
     source: str = ""
     description: str = ""
-    tuning: Any = None  # tuning.Tuning of a tuned board, else None (grids, or defaults only)
+    tuning: Tuning | None = None  # a tuned board's budget, else None (grids, or defaults only)
 
     @property
     def n_grid_points(self) -> int:
@@ -171,8 +173,6 @@ def _parse_model(entry, index: int, source: str) -> ModelSpec:
         datasets = _parse_str_list(entry["datasets"], f"models[{index}].datasets", source)
     search = entry.get("search")
     if search is not None:
-        from recbole_ext.leaderboard.tuning import parse_space
-
         parse_space(name.strip(), search, f"{source}: models[{index}].search")  # checked now, used by tuning
         _check_json_value(search, f"models[{index}].search", source)
     return ModelSpec(name.strip(), config, clean_grid, datasets, search)
@@ -269,8 +269,6 @@ def parse_spec(data: Any, source: str = "<spec>") -> LeaderboardSpec:
 
 def _parse_tuning(data: dict, models, seeds, config: dict, dataset_config: dict, datasets, source: str):
     """A tuned board: one budget, no grids, the epoch cap owned by the budget, a tuning seed apart from the seeds."""
-    from recbole_ext.leaderboard.tuning import parse_tuning
-
     budget = parse_tuning(data["tuning"], source, datasets)
     if "tuning_seeds" in data:
         raise UserError(f"{source}: 'tuning_seeds' belongs to grid boards; a tuned board tunes on tuning.seed",
