@@ -101,16 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_as_script(main_fn) -> None:
-    """``python -m <module>`` entry for a command's ``main``: the same one-line errors and exit codes as run.py."""
-    try:
-        rc = main_fn()
-    except UserError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0 if rc is None else int(rc))
-
-
 def _dispatch(spec: str, argv: list[str]) -> int:
     from recbole_ext.registry import load_object
 

@@ -81,6 +81,15 @@ def test_shipped_specs_are_valid():
     assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MedFM", "MedDeepFM", "MedWideDeep"}
 
 
+def test_grid_points_follow_the_key_names_not_the_spec_order():
+    # the plan order breaks ties between equally scored points, so it stays that of every board run so far
+    spec = parse_spec({**BASE, "models": [{"name": "BPR", "grid": {"reg_weight": [1, 2], "learning_rate": [3, 4]}}]},
+                      "s")
+    points = [(p["learning_rate"], p["reg_weight"]) for p in spec.models[0].grid_points()]
+    assert points == [(3, 1), (3, 2), (4, 1), (4, 2)]  # learning_rate outermost, as sorted; the spec lists it last
+    assert parse_spec(BASE, "s").models[0].grid_points() == [{}]
+
+
 def test_run_keys_are_content_defined(tmp_path, monkeypatch):
     monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
     spec = parse_spec({**BASE, "models": [{"name": "BPR", "grid": {"lr": [1, 2]}}], "tuning_seeds": 1}, "s")

@@ -16,7 +16,7 @@ import yaml
 
 from recbole_ext.errors import UserError
 from recbole_ext.leaderboard.spec import parse_spec
-from recbole_ext.leaderboard.tuning import SEARCH_DIR, declared_space, parse_space
+from recbole_ext.leaderboard.tuning_spec import SEARCH_DIR, declared_space, parse_space
 from tests.test_leaderboard_helpers import REPO, cli_env, db_rows, integrity, start_cli
 
 SPACE_A = {"source": "test", "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}}
@@ -121,7 +121,7 @@ def test_every_declared_space_parses_names_a_source_and_fits_the_models_bounds()
 
 def test_the_bundled_tuned_boards_have_a_space_for_every_model():
     from recbole_ext.leaderboard.spec import load_spec
-    from recbole_ext.leaderboard.tuning import space_for
+    from recbole_ext.leaderboard.tuning_spec import space_for
 
     for name in ("readme-multimodal", "readme-medrec", "multimodal", "medrec"):
         spec = load_spec(REPO / "leaderboards" / f"{name}.yaml")

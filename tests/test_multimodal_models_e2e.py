@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recbole_ext import checkpoint
-from recbole_ext.models.multimodal.grid import run_grid
+from recbole_ext.grid_search import run_grid
 from recbole_ext.quick_start import load_run, run
 from tests.conftest import assert_same_metrics, reevaluated_test_result
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.multimodal.grid import declared_grid, format_grid, grid_points, run_grid
+from recbole_ext.grid_search import declared_grid, format_grid, grid_points, run_grid
 
 
 def test_mambarec_declares_the_official_grid():

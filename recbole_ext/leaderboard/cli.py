@@ -11,9 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from recbole_ext.errors import UserError
+from recbole_ext.errors import UserError, run_as_script
 from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN
 from recbole_ext.leaderboard.spec import load_spec
+from recbole_ext.leaderboard.tuning_spec import space_for
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,8 +55,6 @@ def _points_to_check(spec, model) -> list[dict]:
     """A grid board's points; a tuned board's search space at its edges (each range's ends, each choice)."""
     if spec.tuning is None:
         return model.grid_points()
-    from recbole_ext.leaderboard.tuning import space_for
-
     return [{}] + [{p.name: v} for p in space_for(model, spec.source).params for v in p.extremes()]
 
 
@@ -136,6 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from recbole_ext.cli import run_as_script
-
     run_as_script(main)

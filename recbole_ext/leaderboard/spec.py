@@ -20,7 +20,8 @@ A spec expands into runs, one per (model, dataset, configuration, seed). Example
         grid:                      # every combination is tried; the best on validation is kept
           learning_rate: [0.001, 0.0005]
 
-A tuned board replaces the grids with one budget for every model (recbole_ext/leaderboard/tuning.py)::
+A tuned board replaces the grids with one budget for every model (parsed in recbole_ext/leaderboard/tuning_spec.py,
+run by recbole_ext/leaderboard/tuning.py)::
 
     tuning: {trials: 20, sampler: tpe, seed: 0, max_epochs: 50, pruner: none}
     seeds: [1, 2, 3]               # the final runs' seeds; the tuning seed may not be one of them
@@ -32,13 +33,14 @@ A tuned board replaces the grids with one budget for every model (recbole_ext/le
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recbole_ext.errors import UserError
+from recbole_ext.leaderboard.tuning_spec import Tuning, parse_space, parse_tuning
+from recbole_ext.utils import grids
 
 TASKS = ("general", "mmrec", "medrec", "mixed")
 SPEC_KEYS = {"name", "task", "datasets", "models", "seeds", "tuning_seeds", "config", "dataset_config", "metrics",
@@ -60,11 +62,11 @@ class ModelSpec:
         return self.datasets is None or dataset in self.datasets
 
     def grid_points(self) -> list[dict]:
-        """Every combination of the grid, in a stable order (keys sorted)."""
-        if not self.grid:
-            return [{}]
-        keys = sorted(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        """Every combination of the grid (``[{}]`` without one): :func:`recbole_ext.utils.grids.grid_points` over
+        the keys sorted by name, not in the spec's order. The order is the plan order, and the first of equally
+        scored points is chosen (stats.choose_configs), so the spec's order would choose another point on a tie
+        than every board run so far; run keys do not depend on it."""
+        return grids.grid_points({key: self.grid[key] for key in sorted(self.grid)})
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class LeaderboardSpec:
     metrics: tuple[str, ...] | None
     source: str = ""
     description: str = ""
-    tuning: Any = None  # tuning.Tuning of a tuned board, else None (grids, or defaults only)
+    tuning: Tuning | None = None  # a tuned board's budget, else None (grids, or defaults only)
 
     @property
     def n_grid_points(self) -> int:
@@ -171,8 +173,6 @@ def _parse_model(entry, index: int, source: str) -> ModelSpec:
         datasets = _parse_str_list(entry["datasets"], f"models[{index}].datasets", source)
     search = entry.get("search")
     if search is not None:
-        from recbole_ext.leaderboard.tuning import parse_space
-
         parse_space(name.strip(), search, f"{source}: models[{index}].search")  # checked now, used by tuning
         _check_json_value(search, f"models[{index}].search", source)
     return ModelSpec(name.strip(), config, clean_grid, datasets, search)
@@ -269,8 +269,6 @@ def parse_spec(data: Any, source: str = "<spec>") -> LeaderboardSpec:
 
 def _parse_tuning(data: dict, models, seeds, config: dict, dataset_config: dict, datasets, source: str):
     """A tuned board: one budget, no grids, the epoch cap owned by the budget, a tuning seed apart from the seeds."""
-    from recbole_ext.leaderboard.tuning import parse_tuning
-
     budget = parse_tuning(data["tuning"], source, datasets)
     if "tuning_seeds" in data:
         raise UserError(f"{source}: 'tuning_seeds' belongs to grid boards; a tuned board tunes on tuning.seed",

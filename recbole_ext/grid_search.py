@@ -3,22 +3,23 @@
 The official MambaRec/MMRec loop reports the grid point with the best **test** Recall@20 (spec §2.3, Q13). Here
 every grid point is trained and early-stopped through :func:`recbole_ext.quick_start.run`, the point with the best
 validation score (``valid_metric``) wins, and only the chosen point's test result is reported. Ties keep the
-earlier grid point (the Cartesian product in YAML key order, last key fastest, as MMRec iterates).
+earlier grid point (the Cartesian product in YAML key order, last key fastest, as MMRec iterates:
+:func:`recbole_ext.utils.grids.grid_points`).
 
-CLI::
+CLI (formerly ``python -m recbole_ext.models.multimodal.grid``)::
 
-    python -m recbole_ext.models.multimodal.grid --model=MambaRec --dataset=baby [--out=grid.json] [--key=value ...]
+    python -m recbole_ext.grid_search --model=MambaRec --dataset=baby [--out=grid.json] [--key=value ...]
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass, field
 
 import yaml
 
-from recbole_ext.errors import UserError
+from recbole_ext.errors import UserError, run_as_script
+from recbole_ext.utils.grids import grid_points
 from recbole_ext.utils.io import atomic_file
 from recbole_ext.utils.paths import PROPERTIES_DIR
 
@@ -51,11 +52,6 @@ def check_grid(grid, where: str) -> dict[str, list]:
         raise UserError(f"hyper_grid in {where} must map each key to a non-empty list of values",
                         fix="write e.g. `hyper_grid: {mmd_weight: [0.1, 0.2]}`")
     return {str(k): list(v) for k, v in grid.items()}
-
-
-def grid_points(grid: dict[str, list]) -> list[dict]:
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def run_grid(model: str, dataset: str, grid: dict[str, list] | None = None, config_dict: dict | None = None,
@@ -140,6 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from recbole_ext.cli import run_as_script
-
     run_as_script(main)
