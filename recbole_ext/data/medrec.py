@@ -167,6 +167,79 @@ def _encode(path: Path, tokens: pd.Series, kind: str, vocab_index: pd.Index, vis
     return CSRCodes(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), (ids + 1).astype(np.int64))
 
 
+def _read_vocab(path: Path) -> tuple[pd.DataFrame, pd.Index]:
+    """A vocabulary file as DataFrame(code, name) and the index of its codes (row i = id i+1); the codes must be
+    non-empty, unique and not a repeated header."""
+    df = _read_tsv(path, VOCAB_HEADER)
+    codes = df[VOCAB_HEADER[0]].str.strip()
+    if (codes == "").any():
+        raise UserError(f"{path}: empty code on line {int(np.flatnonzero(codes == '')[0]) + 2}",
+                        fix="every vocabulary line needs a code")
+    if codes.duplicated().any():
+        raise UserError(f"{path}: duplicate code {codes[codes.duplicated()].iloc[0]!r}",
+                        fix="each code must appear once")
+    if (codes == VOCAB_HEADER[0]).any():  # a repeated header line would become a code
+        raise UserError(f"{path}: the header line appears again as line "
+                        f"{int(np.flatnonzero(codes == VOCAB_HEADER[0])[0]) + 2}", fix="keep one header line")
+    if len(codes) == 0:
+        raise UserError(f"{path} is empty", fix="the vocabulary needs at least one code")
+    return pd.DataFrame({"code": codes.to_numpy(), "name": df[VOCAB_HEADER[1]].to_numpy()}), pd.Index(codes.to_numpy())
+
+
+def _read_visits(path: Path) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """The visit file with its visit orders (finite numbers) and stripped visit ids (unique), every visit with an id,
+    a patient, a medication and a diagnosis or procedure; rows in file order."""
+    df = _read_tsv(path, VISIT_HEADER)
+    if len(df) == 0:
+        raise UserError(f"{path} has no visits", fix="check the preparation report")
+    order = pd.to_numeric(df[VISIT_HEADER[2]], errors="coerce")
+    finite = np.isfinite(order.to_numpy(dtype=float))
+    if not finite.all():
+        line = int(np.flatnonzero(~finite)[0]) + 2
+        raise UserError(f"{path}: visit_order on line {line} is not a finite number",
+                        fix="visit_order must be numeric")
+    for column, what in ((VISIT_HEADER[0], "visit_id"), (VISIT_HEADER[1], "patient_id")):
+        empty = df[column].str.strip() == ""
+        if empty.any():
+            raise UserError(f"{path}: empty {what} on line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}",
+                            fix=f"every visit needs a {what}")
+    vid = df[VISIT_HEADER[0]].str.strip()
+    if vid.duplicated().any():
+        raise UserError(f"{path}: duplicate visit_id {vid[vid.duplicated()].iloc[0]!r}", fix="visit ids must be unique")
+    med_empty = df[VISIT_HEADER[5]].str.strip() == ""
+    if med_empty.any():
+        raise UserError(f"{path}: {int(med_empty.sum())} visit(s) have no medication, e.g. visit "
+                        f"{vid[med_empty].iloc[0]!r}", fix="drop visits without medications when preparing")
+    no_input = (df[VISIT_HEADER[3]].str.strip() == "") & (df[VISIT_HEADER[4]].str.strip() == "")
+    if no_input.any():
+        raise UserError(f"{path}: {int(no_input.sum())} visit(s) have neither diagnoses nor procedures, e.g. visit "
+                        f"{vid[no_input].iloc[0]!r}", fix="drop visits without any input code when preparing")
+    return df, order, vid
+
+
+def _read_ddi(path: Path, med_index: pd.Index) -> np.ndarray:
+    """[E, 2] medication ids (1-based), a < b, unique; a pair naming an unknown medication is refused."""
+    ddi = _read_tsv(path, DDI_HEADER)
+    a = med_index.get_indexer(ddi[DDI_HEADER[0]].str.strip())
+    b = med_index.get_indexer(ddi[DDI_HEADER[1]].str.strip())
+    if ((a < 0) | (b < 0)).any():
+        i = int(np.flatnonzero((a < 0) | (b < 0))[0])
+        raise UserError(f"{path}: pair on line {i + 2} names a medication not in the medication vocabulary "
+                        f"({ddi.iloc[i, 0]!r}, {ddi.iloc[i, 1]!r})", fix="restrict the DDI pairs to the vocabulary")
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1) + 1
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0).astype(np.int64).reshape(-1, 2)
+
+
+def _read_meta(path: Path) -> dict:
+    """The preparation report, {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}", fix="re-run the preparation") from None
+
+
 def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     """Read and validate ``folder/<name>.{visit,diagvoc,procvoc,medvoc,ddi}``."""
     folder = Path(folder)
@@ -174,51 +247,11 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     vocab: dict[str, pd.DataFrame] = {}
     index: dict[str, pd.Index] = {}
     for kind in KINDS:
-        path = folder / f"{name}.{kind}voc"
-        df = _read_tsv(path, VOCAB_HEADER)
-        codes = df[VOCAB_HEADER[0]].str.strip()
-        if (codes == "").any():
-            raise UserError(f"{path}: empty code on line {int(np.flatnonzero(codes == '')[0]) + 2}",
-                            fix="every vocabulary line needs a code")
-        if codes.duplicated().any():
-            raise UserError(f"{path}: duplicate code {codes[codes.duplicated()].iloc[0]!r}",
-                            fix="each code must appear once")
-        if (codes == VOCAB_HEADER[0]).any():  # a repeated header line would become a code
-            raise UserError(f"{path}: the header line appears again as line "
-                            f"{int(np.flatnonzero(codes == VOCAB_HEADER[0])[0]) + 2}", fix="keep one header line")
-        if len(codes) == 0:
-            raise UserError(f"{path} is empty", fix="the vocabulary needs at least one code")
-        vocab[kind] = pd.DataFrame({"code": codes.to_numpy(), "name": df[VOCAB_HEADER[1]].to_numpy()})
-        index[kind] = pd.Index(codes.to_numpy())
+        vocab[kind], index[kind] = _read_vocab(folder / f"{name}.{kind}voc")
 
     vpath = folder / f"{name}.visit"
-    df = _read_tsv(vpath, VISIT_HEADER)
-    if len(df) == 0:
-        raise UserError(f"{vpath} has no visits", fix="check the preparation report")
-    order = pd.to_numeric(df[VISIT_HEADER[2]], errors="coerce")
-    finite = np.isfinite(order.to_numpy(dtype=float))
-    if not finite.all():
-        line = int(np.flatnonzero(~finite)[0]) + 2
-        raise UserError(f"{vpath}: visit_order on line {line} is not a finite number",
-                        fix="visit_order must be numeric")
-    for column, what in ((VISIT_HEADER[0], "visit_id"), (VISIT_HEADER[1], "patient_id")):
-        empty = df[column].str.strip() == ""
-        if empty.any():
-            raise UserError(f"{vpath}: empty {what} on line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}",
-                            fix=f"every visit needs a {what}")
-    vid = df[VISIT_HEADER[0]].str.strip()
-    if vid.duplicated().any():
-        raise UserError(f"{vpath}: duplicate visit_id {vid[vid.duplicated()].iloc[0]!r}", fix="visit ids must be unique")
-    med_empty = df[VISIT_HEADER[5]].str.strip() == ""
-    if med_empty.any():
-        raise UserError(f"{vpath}: {int(med_empty.sum())} visit(s) have no medication, e.g. visit "
-                        f"{vid[med_empty].iloc[0]!r}", fix="drop visits without medications when preparing")
-    no_input = (df[VISIT_HEADER[3]].str.strip() == "") & (df[VISIT_HEADER[4]].str.strip() == "")
-    if no_input.any():
-        raise UserError(f"{vpath}: {int(no_input.sum())} visit(s) have neither diagnoses nor procedures, e.g. visit "
-                        f"{vid[no_input].iloc[0]!r}", fix="drop visits without any input code when preparing")
-    pid = df[VISIT_HEADER[1]].str.strip()
-    patient_codes, patient_tokens = pd.factorize(pid, sort=False)  # order of first appearance
+    df, order, vid = _read_visits(vpath)
+    patient_codes, patient_tokens = pd.factorize(df[VISIT_HEADER[1]].str.strip(), sort=False)  # first appearance
     sort = np.lexsort((order.to_numpy(), patient_codes))  # stable by patient, then visit order
     df = df.iloc[sort].reset_index(drop=True)
     visit_patient = patient_codes[sort].astype(np.int64)
@@ -227,24 +260,8 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
              for kind, h in zip(KINDS, VISIT_HEADER[3:])}
     ptr = np.concatenate([[0], np.cumsum(np.bincount(visit_patient, minlength=len(patient_tokens)))]).astype(np.int64)
 
-    dpath = folder / f"{name}.ddi"
-    ddi = _read_tsv(dpath, DDI_HEADER)
-    a = index["med"].get_indexer(ddi[DDI_HEADER[0]].str.strip())
-    b = index["med"].get_indexer(ddi[DDI_HEADER[1]].str.strip())
-    if ((a < 0) | (b < 0)).any():
-        i = int(np.flatnonzero((a < 0) | (b < 0))[0])
-        raise UserError(f"{dpath}: pair on line {i + 2} names a medication not in the medication vocabulary "
-                        f"({ddi.iloc[i, 0]!r}, {ddi.iloc[i, 1]!r})", fix="restrict the DDI pairs to the vocabulary")
-    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1) + 1
-    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0).astype(np.int64).reshape(-1, 2)
-
-    meta = {}
-    mpath = folder / f"{name}.json"
-    if mpath.is_file():
-        try:
-            meta = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{mpath} is not valid JSON: {exc}", fix="re-run the preparation") from None
+    pairs = _read_ddi(folder / f"{name}.ddi", index["med"])
+    meta = _read_meta(folder / f"{name}.json")
     return MedRecData(name=name, patient_tokens=np.asarray(patient_tokens, dtype=str), visit_tokens=visit_ids,
                       visit_patient=visit_patient, patient_visit_ptr=ptr, codes=codes, vocab=vocab, ddi_pairs=pairs,
                       meta=meta)

@@ -7,33 +7,17 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import math
 from pathlib import Path
 
+from recbole_ext.leaderboard import tuning_report
+from recbole_ext.leaderboard.report_format import (fmt, fmt_effect, fmt_p, fmt_signed, grid_text, pyplot, safe_name,
+                                                   save_figure)
 from recbole_ext.leaderboard.stats import BOOTSTRAP_ROUNDS, DatasetTable, metric_direction
 from recbole_ext.utils.io import atomic_dir, atomic_file
 
 ACCURACY_FOR_DDI_PLOT = ("jaccard", "f1", "prauc")
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def fmt_p(p: float) -> str:
-    if p is None or math.isnan(p):
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
-
-
-def fmt_signed(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:+.4f}"
-
-
-def fmt_effect(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
 TEST_TEXT = ("Tests of the best model of each column against every other model, one-sided in the metric's "
@@ -79,14 +63,6 @@ def cell_text(table: DatasetTable, model: str, metric: str) -> tuple[str, bool]:
 
 def arrow(metric: str) -> str:
     return {1: "↑", -1: "↓", 0: ""}[metric_direction(metric)]
-
-
-def grid_text(point: dict | None) -> str:
-    if point is None:
-        return "none finished"
-    # a tuned float (learning_rate=0.004421645092853467) is shown to 4 significant digits; runs.csv keeps it whole
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(point.items())) \
-        or "defaults"
 
 
 def provenance(rows: list[dict]) -> dict:
@@ -227,94 +203,103 @@ def write_csvs(out_dir: Path, tables: list[DatasetTable], rows: list[dict], chos
 
 
 # ----------------------------------------------------------------------------------------------------- plots
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+def _bars(metric: str, tables: list[DatasetTable], colours: dict):
+    """Bars with error bars of one metric: datasets on x, one bar per model."""
+    plt = pyplot()
+    shown = [t for t in tables if metric in t.metrics]
+    names = list(dict.fromkeys(m for t in shown for m in t.models if (m, metric) in t.cells))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * len(names) * len(shown)), 3.4))
+    width = 0.8 / max(1, len(names))
+    for i, model in enumerate(names):
+        xs, ys, es = [], [], []
+        for j, t in enumerate(shown):
+            cell = t.cells.get((model, metric))
+            if cell is not None:
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ys.append(cell.mean)
+                es.append(0 if math.isnan(cell.std) else cell.std)
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=model, color=colours[model])
+    ax.set_xticks(range(len(shown)), [t.dataset for t in shown])
+    ax.set_ylabel(f"{metric} {arrow(metric)}".strip())
+    ax.set_title(f"{metric} (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=min(3, max(1, len(names))))
+    return fig
 
 
-def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _accuracy_vs_ddi(t: DatasetTable, colours: dict):
+    """Safety against accuracy of one dataset, one point per model; None where no DDI rate (or accuracy) is
+    reported."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    written = []
+    acc = next((m for m in ACCURACY_FOR_DDI_PLOT if m in t.metrics), None)
+    ddi = next((m for m in t.metrics if metric_direction(m) < 0), None)
+    if acc is None or ddi is None:
+        return None
+    fig, ax = pyplot().subplots(figsize=(5, 4))
+    for model in t.models:
+        a, d = t.cells.get((model, acc)), t.cells.get((model, ddi))
+        if a is None or d is None:
+            continue
+        ax.errorbar(d.mean, a.mean, xerr=np.nan_to_num(d.std), yerr=np.nan_to_num(a.std), fmt="o",
+                    capsize=3, color=colours[model], label=model)
+        ax.annotate(model, (d.mean, a.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel(f"{ddi} ↓")
+    ax.set_ylabel(f"{acc} ↑")
+    ax.set_title(f"{t.dataset}: accuracy against DDI rate")
+    return fig
+
+
+def _training_curves(t: DatasetTable, colours: dict):
+    """Training loss and validation score per epoch of the chosen configurations, every seed; None without
+    histories."""
+    import numpy as np
+
+    if not any(t.history.values()):
+        return None
+    fig, (ax_loss, ax_valid) = pyplot().subplots(1, 2, figsize=(9, 3.4))
+    valid_name = t.valid_metric
+    for model, histories in t.history.items():
+        for k, hist in enumerate(histories):
+            epochs = [h.get("epoch", i) for i, h in enumerate(hist)]
+            label = model if k == 0 else None
+            loss = [h.get("train_loss") for h in hist]
+            if any(v is not None for v in loss):
+                ax_loss.plot(epochs, [np.nan if v is None else v for v in loss], color=colours[model], alpha=0.7,
+                             lw=1, label=label)
+            valid = [{k2.lower(): v2 for k2, v2 in (h.get("valid") or {}).items()} for h in hist]
+            keys = [k2 for v in valid for k2 in v]
+            if keys:
+                valid_name = valid_name or keys[0]
+                ax_valid.plot(epochs, [v.get(valid_name, np.nan) for v in valid], color=colours[model],
+                              alpha=0.7, lw=1, label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss")
+    ax_valid.set_xlabel("epoch")
+    ax_valid.set_ylabel(f"valid {valid_name or ''}")
+    ax_loss.legend(fontsize=7)
+    fig.suptitle(f"{t.dataset}: training curves (chosen configurations, all seeds)")
+    return fig
+
+
+def make_plots(plot_dir: Path, tables: list[DatasetTable]) -> list[str]:
+    """Every plot of the tables into ``plot_dir``: a bar chart per metric, then per dataset accuracy against DDI
+    rate and the training curves (where they apply); returns the file names in that order."""
+    plt = pyplot()
     models = list(dict.fromkeys(m for t in tables for m in t.models))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     metrics = list(dict.fromkeys(m for t in tables for m in t.metrics))
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(plot_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
-
-    for metric in metrics:  # bars with error bars: datasets on x, one bar per model
-        shown = [t for t in tables if metric in t.metrics]
-        names = list(dict.fromkeys(m for t in shown for m in t.models if (m, metric) in t.cells))
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * len(names) * len(shown)), 3.4))
-        width = 0.8 / max(1, len(names))
-        for i, model in enumerate(names):
-            xs, ys, es = [], [], []
-            for j, t in enumerate(shown):
-                cell = t.cells.get((model, metric))
-                if cell is not None:
-                    xs.append(j + (i - (len(names) - 1) / 2) * width)
-                    ys.append(cell.mean)
-                    es.append(0 if math.isnan(cell.std) else cell.std)
-            ax.bar(xs, ys, width, yerr=es, capsize=3, label=model, color=colours[model])
-        ax.set_xticks(range(len(shown)), [t.dataset for t in shown])
-        ax.set_ylabel(f"{metric} {arrow(metric)}".strip())
-        ax.set_title(f"{metric} (mean ± std over seeds)")
-        ax.legend(fontsize=7, ncol=min(3, max(1, len(names))))
-        save(fig, f"bars_{_safe(metric)}.png")
-
-    for t in tables:  # safety against accuracy, wherever a DDI rate is reported
-        acc = next((m for m in ACCURACY_FOR_DDI_PLOT if m in t.metrics), None)
-        ddi = next((m for m in t.metrics if metric_direction(m) < 0), None)
-        if acc is None or ddi is None:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for model in t.models:
-            a, d = t.cells.get((model, acc)), t.cells.get((model, ddi))
-            if a is None or d is None:
-                continue
-            ax.errorbar(d.mean, a.mean, xerr=np.nan_to_num(d.std), yerr=np.nan_to_num(a.std), fmt="o",
-                        capsize=3, color=colours[model], label=model)
-            ax.annotate(model, (d.mean, a.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set_xlabel(f"{ddi} ↓")
-        ax.set_ylabel(f"{acc} ↑")
-        ax.set_title(f"{t.dataset}: accuracy against DDI rate")
-        save(fig, f"accuracy_vs_ddi_{_safe(t.dataset)}.png")
-
-    for t in tables:  # training curves of the chosen configurations, every seed
-        if not any(t.history.values()):
-            continue
-        fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(9, 3.4))
-        valid_name = t.valid_metric
-        for model, histories in t.history.items():
-            for k, hist in enumerate(histories):
-                epochs = [h.get("epoch", i) for i, h in enumerate(hist)]
-                label = model if k == 0 else None
-                loss = [h.get("train_loss") for h in hist]
-                if any(v is not None for v in loss):
-                    ax_loss.plot(epochs, [np.nan if v is None else v for v in loss], color=colours[model], alpha=0.7,
-                                 lw=1, label=label)
-                valid = [{k2.lower(): v2 for k2, v2 in (h.get("valid") or {}).items()} for h in hist]
-                keys = [k2 for v in valid for k2 in v]
-                if keys:
-                    valid_name = valid_name or keys[0]
-                    ax_valid.plot(epochs, [v.get(valid_name, np.nan) for v in valid], color=colours[model],
-                                  alpha=0.7, lw=1, label=label)
-        ax_loss.set_xlabel("epoch")
-        ax_loss.set_ylabel("train loss")
-        ax_valid.set_xlabel("epoch")
-        ax_valid.set_ylabel(f"valid {valid_name or ''}")
-        ax_loss.legend(fontsize=7)
-        fig.suptitle(f"{t.dataset}: training curves (chosen configurations, all seeds)")
-        save(fig, f"curves_{_safe(t.dataset)}.png")
+    written = [save_figure(_bars(metric, tables, colours), plot_dir, f"bars_{safe_name(metric)}.png")
+               for metric in metrics]
+    for t in tables:
+        fig = _accuracy_vs_ddi(t, colours)
+        if fig is not None:
+            written.append(save_figure(fig, plot_dir, f"accuracy_vs_ddi_{safe_name(t.dataset)}.png"))
+    for t in tables:
+        fig = _training_curves(t, colours)
+        if fig is not None:
+            written.append(save_figure(fig, plot_dir, f"curves_{safe_name(t.dataset)}.png"))
     return written
 
 
@@ -371,62 +356,76 @@ def _user_td(test):
     return num
 
 
-def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_keys: set, prov: dict,
-              plot_dir: Path, plots: list[str], tuning_html: str = "") -> str:
+def _html_head(title: str) -> list[str]:
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard: {e(title)}</title>",
-             f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
-             f"<h1>Leaderboard: {e(title)}</h1>",
-             "<p class='muted'>Mean ± sample std over seeds of test metrics for the configuration chosen on "
-             "validation. Bold: best per column (↑ higher better, ↓ lower better). p: per-user tests against the "
-             "best model, Holm-adjusted (t / Wilcoxon); the table below each summary gives the effect size, the "
-             "interval and the per-seed tests. Click a header to sort.</p>",
-             f"<p class='muted'>{e(TEST_TEXT)}</p>"]
-    for i, t in enumerate(tables):
-        parts.append(f"<h2>{e(t.dataset)}</h2><table class='sortable summary' id='summary-{i}'><thead><tr>"
-                     "<th>Model</th>" + "".join(f"<th>{e(m)} {arrow(m)}</th><th>p per user, Holm (t / W)</th>"
-                                                for m in t.metrics) + "<th>config</th></tr></thead><tbody>")
-        for model in t.models:
-            cells = [_td(model)]
-            for metric in t.metrics:
-                cell = t.cells.get((model, metric))
-                text, best = cell_text(t, model, metric)
-                cells.append(_td(text, "" if cell is None else cell.mean, "best" if best else None))
-                user = t.user_tests.get((model, metric))
-                tested = (model, metric) in t.tests or user is not None
-                cells.append(_td("best" if t.best.get(metric) == model else user_p_text(user) if tested else "—",
-                                 "" if user is None or math.isnan(user.t_p_holm) else user.t_p_holm))
-            cells.append(_td(grid_text(t.chosen.get(model))))
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>")
-        pairs = compared(t)
-        if pairs:
-            heads = ["model", "metric", "best", "users", "Δ best − model", "95% CI", "d_z", "p t (Holm)",
-                     "p W (Holm)", "p t", "p W", "p seeds t / W"]
-            parts.append(f"<p>Tests against the best model: {family_size(t)} per-user comparisons in the Holm "
-                         f"family.</p><table class='sortable' id='tests-{i}'><thead><tr>"
-                         + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr></thead><tbody>")
-            for model, metric in pairs:
-                user, seed = t.user_tests.get((model, metric)), t.tests.get((model, metric))
-                num = _user_td(user)
-                ci = "n/a" if user is None else f"[{fmt_signed(user.ci_low)}, {fmt_signed(user.ci_high)}]"
-                cells = [_td(model), _td(metric), _td(t.best.get(metric, "")),
-                         _td("n/a" if user is None else user.n, "" if user is None else user.n),
-                         num("mean_diff", fmt_signed), _td(ci), num("effect", fmt_effect), num("t_p_holm"),
-                         num("wilcoxon_p_holm"), num("t_p"), num("wilcoxon_p"),
-                         _td("n/a" if seed is None else f"{fmt_p(seed.t_p)} / {fmt_p(seed.wilcoxon_p)}",
-                             "" if seed is None or math.isnan(seed.t_p) else seed.t_p)]
-                parts.append("<tr>" + "".join(cells) + "</tr>")
-            parts.append("</tbody></table>")
-    if tuning_html:
-        parts.append(tuning_html)
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard: {e(title)}</title>",
+            f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
+            f"<h1>Leaderboard: {e(title)}</h1>",
+            "<p class='muted'>Mean ± sample std over seeds of test metrics for the configuration chosen on "
+            "validation. Bold: best per column (↑ higher better, ↓ lower better). p: per-user tests against the "
+            "best model, Holm-adjusted (t / Wilcoxon); the table below each summary gives the effect size, the "
+            "interval and the per-seed tests. Click a header to sort.</p>",
+            f"<p class='muted'>{e(TEST_TEXT)}</p>"]
+
+
+def _html_summary(i: int, t: DatasetTable) -> list[str]:
+    """Dataset ``t``'s table: per model, each metric's mean ± std and its per-user p against the best, the config."""
+    e = html.escape
+    parts = [f"<h2>{e(t.dataset)}</h2><table class='sortable summary' id='summary-{i}'><thead><tr>"
+             "<th>Model</th>" + "".join(f"<th>{e(m)} {arrow(m)}</th><th>p per user, Holm (t / W)</th>"
+                                        for m in t.metrics) + "<th>config</th></tr></thead><tbody>"]
+    for model in t.models:
+        cells = [_td(model)]
+        for metric in t.metrics:
+            cell = t.cells.get((model, metric))
+            text, best = cell_text(t, model, metric)
+            cells.append(_td(text, "" if cell is None else cell.mean, "best" if best else None))
+            user = t.user_tests.get((model, metric))
+            tested = (model, metric) in t.tests or user is not None
+            cells.append(_td("best" if t.best.get(metric) == model else user_p_text(user) if tested else "—",
+                             "" if user is None or math.isnan(user.t_p_holm) else user.t_p_holm))
+        cells.append(_td(grid_text(t.chosen.get(model))))
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts
+
+
+def _html_tests(i: int, t: DatasetTable) -> list[str]:
+    """Dataset ``t``'s tests against the best model, one row per compared (model, metric); nothing if none."""
+    e = html.escape
+    pairs = compared(t)
+    if not pairs:
+        return []
+    heads = ["model", "metric", "best", "users", "Δ best − model", "95% CI", "d_z", "p t (Holm)",
+             "p W (Holm)", "p t", "p W", "p seeds t / W"]
+    parts = [f"<p>Tests against the best model: {family_size(t)} per-user comparisons in the Holm "
+             f"family.</p><table class='sortable' id='tests-{i}'><thead><tr>"
+             + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    for model, metric in pairs:
+        user, seed = t.user_tests.get((model, metric)), t.tests.get((model, metric))
+        num = _user_td(user)
+        ci = "n/a" if user is None else f"[{fmt_signed(user.ci_low)}, {fmt_signed(user.ci_high)}]"
+        cells = [_td(model), _td(metric), _td(t.best.get(metric, "")),
+                 _td("n/a" if user is None else user.n, "" if user is None else user.n),
+                 num("mean_diff", fmt_signed), _td(ci), num("effect", fmt_effect), num("t_p_holm"),
+                 num("wilcoxon_p_holm"), num("t_p"), num("wilcoxon_p"),
+                 _td("n/a" if seed is None else f"{fmt_p(seed.t_p)} / {fmt_p(seed.wilcoxon_p)}",
+                     "" if seed is None or math.isnan(seed.t_p) else seed.t_p)]
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts
+
+
+def _html_runs(tables: list[DatasetTable], rows: list[dict], chosen_keys: set) -> list[str]:
+    """Every run, failed ones marked, with the tables' metric columns."""
+    e = html.escape
     # the tables' columns (runs.csv keeps every metric)
     metrics = list(dict.fromkeys(m for t in tables for m in t.metrics)) or sorted(
         {k for r in rows for k in (r.get("test_result") or {}) if not k.endswith("_std")})
-    parts.append(f"<h2>All runs ({len(rows)})</h2><table class='sortable' id='runs'><thead><tr>"
-                 + "".join(f"<th>{e(h)}</th>" for h in ["model", "dataset", "seed", "config", "chosen", "status",
-                                                          "valid score"] + [f"test {m}" for m in metrics]
-                           + ["wall s", "peak MB", "error"]) + "</tr></thead><tbody>")
+    parts = [f"<h2>All runs ({len(rows)})</h2><table class='sortable' id='runs'><thead><tr>"
+             + "".join(f"<th>{e(h)}</th>" for h in ["model", "dataset", "seed", "config", "chosen", "status",
+                                                      "valid score"] + [f"test {m}" for m in metrics]
+                       + ["wall s", "peak MB", "error"]) + "</tr></thead><tbody>"]
     for r in rows:
         cls = " class='failed'" if r["status"] != "ok" else ""
         test = r.get("test_result") or {}
@@ -440,12 +439,30 @@ def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_k
                   f"<td class='err' title='{e(r.get('error') or '')}'>{e(r.get('error') or '')}</td>"]
         parts.append(f"<tr{cls} data-run-key='{e(r['run_key'])}'>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        for name in plots:
-            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
-            parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Provenance</h2><pre>" + e(json.dumps(prov, indent=1, sort_keys=True, default=str)) + "</pre>")
+    return parts
+
+
+def _html_plots(plot_dir: Path, plots: list[str]) -> list[str]:
+    """The plots embedded as base64 PNG (the page needs no other file); nothing if there are none."""
+    if not plots:
+        return []
+    parts = ["<h2>Plots</h2>"]
+    for name in plots:
+        data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    return parts
+
+
+def html_page(title: str, tables: list[DatasetTable], rows: list[dict], chosen_keys: set, prov: dict,
+              plot_dir: Path, plots: list[str], tuning_html: str = "") -> str:
+    parts = _html_head(title)
+    for i, t in enumerate(tables):
+        parts += _html_summary(i, t) + _html_tests(i, t)
+    if tuning_html:
+        parts.append(tuning_html)
+    parts += _html_runs(tables, rows, chosen_keys) + _html_plots(plot_dir, plots)
+    parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(prov, indent=1, sort_keys=True, default=str))
+                 + "</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -454,13 +471,11 @@ def write_report(out_dir: str | Path, title: str, task: str, tables: list[Datase
                  chosen_keys: set, studies=None, tuning=None) -> list[Path]:
     """``studies`` / ``tuning``: a tuned board's study outcomes and budget (a 'Tuning' section, its plots and
     tuning.csv); ``rows`` then holds the trials' runs too (runs.csv, the HTML page's run table)."""
-    from recbole_ext.leaderboard import tuning_report
-
     out_dir = Path(out_dir)
     prov = provenance(rows)
     with atomic_dir(out_dir / "plots", overwrite=True) as tmp_plots:
         plots = make_plots(tmp_plots, tables)
-        tuning_plots = tuning_report.plots(tmp_plots, studies, _safe) if tuning is not None else []
+        tuning_plots = tuning_report.plots(tmp_plots, studies) if tuning is not None else []
     plot_dir = out_dir / "plots"
     tuning_lines = tuning_report.markdown(studies, tuning, [f"plots/{p}" for p in tuning_plots]) \
         if tuning is not None else []

@@ -74,6 +74,93 @@ class Outcome:
     studies: list = field(default_factory=list)    # tuning.StudyOutcome of a tuned board
 
 
+class _Execution:
+    """The runs of one ``run_spec`` call: drops what the store already holds, keeps the progress bar's count, starts
+    the backend on first need and records every result in the store as it comes."""
+
+    def __init__(self, store: ResultStore, outcome: Outcome, out_dir: Path, workers: int, backend: str,
+                 address: str | None, retry_failed: bool, progress: bool, execute_runs: bool):
+        self.store, self.outcome, self.out_dir = store, outcome, out_dir
+        self.workers, self.backend, self.address = workers, backend, address
+        self.retry_failed, self.progress, self.execute_runs = retry_failed, progress, execute_runs
+        self.runner = None
+        self.bar = None
+
+    def todo(self, requests: list) -> list:
+        """The requests not finished yet (failed ones too unless retry_failed is off); the others count as skipped."""
+        ok = self.store.finished_keys("ok")
+        failed = self.store.finished_keys("failed")
+        keep = [r for r in requests if r.run_key not in ok and (self.retry_failed or r.run_key not in failed)]
+        self.outcome.skipped += len(requests) - len(keep)
+        return keep
+
+    def announce(self, n: int) -> None:
+        """``n`` more runs to come (a tuned board's trials, counted before they are asked for)."""
+        if self.bar is None:
+            self.bar = Progress(n, self.outcome.skipped, enabled=self.progress)
+        else:
+            self.bar.add_total(n)
+
+    def _count(self, requests: list) -> None:
+        # a tuned board's trials were counted up front by announce(); every other request is new to the bar
+        new = [] if any(r.tuning.get("phase") == "tune" for r in requests) else requests
+        if self.bar is None:
+            self.bar = Progress(len(new), self.outcome.skipped, enabled=self.progress)
+        else:
+            self.bar.skipped = self.outcome.skipped
+            self.bar.add_total(len(new))
+
+    def _start_backend(self) -> None:
+        runs_dir = (self.out_dir / "runs").resolve()
+        runs_dir.mkdir(exist_ok=True)
+        ignore = runs_dir / ".gitignore"  # checkpoints and logs (hundreds of MB): never committed by accident
+        if not ignore.exists():
+            ignore.write_text("*\n")
+        self.runner = make_backend(self.backend, self.workers, self.address, runs_dir)
+
+    def _on_result(self, row: dict) -> None:
+        self.store.record(row)  # one transaction per finished run
+        self.outcome.executed += 1
+        self.outcome.failed += row["status"] != "ok"
+        self.bar.finished(row)
+
+    def execute(self, requests: list) -> None:
+        """Run the requests not finished yet (nothing when execute_runs is off: a report from the store)."""
+        requests = self.todo(requests)
+        if not self.execute_runs:
+            return
+        self._count(requests)
+        if not requests:
+            return
+        if self.runner is None:
+            self._start_backend()
+        self.runner.execute(requests, self.bar.started, self._on_result)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.runner is not None:
+            self.runner.close()
+
+
+def _choose(spec: LeaderboardSpec, hashes: dict, execution: _Execution, run_fn: str) -> list:
+    """Fill ``outcome.chosen`` (and a tuned board's ``outcome.studies``) from validation; returns the grid board's
+    phase-1 requests (none for a tuned board, whose trials are not final runs)."""
+    outcome = execution.outcome
+    if spec.tuning is not None:
+        from recbole_ext.leaderboard.tuning import tune
+
+        outcome.studies = tune(spec, hashes, execution.store, execution.execute, run_fn,
+                               progress=execution.announce if execution.progress else None,
+                               execute_runs=execution.execute_runs)
+        outcome.chosen = {(o.model, o.dataset): o.chosen for o in outcome.studies if o.chosen is not None}
+        return []
+    phase1 = tuning_runs(spec, hashes, run_fn)
+    execution.execute(phase1)
+    outcome.chosen = stats.choose_configs(phase1, execution.store.rows(r.run_key for r in phase1))
+    return phase1
+
+
 def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backend: str = "local",
              address: str | None = None, run_fn: str = DEFAULT_RUN_FN, retry_failed: bool = True,
              progress: bool = True, execute_runs: bool = True, final: bool = True) -> Outcome:
@@ -84,73 +171,15 @@ def run_spec(spec: LeaderboardSpec, out_dir: str | Path, workers: int = 1, backe
               for d in spec.datasets}
     outcome = Outcome(store_path=out_dir / STORE_NAME)
     store = ResultStore(outcome.store_path)
-    runner = None
-    bar = None
+    execution = _Execution(store, outcome, out_dir, workers, backend, address, retry_failed, progress, execute_runs)
     try:
-        def todo(requests):
-            ok = store.finished_keys("ok")
-            failed = store.finished_keys("failed")
-            keep = [r for r in requests if r.run_key not in ok and (retry_failed or r.run_key not in failed)]
-            outcome.skipped += len(requests) - len(keep)
-            return keep
-
-        def announce(n: int):
-            nonlocal bar
-            if bar is None:
-                bar = Progress(n, outcome.skipped, enabled=progress)
-            else:
-                bar.add_total(n)
-
-        def execute(requests):
-            nonlocal runner, bar
-            requests = todo(requests)
-            if not execute_runs:
-                return
-            # a tuned board's trials were counted up front by announce(); every other request is new to the bar
-            new = [] if any(r.tuning.get("phase") == "tune" for r in requests) else requests
-            if bar is None:
-                bar = Progress(len(new), outcome.skipped, enabled=progress)
-            else:
-                bar.skipped = outcome.skipped
-                bar.add_total(len(new))
-            if not requests:
-                return
-            if runner is None:
-                runs_dir = (out_dir / "runs").resolve()
-                runs_dir.mkdir(exist_ok=True)
-                ignore = runs_dir / ".gitignore"  # checkpoints and logs (hundreds of MB): never committed by accident
-                if not ignore.exists():
-                    ignore.write_text("*\n")
-                runner = make_backend(backend, workers, address, runs_dir)
-
-            def on_result(row):
-                store.record(row)  # one transaction per finished run
-                outcome.executed += 1
-                outcome.failed += row["status"] != "ok"
-                bar.finished(row)
-
-            runner.execute(requests, bar.started, on_result)
-
-        if spec.tuning is not None:
-            from recbole_ext.leaderboard.tuning import tune
-
-            outcome.studies = tune(spec, hashes, store, execute, run_fn, progress=announce if progress else None,
-                                   execute_runs=execute_runs)
-            outcome.chosen = {(o.model, o.dataset): o.chosen for o in outcome.studies if o.chosen is not None}
-            phase1 = []
-        else:
-            phase1 = tuning_runs(spec, hashes, run_fn)
-            execute(phase1)
-            outcome.chosen = stats.choose_configs(phase1, store.rows(r.run_key for r in phase1))
+        phase1 = _choose(spec, hashes, execution, run_fn)
         phase2 = final_runs(spec, hashes, outcome.chosen, run_fn)
         if final or spec.tuning is None:
-            execute(phase2)
+            execution.execute(phase2)
         outcome.requests = phase1 + phase2
         outcome.final_requests = phase2 if spec.tuning is not None else phase1 + phase2
     finally:
-        if bar is not None:
-            bar.close()
-        if runner is not None:
-            runner.close()
+        execution.close()
         store.close()
     return outcome

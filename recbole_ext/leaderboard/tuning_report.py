@@ -8,16 +8,11 @@ import json
 import math
 from pathlib import Path
 
+from recbole_ext.leaderboard.report_format import fmt, grid_text, pyplot, safe_name, save_figure
 from recbole_ext.utils.io import atomic_file
 
 
-def _fmt(x, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def _config_text(point: dict | None) -> str:
-    from recbole_ext.leaderboard.report import grid_text
-
     return "no finished trial" if point is None else grid_text(point)
 
 
@@ -38,7 +33,7 @@ def _counts(outcome) -> str:
 
 def rows(studies) -> list[list[str]]:
     """One row per (dataset, model): dataset, model, trials, chosen configuration, best valid, wall time."""
-    return [[o.dataset, o.model, _counts(o), _config_text(o.chosen), _fmt(o.best_value),
+    return [[o.dataset, o.model, _counts(o), _config_text(o.chosen), fmt(o.best_value),
              f"{o.wall_time_s / 60:.1f}"] for o in studies]
 
 
@@ -92,13 +87,11 @@ def best_so_far(outcome) -> list[float]:
     return out
 
 
-def plots(plot_dir: Path, studies, safe) -> list[str]:
+def plots(plot_dir: Path, studies) -> list[str]:
     """One PNG per dataset: best-so-far validation score against trials, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     written = []
     for dataset in dict.fromkeys(o.dataset for o in studies):
@@ -115,9 +108,5 @@ def plots(plot_dir: Path, studies, safe) -> list[str]:
         ax.set_ylabel("best validation score so far")
         ax.set_title(f"{dataset}: tuning progress (still rising at the end: the budget was short)", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        name = f"tuning_{safe(dataset)}.png"
-        fig.savefig(plot_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(fig, plot_dir, f"tuning_{safe_name(dataset)}.png"))
     return written

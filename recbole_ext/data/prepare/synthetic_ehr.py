@@ -89,17 +89,17 @@ def _emit(active: np.ndarray, log_miss: np.ndarray, rng: np.random.Generator, ch
     return out
 
 
-def generate(opts) -> dict:
-    """Everything the writer needs: visits, vocabularies, DDI pairs, planted matrices, statistics."""
-    rng = np.random.default_rng(opts.seed)
-    n_pat, n_d, n_p, n_m, k = opts.patients, opts.diagnoses, opts.procedures, opts.medications, opts.conditions
-
-    n_vis = np.minimum(1 + rng.poisson(opts.visits - 1, n_pat), MAX_VISITS)
+def _draw_visits(n_pat: int, mean_visits: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(patient of each visit, its position inside the patient) for 1 + Poisson visits per patient, capped."""
+    n_vis = np.minimum(1 + rng.poisson(mean_visits - 1, n_pat), MAX_VISITS)
     visit_patient = np.repeat(np.arange(n_pat), n_vis)
     visit_pos = np.arange(len(visit_patient)) - np.repeat(np.cumsum(n_vis) - n_vis, n_vis)
-    n_v = len(visit_patient)
+    return visit_patient, visit_pos
 
-    # conditions: chronic per patient, acute per visit
+
+def _draw_conditions(visit_patient: np.ndarray, n_pat: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """[V, K] float32 0/1: the conditions active at each visit (chronic ones per patient, acute ones per visit)."""
+    n_v = len(visit_patient)
     pop = _zipf(k, 0.8, rng)
     n_chronic = np.minimum(1 + rng.poisson(1.5, n_pat), k)
     keys = rng.random((n_pat, k)) ** (1.0 / pop[None, :])  # weighted sampling without replacement via keys
@@ -110,18 +110,24 @@ def generate(opts) -> dict:
     acute = rng.random((n_v, k)) ** (1.0 / pop[None, :])
     acute_rank = np.argsort(np.argsort(-acute, axis=1), axis=1)
     active |= acute_rank < n_acute[:, None]
-    active = active.astype(np.float32)
+    return active.astype(np.float32)
 
-    def profile(n_codes: int, per_cond: int, lo: float, hi: float) -> np.ndarray:
-        code_pop = _zipf(n_codes, 0.6, rng)
-        prob = np.zeros((k, n_codes), dtype=np.float32)
-        for c in range(k):  # K small: a loop over latent conditions, not over data
-            cand = rng.choice(n_codes, per_cond, replace=False, p=code_pop)
-            prob[c, cand] = rng.uniform(lo, hi, per_cond)
-        return prob
 
-    diag_prob = profile(n_d, 12, 0.15, 0.5)
-    proc_prob = profile(n_p, 6, 0.1, 0.4)
+def _profile(k: int, n_codes: int, per_cond: int, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:
+    """[K, n_codes]: each condition's probability of emitting each code (``per_cond`` candidates, U(lo, hi))."""
+    code_pop = _zipf(n_codes, 0.6, rng)
+    prob = np.zeros((k, n_codes), dtype=np.float32)
+    for c in range(k):  # K small: a loop over latent conditions, not over data
+        cand = rng.choice(n_codes, per_cond, replace=False, p=code_pop)
+        prob[c, cand] = rng.uniform(lo, hi, per_cond)
+    return prob
+
+
+def _draw_codes(active: np.ndarray, n_d: int, n_p: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Diagnoses and procedures of every visit ([V, n] bool) with the condition profiles that emitted them."""
+    k, n_v = active.shape[1], active.shape[0]
+    diag_prob = _profile(k, n_d, 12, 0.15, 0.5, rng)
+    proc_prob = _profile(k, n_p, 6, 0.1, 0.4, rng)
     diag = _emit(active, np.log1p(-diag_prob), rng)
     noise = rng.random((n_v, n_d), dtype=np.float32) < (1.0 / n_d)
     diag |= noise
@@ -132,8 +138,15 @@ def generate(opts) -> dict:
         if len(empty):
             top = np.argmax(active[empty] @ prob, axis=1)
             codes[empty, top] = True
+    return {"diag": diag, "proc": proc, "diag_prob": diag_prob, "proc_prob": proc_prob}
 
-    # planted effects: each condition treats a few medications; its diagnoses/procedures push them
+
+def _plant_effects(diag_prob: np.ndarray, proc_prob: np.ndarray, n_m: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The planted log-odds (w_d [n_diag, n_med], w_p [n_proc, n_med], base [n_med]): each condition treats a few
+    medications; its diagnoses/procedures push them."""
+    k, n_d = diag_prob.shape
+    n_p = proc_prob.shape[1]
     med_pop = _zipf(n_m, 0.5, rng)
     treat = np.stack([rng.choice(n_m, 4, replace=False, p=med_pop) for _ in range(k)])
     w_d = np.zeros((n_d, n_m), dtype=np.float32)
@@ -145,47 +158,84 @@ def generate(opts) -> dict:
         w_d[d, targets] = rng.uniform(1.5, 3.5, len(targets))
     owner_p = np.argmax(proc_prob, axis=0)
     for p in np.flatnonzero((proc_prob.max(0) > 0) & (rng.random(n_p) < 0.5)):
+        # Python draws the right-hand side (the effect) before the column: the seeded stream depends on that order
         w_p[p, rng.choice(treat[owner_p[p]])] = rng.uniform(1.5, 3.0)
     base = rng.normal(-4.0, 0.8, n_m).astype(np.float32)
+    return w_d, w_p, base
 
-    logit = base[None, :] + diag.astype(np.float32) @ w_d + proc.astype(np.float32) @ w_p
-    med = np.zeros((n_v, n_m), dtype=bool)
+
+def _draw_medications(logit: np.ndarray, visit_pos: np.ndarray, persistence: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """[V, n_med] bool, visit position by position (a visit reads its predecessor's drugs); at least one per visit."""
+    med = np.zeros(logit.shape, dtype=bool)
     for t in range(int(visit_pos.max()) + 1):
         rows = np.flatnonzero(visit_pos == t)
         lg = logit[rows]
         if t > 0:
-            lg = lg + opts.persistence * med[rows - 1]
+            lg = lg + persistence * med[rows - 1]
         prob = 1.0 / (1.0 + np.exp(-lg))
         draw = rng.random(prob.shape) < prob
         empty = ~draw.any(1)
         draw[np.flatnonzero(empty), np.argmax(prob[empty], axis=1)] = True
         med[rows] = draw
+    return med
 
-    # DDI pairs among medications
+
+def _draw_ddi_pairs(n_m: int, density: float, rng: np.random.Generator) -> np.ndarray:
+    """[E, 2] medication indices (a < b) of the interacting pairs."""
     iu = np.triu_indices(n_m, 1)
-    pick = rng.random(len(iu[0])) < opts.ddi_density
-    ddi_idx = np.stack([iu[0][pick], iu[1][pick]], axis=1)
+    pick = rng.random(len(iu[0])) < density
+    return np.stack([iu[0][pick], iu[1][pick]], axis=1)
 
+
+def _medication_vocab(n_m: int) -> tuple[list[str], dict[str, str]]:
+    """Medication codes and names: real ATC3 classes with SMILES while they suffice, else M0001..."""
     smiles = dr.smiles_atc3_vocab()
     med_codes = list(smiles[:n_m]) if n_m <= len(smiles) else [f"M{i:04d}" for i in range(1, n_m + 1)]
     names = dr.atc_names() if n_m <= len(smiles) else {}
+    return med_codes, names
+
+
+def _to_lists(mat: np.ndarray, codes: np.ndarray) -> list[list[str]]:
+    """Row r of a [V, n] bool matrix as the list of its codes, in column order."""
+    r, c = np.nonzero(mat)
+    return [list(x) for x in np.split(codes[c], np.cumsum(np.bincount(r, minlength=mat.shape[0]))[:-1])]
+
+
+def _tables(visit_patient: np.ndarray, visit_pos: np.ndarray, codes: dict[str, np.ndarray], med: np.ndarray,
+            ddi_idx: np.ndarray) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
+    """The writer's inputs: visits (code lists), vocabularies and DDI pairs, from the drawn matrices."""
+    n_v, n_d, n_p, n_m = len(visit_patient), codes["diag"].shape[1], codes["proc"].shape[1], med.shape[1]
+    med_codes, names = _medication_vocab(n_m)
     diag_codes = np.array([f"D{i:04d}" for i in range(1, n_d + 1)])
     proc_codes = np.array([f"P{i:04d}" for i in range(1, n_p + 1)])
     med_arr = np.array(med_codes)
-
-    def to_lists(mat: np.ndarray, codes: np.ndarray) -> list[list[str]]:
-        r, c = np.nonzero(mat)
-        return [list(x) for x in np.split(codes[c], np.cumsum(np.bincount(r, minlength=mat.shape[0]))[:-1])]
-
     visits = pd.DataFrame({"visit_id": (np.arange(n_v) + 1).astype(str),
                            "patient_id": (visit_patient + 1).astype(str),
                            "visit_order": visit_pos.astype(float),
-                           "diag": to_lists(diag, diag_codes), "proc": to_lists(proc, proc_codes),
-                           "med": to_lists(med, med_arr)})
+                           "diag": _to_lists(codes["diag"], diag_codes), "proc": _to_lists(codes["proc"], proc_codes),
+                           "med": _to_lists(med, med_arr)})
     vocabs = {"diag": pd.DataFrame({"code": diag_codes, "name": ""}),
               "proc": pd.DataFrame({"code": proc_codes, "name": ""}),
               "med": pd.DataFrame({"code": med_arr, "name": [names.get(c, "") for c in med_codes]})}
     pairs = pd.DataFrame({"med_a": med_arr[ddi_idx[:, 0]], "med_b": med_arr[ddi_idx[:, 1]]})
+    return visits, vocabs, pairs
+
+
+def generate(opts) -> dict:
+    """Everything the writer needs: visits, vocabularies, DDI pairs and the planted matrices.
+
+    One seeded stream feeds every step, so the steps must draw in this order for a seed to give the same data.
+    """
+    rng = np.random.default_rng(opts.seed)
+    visit_patient, visit_pos = _draw_visits(opts.patients, opts.visits, rng)
+    active = _draw_conditions(visit_patient, opts.patients, opts.conditions, rng)
+    codes = _draw_codes(active, opts.diagnoses, opts.procedures, rng)
+    w_d, w_p, base = _plant_effects(codes["diag_prob"], codes["proc_prob"], opts.medications, rng)
+    logit = base[None, :] + codes["diag"].astype(np.float32) @ w_d + codes["proc"].astype(np.float32) @ w_p
+    med = _draw_medications(logit, visit_pos, opts.persistence, rng)
+    ddi_idx = _draw_ddi_pairs(opts.medications, opts.ddi_density, rng)
+    visits, vocabs, pairs = _tables(visit_patient, visit_pos, codes, med, ddi_idx)
     return {"visits": visits, "vocabs": vocabs, "pairs": pairs, "w_d": w_d, "w_p": w_p, "base": base}
 
 
@@ -247,6 +297,18 @@ def print_oracle(opts) -> int:
     return 0
 
 
+def _write(target: Path, opts, out: dict, stats: dict) -> None:
+    """The atomic files, the report (options, statistics, how to read the planted files) and the planted arrays."""
+    meta = {"source": "synthetic-ehr", "options": vars(opts).copy(), "statistics": stats,
+            "planted": {"files": list(EFFECT_FILES), "persistence": opts.persistence,
+                        "layout": "row i = code id i+1 (line i of the vocabulary), column j = medication id j+1",
+                        "scale": "log-odds contributions"}}
+    with atomic_dir(target, overwrite=opts.overwrite) as tmp:
+        write_medrec_files(tmp, opts.name, out["visits"], out["vocabs"], out["pairs"], meta)
+        for fname, arr in zip(EFFECT_FILES, (out["w_d"], out["w_p"], out["base"])):
+            np.save(tmp / fname, arr)
+
+
 def main(argv: list[str]) -> int:
     opts = build_parser().parse_args(argv)
     check_dataset_name(opts.name, "synth-ehr")
@@ -255,16 +317,9 @@ def main(argv: list[str]) -> int:
     _check(opts)
     out = generate(opts)
     stats = visit_statistics(out["visits"], out["pairs"])
-    meta = {"source": "synthetic-ehr", "options": vars(opts).copy(), "statistics": stats,
-            "planted": {"files": list(EFFECT_FILES), "persistence": opts.persistence,
-                        "layout": "row i = code id i+1 (line i of the vocabulary), column j = medication id j+1",
-                        "scale": "log-odds contributions"}}
     root = Path(opts.out).expanduser() if opts.out else dataset_root()
     target = root / opts.name
-    with atomic_dir(target, overwrite=opts.overwrite) as tmp:
-        write_medrec_files(tmp, opts.name, out["visits"], out["vocabs"], out["pairs"], meta)
-        for fname, arr in zip(EFFECT_FILES, (out["w_d"], out["w_p"], out["base"])):
-            np.save(tmp / fname, arr)
+    _write(target, opts, out, stats)
     print(f"wrote {target}: {stats['patients']} patients, {stats['visits']} visits, codes diag/proc/med "
           f"{len(out['vocabs']['diag'])}/{len(out['vocabs']['proc'])}/{len(out['vocabs']['med'])}, "
           f"avg diag/proc/med per visit {stats['avg_diag_per_visit']:.1f}/{stats['avg_proc_per_visit']:.1f}/"
