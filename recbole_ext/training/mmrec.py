@@ -257,8 +257,10 @@ class MMRecTask(Task):
             raise missing_dataset_error(config)
 
     def create_dataset(self, config):
-        from recbole_ext.data.multimodal import MMRecDataset
+        from recbole_ext.data.multimodal import MMRecDataset, mm_data_folder
 
+        # the prepared folder, or a content-hashed cache of the MMRec source: loading never writes into either
+        config["data_path"] = str(mm_data_folder(config))
         return MMRecDataset(config)
 
     def data_preparation(self, config, dataset):
