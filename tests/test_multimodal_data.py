@@ -302,12 +302,106 @@ def test_float64_overflowing_float32_is_caught(tmp_path, monkeypatch):
         task.create_dataset(config)
 
 
-def test_unprepared_dataset_converts_from_mmrec_src(tmp_path, monkeypatch):
+def test_unprepared_dataset_is_read_from_a_cache_of_mmrec_src(tmp_path, monkeypatch, caplog):
+    import logging
+
     src = write_mmrec(tmp_path / "mmrec_copy" / "toy")
     config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
-    ds = task.create_dataset(config)
-    assert (tmp_path / "root" / "toy" / "mm_features.json").is_file()
+    with caplog.at_level(logging.INFO, logger="recbole_ext.data.multimodal"):
+        ds = task.create_dataset(config)
+    assert not (tmp_path / "root" / "toy").exists()  # the prepared folder stays `prepare mmrec`'s output only
+    entry = Path(config["data_path"])
+    assert entry.parent == tmp_path / ".cache" / "mmrec" and entry.name.startswith("toy-")
+    assert (entry / "mm_features.json").is_file() and ds.mm_folder == entry
     assert ds.mm_features["image"].shape == (7, 8)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"multimodal dataset 'toy' is read from {entry}, a cache of the MMRec folder {src} "
+        f"(content hash {entry.name[4:20]}, converted now)"]
+
+
+def _tree_state(folder: Path) -> dict:
+    """Every file and folder under ``folder`` with what a write would change (size, mtime, inode)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["from-mmrec-folder", "prepared"])
+def test_a_run_writes_nothing_into_the_data_root_or_the_source(tmp_path, monkeypatch, prepared):
+    from recbole_ext.quick_start import run
+
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "root"))
+    src = write_mmrec(tmp_path / "root" / "mmrec" / "toy")  # the default source location, inside the data root
+    if prepared:
+        main_mmrec(["--src", str(src), "--name", "toy"])
+    before = _tree_state(tmp_path / "root")
+    values = {"state": "WARNING", "show_progress": False, "epochs": 1, "topk": [1, 2], "valid_metric": "recall@2",
+              "runs_root": str(tmp_path / "runs")}
+    for _ in range(2):  # the first load may convert into the cache, the second reads it
+        run("BPR", "toy", config_dict=values, config_files=[str(Path(__file__).resolve().parents[1] / "properties" /
+                                                                 "dataset" / "synth-mm.yaml")])
+    assert _tree_state(tmp_path / "root") == before
+
+
+def test_a_second_load_reuses_the_cached_conversion(tmp_path, monkeypatch):
+    import recbole_ext.data.prepare.mmrec as prepare_mmrec
+
+    conversions = []
+    convert = prepare_mmrec.convert_mmrec_folder
+    monkeypatch.setattr(prepare_mmrec, "convert_mmrec_folder", lambda *a, **k: conversions.append(a) or convert(*a, **k))
+    src = write_mmrec(tmp_path / "mmrec_copy" / "toy")
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    task.create_dataset(config)
+    entry = Path(config["data_path"])
+    state = _tree_state(entry)
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    ds = task.create_dataset(config)
+    assert len(conversions) == 1 and Path(config["data_path"]) == entry
+    assert _tree_state(entry) == state and ds.mm_features["text"].shape == (7, 5)
+
+
+@pytest.mark.parametrize("changed", ["toy.inter", "image_feat.npy", "text_feat.npy"])
+def test_a_changed_source_file_gets_a_new_cache_entry(tmp_path, monkeypatch, changed):
+    import os
+
+    src = write_mmrec(tmp_path / "mmrec_copy" / "toy")
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    task.create_dataset(config)
+    first = Path(config["data_path"])
+    first_state = _tree_state(first)
+    path = src / changed
+    if changed.endswith(".npy"):
+        np.save(path, np.load(path) + 1)  # same shape and size: only the content hash can tell
+    else:
+        path.write_text(path.read_text().replace("5.0", "4.0"))
+    # the hash memo is keyed by (path, size, mtime): make sure the rewrite is not within one timestamp tick
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    ds = task.create_dataset(config)
+    second = Path(config["data_path"])
+    assert second != first and second.parent == first.parent
+    assert _tree_state(first) == first_state  # the old entry is left as it was
+    if changed == "text_feat.npy":
+        token = ds.field2id_token["item_id"][1]
+        np.testing.assert_array_equal(ds.mm_features["text"][1].numpy(), np.load(path)[int(token)])
+    elif changed == "toy.inter":  # the dataset YAML loads no rating column: the new entry's file shows it
+        assert {line.split("\t")[2] for line in (second / "toy.inter").read_text().splitlines()[1:]} == {"4.0"}
+
+
+def test_a_source_changed_during_conversion_leaves_no_cache_entry(tmp_path, monkeypatch):
+    import recbole_ext.data.prepare.mmrec as prepare_mmrec
+
+    src = write_mmrec(tmp_path / "mmrec_copy" / "toy")
+    convert = prepare_mmrec.convert_mmrec_folder
+
+    def convert_after_a_change(*args, **kwargs):  # the source is rewritten after its hash named the entry
+        np.save(src / "text_feat.npy", np.load(src / "text_feat.npy") + 1)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_mmrec, "convert_mmrec_folder", convert_after_a_change)
+    config, task = _mm_config(tmp_path, monkeypatch, mmrec_src=str(src))
+    with pytest.raises(UserError, match="changed while it was being converted"):
+        task.create_dataset(config)
+    assert list((tmp_path / ".cache" / "mmrec").iterdir()) == []
 
 
 def test_unprepared_baby_never_downloads(tmp_path, monkeypatch):

@@ -11,11 +11,17 @@ ratio split, and exposes the model-facing contract (docs/CONTRACTS.md):
   it with the item id order, e.g. ``field2id_token[iid_field]``, when caching anything indexed by internal id).
 
 RecBole's own filtering (k-core, duplicates, value intervals) is skipped: the split is fixed by ``x_label`` and
-filtering would change the benchmark. A dataset that is not prepared yet is converted from an MMRec folder
-(``mmrec_src``, default ``<data root>/mmrec/<name>``) if one exists; nothing is ever downloaded.
+filtering would change the benchmark. Loading never writes into the data root or the MMRec source folder: a
+dataset that is not prepared yet is read from a conversion of its MMRec folder (``mmrec_src``, default
+``<data root>/mmrec/<name>``) kept in the derived cache under a content hash of the source files
+(:func:`mm_data_folder`); nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +29,13 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 
-from recbole_ext.data.mmrec_format import (MANIFEST_NAME, MODALITIES, SPLIT_LABELS, check_finite_rows,
-                                        open_feature_matrix, read_item_tokens, read_manifest)
+from recbole_ext.data.mmrec_format import (DEFAULT_FEATURE_FILES, FORMAT_VERSION, MANIFEST_NAME, MODALITIES,
+                                           SPLIT_LABELS, check_finite_rows, open_feature_matrix, read_item_tokens,
+                                           read_manifest)
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import bundled_elsewhere
+
+logger = logging.getLogger(__name__)
 
 SPLIT_FIELD = "x_label"
 _COPY_CHUNK = 4096
@@ -54,8 +63,13 @@ def missing_dataset_error(config) -> UserError:
             f"--name {name}` or pass --mmrec_src=<that folder>")
 
 
-def ensure_prepared(config) -> Path:
-    """Return the prepared folder, converting an MMRec source folder first if needed. Never downloads."""
+def mm_data_folder(config) -> Path:
+    """The folder a multimodal dataset is read from; loading never writes into the data root or the source folder.
+
+    That is the prepared folder ``config['data_path']`` (written only by an explicit ``prepare mmrec``) when it
+    exists, else a conversion of the MMRec source folder kept in the derived cache (:func:`converted_source_cache`).
+    Never downloads.
+    """
     folder = Path(config["data_path"])
     if folder.is_dir():
         if not (folder / MANIFEST_NAME).is_file():
@@ -66,17 +80,52 @@ def ensure_prepared(config) -> Path:
     src = mmrec_source_folder(config)
     if not src.is_dir():
         raise missing_dataset_error(config)
-    from recbole_ext.data.prepare.mmrec import convert_mmrec_folder
+    return converted_source_cache(src, config["dataset"])
 
-    convert_mmrec_folder(src, folder, config["dataset"])
-    return folder
+
+def converted_source_cache(src: Path, name: str) -> Path:
+    """``<cache>/mmrec/<name>-<content hash>/``: the MMRec folder ``src`` converted as ``prepare mmrec`` would.
+
+    The hash covers what the converter reads (the .inter file and the feature files, through the per-(path, size,
+    mtime) memo, so a large file is hashed once), the dataset name (it names the files) and the format version, so a
+    second load reuses the entry and a changed source gets a new one. The entry is written atomically.
+    """
+    from recbole_ext.data.prepare.mmrec import convert_mmrec_folder, find_inter_file
+    from recbole_ext.utils.cache import cache_dir
+
+    inter = find_inter_file(src, name)
+    features = {m: src / DEFAULT_FEATURE_FILES[m] for m in MODALITIES}
+    for modality, path in features.items():
+        if not path.is_file():
+            raise UserError(f"{modality} feature file {path} is missing",
+                            fix=f"the MMRec folder {src} must hold {name}.inter, image_feat.npy and text_feat.npy")
+    source_hashes = {"inter_sha256": _feature_sha256(inter),
+                     "feature_sha256": {m: _feature_sha256(path) for m, path in features.items()}}
+    identity = {"format_version": FORMAT_VERSION, "name": name, "inter_file": inter.name, **source_hashes}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    entry = cache_dir("mmrec") / f"{name}-{key[:32]}"
+    if (entry / MANIFEST_NAME).is_file():
+        action = "reused"
+    else:
+        # overwrite: an entry without a manifest is damaged, and a run converting the same source concurrently
+        # writes the same data, so replacing its entry is harmless
+        provenance = convert_mmrec_folder(src, entry, name, overwrite=True)["provenance"]
+        if {k: provenance[k] for k in source_hashes} != source_hashes:
+            # converted from other bytes than the hash names: such an entry would be trusted by every later load
+            shutil.rmtree(entry, ignore_errors=True)
+            raise UserError(f"the MMRec folder {src} changed while it was being converted",
+                            fix="run again once its files are complete")
+        action = "converted now"
+    logger.info(f"multimodal dataset '{name}' is read from {entry}, a cache of the MMRec folder {src} "
+                f"(content hash {key[:16]}, {action})")
+    return entry
 
 
 def _feature_sha256(path: Path) -> str:
-    """sha256 of a feature file, remembered per (path, size, mtime) so large files are hashed once."""
+    """sha256 of a data file (a feature .npy, or the .inter file: RecBole's inter_feat), remembered per (path,
+    size, mtime) so large files are hashed once."""
     from recbole_ext.utils.cache import cache_dir
     from recbole_ext.utils.hashing import file_sha256
-    import hashlib
 
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
@@ -94,7 +143,8 @@ class MultimodalDataset(Dataset):
     """RecBole Dataset with an ``x_label`` split and aligned multimodal item features."""
 
     def __init__(self, config):
-        self.mm_folder = ensure_prepared(config)
+        """Reads ``config['data_path']`` (RecBole does too), which ``MMRecTask`` sets to :func:`mm_data_folder`."""
+        self.mm_folder = Path(config["data_path"])
         self.mm_manifest = read_manifest(self.mm_folder)
         super().__init__(config)
 

@@ -168,8 +168,10 @@ class MultimodalTask(Task):
             raise missing_dataset_error(config)
 
     def create_dataset(self, config):
-        from recbole_ext.data.multimodal import MultimodalDataset
+        from recbole_ext.data.multimodal import MultimodalDataset, mm_data_folder
 
+        # the prepared folder, or a content-hashed cache of the MMRec source: loading never writes into either
+        config["data_path"] = str(mm_data_folder(config))
         return MultimodalDataset(config)
 
     def data_preparation(self, config, dataset):
