@@ -36,6 +36,7 @@ from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
 from recbole_ext.utils.memory import release_freed_memory
+from recbole_ext.utils.segments import indptr_from_segment_ids
 
 # RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
 _USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
@@ -45,8 +46,7 @@ def _pairs_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int)
     """Distinct (user, item) pairs as CSR arrays (indptr [n_users+1], indices sorted per user)."""
     keys = np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
     rows, cols = keys // n_items, keys % n_items
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+    indptr = indptr_from_segment_ids(rows, n_users)
     return indptr, cols, keys
 
 

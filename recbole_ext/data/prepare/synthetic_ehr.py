@@ -33,6 +33,7 @@ from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
+from recbole_ext.utils.segments import indptr_from_segment_ids, positions_in_segments
 
 MAX_VISITS = 29  # visits per patient: the maximum the spec records for SafeDrug-processed MIMIC-III (cafemed.md §3.6)
 
@@ -96,7 +97,7 @@ def generate(opts) -> dict:
 
     n_vis = np.minimum(1 + rng.poisson(opts.visits - 1, n_pat), MAX_VISITS)
     visit_patient = np.repeat(np.arange(n_pat), n_vis)
-    visit_pos = np.arange(len(visit_patient)) - np.repeat(np.cumsum(n_vis) - n_vis, n_vis)
+    visit_pos = positions_in_segments(n_vis)
     n_v = len(visit_patient)
 
     # conditions: chronic per patient, acute per visit
@@ -175,7 +176,7 @@ def generate(opts) -> dict:
 
     def to_lists(mat: np.ndarray, codes: np.ndarray) -> list[list[str]]:
         r, c = np.nonzero(mat)
-        return [list(x) for x in np.split(codes[c], np.cumsum(np.bincount(r, minlength=mat.shape[0]))[:-1])]
+        return [list(x) for x in np.split(codes[c], indptr_from_segment_ids(r, mat.shape[0])[1:-1])]
 
     visits = pd.DataFrame({"visit_id": (np.arange(n_v) + 1).astype(str),
                            "patient_id": (visit_patient + 1).astype(str),
