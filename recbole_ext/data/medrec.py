@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_ext.errors import UserError
+from recbole_ext.utils.segments import concatenated_ranges, indptr_from_lengths, indptr_from_segment_ids
 
 VISIT_HEADER = ["visit_id:token", "patient_id:token", "visit_order:float", "diag:token_seq", "proc:token_seq",
                 "med:token_seq"]
@@ -77,10 +78,7 @@ class CSRCodes:
 
     def take(self, visits: np.ndarray) -> "CSRCodes":
         lens = self.lengths()[visits]
-        indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        starts = np.repeat(self.indptr[visits], lens)
-        within = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lens)
-        return CSRCodes(indptr, self.indices[starts + within])
+        return CSRCodes(indptr_from_lengths(lens), self.indices[concatenated_ranges(self.indptr[visits], lens)])
 
     def as_lists(self) -> list[np.ndarray]:
         return np.split(self.indices, self.indptr[1:-1])
@@ -164,7 +162,7 @@ def _encode(path: Path, tokens: pd.Series, kind: str, vocab_index: pd.Index, vis
         raise UserError(f"{path}: {kind} code {flat[first]!r} appears twice in visit {visit_ids[row_of[first]]!r} "
                         f"({len(repeat)} repeated code(s) in all)",
                         fix="a visit's codes are a set: list each code once")
-    return CSRCodes(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), (ids + 1).astype(np.int64))
+    return CSRCodes(indptr_from_lengths(lens), (ids + 1).astype(np.int64))
 
 
 def _read_vocab(path: Path) -> tuple[pd.DataFrame, pd.Index]:
@@ -258,7 +256,7 @@ def load_medrec(folder: str | Path, name: str | None = None) -> MedRecData:
     visit_ids = vid.to_numpy()[sort]
     codes = {kind: _encode(vpath, df[h].str.strip(), kind, index[kind], visit_ids)
              for kind, h in zip(KINDS, VISIT_HEADER[3:])}
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(visit_patient, minlength=len(patient_tokens)))]).astype(np.int64)
+    ptr = indptr_from_segment_ids(visit_patient, len(patient_tokens))
 
     pairs = _read_ddi(folder / f"{name}.ddi", index["med"])
     meta = _read_meta(folder / f"{name}.json")

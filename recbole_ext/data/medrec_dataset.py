@@ -19,6 +19,7 @@ from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.options import SEED, config_value, number_value
 from recbole_ext.utils.paths import bundled_elsewhere, dataset_root
+from recbole_ext.utils.segments import concatenated_ranges, positions_in_segments
 
 PHASES = ("train", "valid", "test")
 
@@ -105,7 +106,7 @@ class MedRecDataset:
         pats = self.split[phase]
         ptr = self.data.patient_visit_ptr
         lens = ptr[pats + 1] - ptr[pats]
-        return np.repeat(ptr[pats], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+        return concatenated_ranges(ptr[pats], lens)
 
     def train_visits(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Training visits as (diag, proc, med) lists of int64 arrays of 1-based code ids (one array per visit)."""
@@ -140,9 +141,9 @@ class MedRecDataset:
         ptr = self.data.patient_visit_ptr
         lens = ptr[pats + 1] - ptr[pats]
         n_p, t_max = len(pats), max(int(lens.max()), 1) if len(lens) else 1
-        visits = np.repeat(ptr[pats], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+        visits = concatenated_ranges(ptr[pats], lens)
         p_of = np.repeat(np.arange(n_p), lens)
-        t_of = np.arange(len(visits)) - np.repeat(np.cumsum(lens) - lens, lens)
+        t_of = positions_in_segments(lens)
         mask = np.zeros((n_p, t_max), dtype=bool)
         mask[p_of, t_of] = True
         tensors = {}
@@ -152,7 +153,7 @@ class MedRecDataset:
             width = max(int(clen.max()) if len(clen) else 1, 1)
             out = np.zeros((n_p, t_max, width), dtype=np.int64)
             vrow = np.repeat(np.arange(len(visits)), clen)
-            within = np.arange(len(csr.indices)) - np.repeat(csr.indptr[:-1], clen)
+            within = positions_in_segments(clen)
             out[p_of[vrow], t_of[vrow], within] = csr.indices
             tensors[kind] = (out, vrow, csr.indices)
         target = np.zeros((n_p, t_max, self.n_med), dtype=np.float32)

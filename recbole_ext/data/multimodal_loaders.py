@@ -16,14 +16,14 @@ from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
 
 from recbole_ext.errors import UserError
+from recbole_ext.utils.segments import indptr_from_segment_ids
 
 
 def pairs_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
     """Distinct (user, item) pairs as CSR arrays (indptr [n_users+1], indices sorted per user)."""
     keys = np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
     rows, cols = keys // n_items, keys % n_items
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+    indptr = indptr_from_segment_ids(rows, n_users)
     return indptr, cols, keys
 
 

@@ -21,6 +21,7 @@ from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
 from recbole_ext.options import config_value
+from recbole_ext.utils.segments import concatenated_ranges, indptr_from_segment_ids
 
 THRESHOLD = 0.5
 METRIC_KEYS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_med")
@@ -167,11 +168,10 @@ def bootstrap_rows(patient: np.ndarray, rounds: int = 10, frac: float = 0.8, see
     patient = np.asarray(patient, dtype=np.int64)
     n_pat = int(patient.max()) + 1 if len(patient) else 0
     order = np.argsort(patient, kind="stable")
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(patient, minlength=n_pat))])
+    ptr = indptr_from_segment_ids(patient, n_pat)
     for sample in bootstrap_samples(n_pat, rounds, frac, seed):
         lens = ptr[sample + 1] - ptr[sample]
-        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        yield order[np.repeat(ptr[sample], lens) + within], np.repeat(np.arange(len(sample)), lens)
+        yield order[concatenated_ranges(ptr[sample], lens)], np.repeat(np.arange(len(sample)), lens)
 
 
 def summarise_rounds(rounds: list[dict]) -> dict[str, float]:

@@ -18,6 +18,7 @@ import numpy as np
 from recbole_ext.errors import UserError
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir
+from recbole_ext.utils.segments import indptr_from_segment_ids
 
 DEFAULT_FACTORY = "Flat"
 # Above this many items an exact index is slow to query; the suggested ANN setting is the one bench/retrieval.py
@@ -52,9 +53,7 @@ class History:
         if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
             raise ValueError(f"history rows must lie in [0, {n_rows})")
         order = np.argsort(rows, kind="stable")
-        counts = np.bincount(rows, minlength=n_rows) if rows.size else np.zeros(n_rows, dtype=np.int64)
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        indptr = indptr_from_segment_ids(rows, n_rows)
         return cls(indptr, items[order])
 
     @classmethod

@@ -19,6 +19,7 @@ import torch
 from recbole_ext.errors import UserError
 from recbole_ext.retrieval.index import DEFAULT_FACTORY, History, ItemIndex
 from recbole_ext.retrieval.vectors import FinalVectors, final_vectors
+from recbole_ext.utils.segments import concatenated_ranges, indptr_from_lengths
 
 INDEX_SUFFIX = ".faiss"
 ITEM_TOKENS_FILE = "item_tokens.json"
@@ -170,10 +171,9 @@ def history_for(user_ids: np.ndarray, train_users: np.ndarray, train_items: np.n
     starts = np.searchsorted(sorted_users, user_ids, side="left")
     stops = np.searchsorted(sorted_users, user_ids, side="right")
     lengths = stops - starts
-    indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
+    indptr = indptr_from_lengths(lengths)
     # Gather all [start, stop) ranges in one vectorised step.
-    offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths) + np.repeat(starts, lengths)
+    offsets = concatenated_ranges(starts, lengths)
     return History(indptr, sorted_items[offsets])
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recbole_ext.utils.segments import positions_in_segments, segment_starts
+
 USER_FIELD, ITEM_FIELD, NEG_PREFIX = "user_id", "item_id", "neg_"
 
 
@@ -83,7 +85,7 @@ def planted_clusters(n_users: int, n_items: int, n_interactions: int, n_clusters
     # rank inside the cluster: u^skew concentrates on the first members (skew 1 = uniform)
     rank = np.minimum((rng.random(n_interactions) ** popularity_skew * sizes[chosen]).astype(np.int64),
                       sizes[chosen] - 1)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    offsets = segment_starts(sizes)
     flat = np.concatenate(members)
     items = flat[offsets[chosen] + rank]
     pairs = np.unique(np.stack([users, items], 1), axis=0) + 1  # ids >= 1 (0 = PAD), duplicates removed
@@ -108,8 +110,8 @@ def _split_per_user(pairs: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.
     """MMRec-style random split per user: n<10 -> n-2/1/1 (when n>=3), else 80/10/10; vectorised."""
     pairs = pairs[rng.permutation(len(pairs))]
     pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
-    _, start, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
-    pos = np.arange(len(pairs)) - np.repeat(start, counts)
+    _, counts = np.unique(pairs[:, 0], return_counts=True)
+    pos = positions_in_segments(counts)
     n = np.repeat(counts, counts)
     held = np.where(n < 3, 0, np.where(n < 10, 2, (0.2 * n).astype(np.int64)))
     n_valid = held // 2

@@ -33,6 +33,7 @@ from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
+from recbole_ext.utils.segments import indptr_from_segment_ids, positions_in_segments
 
 MAX_VISITS = 29  # visits per patient: the maximum the spec records for SafeDrug-processed MIMIC-III (cafemed.md §3.6)
 
@@ -93,7 +94,7 @@ def _draw_visits(n_pat: int, mean_visits: float, rng: np.random.Generator) -> tu
     """(patient of each visit, its position inside the patient) for 1 + Poisson visits per patient, capped."""
     n_vis = np.minimum(1 + rng.poisson(mean_visits - 1, n_pat), MAX_VISITS)
     visit_patient = np.repeat(np.arange(n_pat), n_vis)
-    visit_pos = np.arange(len(visit_patient)) - np.repeat(np.cumsum(n_vis) - n_vis, n_vis)
+    visit_pos = positions_in_segments(n_vis)
     return visit_patient, visit_pos
 
 
@@ -199,7 +200,7 @@ def _medication_vocab(n_m: int) -> tuple[list[str], dict[str, str]]:
 def _to_lists(mat: np.ndarray, codes: np.ndarray) -> list[list[str]]:
     """Row r of a [V, n] bool matrix as the list of its codes, in column order."""
     r, c = np.nonzero(mat)
-    return [list(x) for x in np.split(codes[c], np.cumsum(np.bincount(r, minlength=mat.shape[0]))[:-1])]
+    return [list(x) for x in np.split(codes[c], indptr_from_segment_ids(r, mat.shape[0])[1:-1])]
 
 
 def _tables(visit_patient: np.ndarray, visit_pos: np.ndarray, codes: dict[str, np.ndarray], med: np.ndarray,

@@ -31,6 +31,7 @@ from recbole_ext.data.mmrec_format import write_mm_folder
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
+from recbole_ext.utils.segments import positions_in_segments
 
 IMAGE_DIM = 4096
 TEXT_DIM = 384
@@ -63,7 +64,7 @@ def _split_labels(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sorted_users = users[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
     counts = np.diff(np.r_[starts, len(users)])
-    rank = np.arange(len(users)) - np.repeat(starts, counts)
+    rank = positions_in_segments(counts)  # the groups are contiguous: starts = segment_starts(counts)
     n = np.repeat(counts, counts)
     val_test = np.where(n < 10, 2, n // 5)
     n_valid = np.where(n < 10, 1, val_test // 2)

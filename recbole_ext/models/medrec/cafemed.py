@@ -32,8 +32,8 @@ from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import MedRecModel, previous_visit
 from recbole_ext.models.medrec.causal import causal_effects
 from recbole_ext.models.medrec.stacked_gru import PackedVisits, stacked_gru
-from recbole_ext.options import AT_LEAST_ONE, Bounds
-from recbole_ext.options import check_choice, config_flag, config_value
+from recbole_ext.options import AT_LEAST_ONE, Bounds, check_choice, config_flag, config_value
+from recbole_ext.utils.segments import positions_in_segments, segment_starts
 
 N_LEVELS = 6  # relation levels 0..5 per side; level 0 = first-visit placeholder edges, level 5 never occurs
 
@@ -72,11 +72,10 @@ def same_visit_pairs(left_visit: torch.Tensor, right_visit: torch.Tensor, n_visi
     Row-major per visit (left node, then right node in order), i.e. the order of the padded ``[N, Ll, Lr]`` grid.
     """
     right_count = torch.bincount(right_visit, minlength=n_visits)
-    right_start = torch.cumsum(right_count, 0) - right_count
+    right_start = segment_starts(right_count)
     repeat = right_count[left_visit]
     left = torch.repeat_interleave(torch.arange(len(left_visit), device=left_visit.device), repeat)
-    offset = torch.arange(len(left), device=left.device) - torch.repeat_interleave(torch.cumsum(repeat, 0) - repeat,
-                                                                                 repeat)
+    offset = positions_in_segments(repeat)
     return left, right_start[left_visit[left]] + offset
 
 

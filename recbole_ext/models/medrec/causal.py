@@ -21,6 +21,7 @@ from recbole_ext.errors import UserError
 from recbole_ext.utils.cache import cache_dir
 from recbole_ext.utils.hashing import array_sha256
 from recbole_ext.utils.io import atomic_file
+from recbole_ext.utils.segments import indptr_from_lengths
 
 _CACHE_VERSION = "risk-difference-v1"
 
@@ -33,7 +34,7 @@ def visits_to_csr(code_lists: Sequence[Sequence[int]], n_codes: int, what: str =
     if ids.size and (ids.min() < 1 or ids.max() > n_codes):
         raise UserError(f"training {what} ids must lie in 1..{n_codes}, found {ids.min()}..{ids.max()}",
                         fix="re-prepare the dataset; its vocabulary and visit files disagree")
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indptr = indptr_from_lengths(lengths)
     mat = sp.csr_matrix((np.ones(ids.size, np.float64), ids - 1, indptr), shape=(len(code_lists), n_codes))
     mat.sum_duplicates()
     mat.data[:] = 1.0

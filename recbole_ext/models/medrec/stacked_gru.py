@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from recbole_ext.utils.segments import segment_starts
+
 
 class PackedVisits:
     """Packed-sequence order of the real visits of a ``[P, T]`` visit mask (every patient's visits are a prefix).
@@ -40,7 +42,7 @@ class PackedVisits:
         rank[torch.argsort(lengths, descending=True, stable=True)] = torch.arange(len(lengths), device=lengths.device)
         sizes = (lengths.unsqueeze(0) > torch.arange(visit_mask.shape[1], device=lengths.device).unsqueeze(1)).sum(1)
         self.batch_sizes = [int(s) for s in sizes.tolist() if s > 0]
-        start = torch.cumsum(sizes, 0) - sizes
+        start = segment_starts(sizes)
         patient, step = visit_mask.nonzero(as_tuple=True)
         self.packed_of_visit = start[step] + rank[patient]
         self.visit_of_packed = torch.argsort(self.packed_of_visit)
@@ -86,7 +88,7 @@ class _StackedGRU(torch.autograd.Function):
         d_gh = x.new_empty(n_g, n_rows, 3 * hid)       # d loss / d (W_h h + b_h), per gate
         dh = out.new_zeros(n_g, batch_sizes[0] if batch_sizes else 0, hid)
         sizes = torch.tensor(batch_sizes, dtype=torch.long)
-        starts = (torch.cumsum(sizes, 0) - sizes).tolist()
+        starts = segment_starts(sizes).tolist()
         for step in reversed(range(len(batch_sizes))):
             size, start = batch_sizes[step], starts[step]
             rows = slice(start, start + size)
