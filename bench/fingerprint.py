@@ -2,9 +2,12 @@
 
 A behaviour-preserving change (a refactoring) must leave this output byte-identical:
 
-    python bench/fingerprint.py > before.json   # on the old commit
-    python bench/fingerprint.py > after.json    # on the new one
+    RECBOLE_EXT_CACHE=$(mktemp -d) python bench/fingerprint.py > before.json   # on the old commit
+    RECBOLE_EXT_CACHE=$(mktemp -d) python bench/fingerprint.py > after.json    # on the new one
     cmp before.json after.json
+
+Give each side a fresh derived-data cache: a kNN graph cached by an earlier run built with another thread count
+can differ in its last bits, and the run that reads it then differs too.
 
 Each run trains 2 epochs with seed 2020 and records the per-epoch training loss, the validation results, the test
 results and the per-user test values (as ``repr`` of each float, so a last-bit change shows). Wall time and paths,
