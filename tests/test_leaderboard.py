@@ -328,3 +328,25 @@ def test_yaml_exponent_notation_in_a_grid_is_checked_as_the_number_it_becomes():
     cli.check_models_and_options(parse_spec(yaml.safe_load(text % "5e-4"), "s.yaml"), build=False)
     with pytest.raises(UserError, match=r"option learning_rate=-0.0005 must be > 0"):
         cli.check_models_and_options(parse_spec(yaml.safe_load(text % "-5e-4"), "s.yaml"), build=False)
+
+
+def run_with_its_own_data_folder(model, dataset, config_dict=None, on_valid=None):
+    """A run function whose dataset folder is known only once it has run (RecBole's own ml-100k, a multimodal
+    dataset read from its cache): the effective config's data_path is that folder, as in RecBole's Config."""
+    return {"task": "general", "config": {"data_path": config_dict["folder"], "valid_metric": "recall@10"},
+            "best_valid_score": 0.5, "best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}}
+
+
+def test_a_dataset_found_only_by_the_run_is_hashed_from_the_folder_it_read(tmp_path):
+    from recbole_ext.leaderboard import worker
+    from recbole_ext.utils.hashing import dir_sha256
+
+    folder = tmp_path / "mydata"
+    (folder / "mydata").mkdir(parents=True)  # a folder named like the dataset inside it must not be what is hashed
+    (folder / "mydata.inter").write_text("user_id:token\titem_id:token\nu1\ti1\n")
+    payload = {"run_key": "k", "model": "BPR", "dataset": "mydata", "seed": 0, "grid_id": "g", "grid_point": {},
+               "config_dict": {"folder": str(folder)}, "run_fn": f"{__name__}:run_with_its_own_data_folder",
+               "dataset_sha256": None, "ddi_sha256": None}
+    row = worker.execute(payload)
+    assert row["status"] == "ok", row.get("error")
+    assert row["dataset_sha256"] == dir_sha256(folder) != dir_sha256(folder / "mydata")

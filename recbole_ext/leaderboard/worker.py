@@ -150,7 +150,7 @@ def execute(payload: dict, backend: str = "local", threads: int | None = None) -
             pruned=int(result.get("stopped_at_epoch") is not None),
         )
         if row["dataset_sha256"] is None and effective.get("data_path"):  # data found only once the run resolved it
-            folder = os.path.join(str(effective["data_path"]), payload["dataset"])
+            folder = str(effective["data_path"])  # RecBole's Config has joined the dataset name on already
             if os.path.isdir(folder):
                 from recbole_ext.utils.hashing import dir_sha256
 
