@@ -23,6 +23,23 @@ def make_dirs(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux exposes it (os.umask can only set and return)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _as_if_opened(path: str | os.PathLike, folder: bool) -> None:
+    """Give a temporary (mkstemp: 0600, mkdtemp: 0700) the mode a plain ``open()`` / ``mkdir`` would have given
+    it under the user's umask, so what is renamed into place is as shareable as any other file they write."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def _temporary_beside(target: Path, make):
     """``make(prefix, dir)`` (mkdtemp / mkstemp) beside ``target``, with its folder created first."""
     make_dirs(target.parent, "output folder")
@@ -49,6 +66,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
     refuse_existing(target, overwrite)
     tmp = Path(_temporary_beside(target, tempfile.mkdtemp))  # creates target's folder first
     try:
+        _as_if_opened(tmp, folder=True)
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -72,6 +90,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", **kwargs):
     fd, tmp = _temporary_beside(target, tempfile.mkstemp)
     os.close(fd)
     try:
+        _as_if_opened(tmp, folder=False)
         with open(tmp, mode, **kwargs) as fh:
             yield fh
         os.replace(tmp, target)
