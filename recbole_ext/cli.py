@@ -4,6 +4,7 @@
     python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --patient FILE.json) [--k 20] [--keep-seen] [--json]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
+    python run.py --version
 
 Values are parsed as literals (numbers, lists, dicts, true/false/none), never evaluated as code. A user mistake
 prints one line on stderr and exits with status 2.
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             print(USAGE)
             return 0 if argv else 2
         head = argv[0]
+        if head == "--version":
+            from recbole_ext.version import version_line
+
+            print(version_line())
+            return 0
         if head == "prepare":
             if len(argv) < 2 or argv[1] not in PREPARERS:
                 raise UserError(f"prepare needs a kind: {', '.join(PREPARERS)}",

@@ -8,6 +8,7 @@ import pytest
 
 from recbole_ext.cli import main, parse_train_args
 from recbole_ext.errors import UserError
+from recbole_ext.version import __version__
 
 
 def test_values_are_parsed_as_literals_never_evaluated(tmp_path):
@@ -199,3 +200,13 @@ def test_a_bundled_dataset_under_another_root_says_so(model, dataset, tmp_path, 
     monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path))
     assert main([f"--model={model}", f"--dataset={dataset}", "--epochs=1"]) == 2
     assert f"fix: '{dataset}' ships in " in _one_error_line(capsys)
+
+
+def test_version_names_this_package_and_the_libraries_that_shape_results(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"recbole-ext {__version__} (")
+    for dist in ("recbole", "torch", "numpy"):
+        assert f"{dist} {version(dist)}" in line
