@@ -24,6 +24,7 @@ import yaml
 from recbole_ext.compat import RUN_LOG_MARKER
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_file, make_dirs
+from recbole_ext.version import __version__, library_versions
 
 
 @dataclass
@@ -45,6 +46,9 @@ class RunResult:
     # {"users": [token, ...], "metrics": {metric: [value per user, ...]}} of the test evaluation; {} when the
     # evaluation has no per-user metric. Written to per_user_test.json, not result.json (one value per user).
     per_user_test: dict = field(default_factory=dict)
+    best_epoch: int | None = None  # the selected (best validated) epoch, 0-based as in history; None if none ran
+    epochs_trained: int = 0
+    versions: dict = field(default_factory=dict)  # recbole-ext and the libraries that shape results
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,6 +227,9 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
         stopped_at_epoch=stopped_at,
         per_user_test=per_user,
+        best_epoch=None if trainer.best_entry() is None else trainer.best_entry()["epoch"],
+        epochs_trained=len(trainer.history),
+        versions={"recbole-ext": __version__, **library_versions()},
     )
     with atomic_file(run_dir / "config.yaml") as fh:
         yaml.safe_dump(result.config, fh, sort_keys=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,19 @@ def test_version_names_this_package_and_the_libraries_that_shape_results(capsys)
     assert line.startswith(f"recbole-ext {__version__} (")
     for dist in ("recbole", "torch", "numpy"):
         assert f"{dist} {version(dist)}" in line
+
+
+def test_result_json_names_the_selected_epoch_and_the_library_versions(tmp_path, tiny_data, quiet):
+    from importlib.metadata import version
+
+    from recbole_ext.quick_start import run
+
+    result = run("BPR", "tiny", {**quiet, "epochs": 4, "data_path": str(tiny_data), "topk": [10],
+                                 "valid_metric": "recall@10", "runs_root": str(tmp_path / "runs")})
+    saved = json.loads((Path(result.run_dir) / "result.json").read_text())
+    assert saved["epochs_trained"] == 4 == len(saved["history"])
+    [chosen] = [h for h in saved["history"] if h["epoch"] == saved["best_epoch"]]
+    assert chosen["valid"] == saved["best_valid_result"]  # the epoch whose validation was selected
+    scores = [h["valid_score"] for h in saved["history"]]
+    assert scores.index(max(scores)) == saved["history"].index(chosen)  # the first of the best, as early stopping
+    assert saved["versions"]["recbole-ext"] == __version__ and saved["versions"]["recbole"] == version("recbole")

@@ -59,18 +59,23 @@ class EpochHistory:
             raise StopTraining(self.history[-1]["epoch"])
         return score, result
 
-    def best_so_far(self):
-        """The best validated epoch's ``(score, result)`` (the first of equal scores, as early stopping keeps it)."""
+    def best_entry(self) -> dict | None:
+        """The best validated epoch's history entry (the first of equal scores, as early stopping keeps it)."""
         validated = [h for h in self.history if "valid_score" in h]
         if not validated:
-            return None, {}
+            return None
         best = validated[0]
         for h in validated[1:]:
             better = h["valid_score"] > best["valid_score"] if self.valid_bigger else \
                 h["valid_score"] < best["valid_score"]
             if better:
                 best = h
-        return best["valid_score"], best["valid"]
+        return best
+
+    def best_so_far(self):
+        """The best validated epoch's ``(score, result)``; ``(None, {})`` before any validation."""
+        best = self.best_entry()
+        return (None, {}) if best is None else (best["valid_score"], best["valid"])
 
 
 def with_history(trainer_class):
