@@ -218,6 +218,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     logger.info(f"test result: {_plain_line(test_result)}")
 
     checkpoint = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
+    best = trainer.best_entry()
     result = RunResult(
         model=str(config["model"]), dataset=str(config["dataset"]), task=task.name, run_dir=str(run_dir),
         checkpoint=checkpoint, config=to_plain(config.final_config_dict),
@@ -227,7 +228,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         wall_time_s=time.time() - start, peak_rss_mb=_peak_rss_mb(), protocol=to_plain(task.protocol(config)),
         stopped_at_epoch=stopped_at,
         per_user_test=per_user,
-        best_epoch=None if trainer.best_entry() is None else trainer.best_entry()["epoch"],
+        best_epoch=None if best is None else best["epoch"],
         epochs_trained=len(trainer.history),
         versions={"recbole-ext": __version__, **library_versions()},
     )

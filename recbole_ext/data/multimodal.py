@@ -143,7 +143,7 @@ class MultimodalDataset(Dataset):
     """RecBole Dataset with an ``x_label`` split and aligned multimodal item features."""
 
     def __init__(self, config):
-        """Reads ``config['data_path']`` (RecBole does too), which ``MMRecTask`` sets to :func:`mm_data_folder`."""
+        """Reads ``config['data_path']`` (RecBole does too), which ``MultimodalTask`` sets to :func:`mm_data_folder`."""
         self.mm_folder = Path(config["data_path"])
         self.mm_manifest = read_manifest(self.mm_folder)
         super().__init__(config)
