@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recbole_ext"
 LAYERS = [
     ("foundation", ["recbole_ext.errors", "recbole_ext.version", "recbole_ext.utils"]),
     ("options", ["recbole_ext.options"]),
-    ("data and metrics", ["recbole_ext.data", "recbole_ext.evaluation", "recbole_ext.checkpoint"]),
+    ("data and metrics", ["recbole_ext.data", "recbole_ext.evaluation", "recbole_ext.checkpoint",
+                           "recbole_ext.run_status"]),
     ("models", ["recbole_ext.models"]),
     ("retrieval", ["recbole_ext.retrieval"]),
     ("training and tasks", ["recbole_ext.training"]),
