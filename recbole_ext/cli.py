@@ -32,7 +32,7 @@ PREPARERS = {
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 # One line per command and per prepare kind for `run.py --help` and `run.py prepare --help`; a table here, so that
-# the overview imports no subcommand (tests/test_cli.py checks that every command and kind has its line).
+# the overview imports no subcommand (tests/test_cli_help.py checks that every command and kind has its line).
 COMMAND_SUMMARIES = {
     "list": "what exists: models, datasets or metrics, with the task each belongs to",
     "prepare": "make a dataset from source files or a generator (`run.py prepare --help` lists the kinds)",
