@@ -3,7 +3,7 @@
 Importing the package applies the compatibility shims (``recbole_ext.compat``), installs the registry hooks
 (``recbole_ext.registry``) and re-binds RecBole's ``run_recbole`` / ``load_data_and_model`` to
 ``recbole_ext.quick_start``, all idempotent, so RecBole's own entry points see recbole-ext models afterwards.
-Nothing here imports a trainer, a model or the leaderboard: those load when a run needs them.
+Nothing here imports a trainer, a model, the serving layer or the leaderboard: those load when first needed.
 """
 from recbole_ext.version import __version__  # noqa: F401  (the public version attribute)
 
@@ -20,15 +20,23 @@ def register() -> None:
 register()
 
 
-def run(*args, **kwargs):
-    """See :func:`recbole_ext.quick_start.run`."""
-    from recbole_ext.quick_start import run as _run
+# The public functions are the implementations themselves, not wrappers, so ``help()``, ``inspect.signature`` and
+# the docstrings are theirs and cannot drift. ``run`` is bound now (register() has imported quick_start); the
+# serving layer, which ``import recbole_ext`` must not load (tests/test_architecture.py), is imported on the first
+# access to ``recbole_ext.recommend`` (a module ``__getattr__``, PEP 562), then kept as a plain attribute.
+from recbole_ext.quick_start import run  # noqa: E402  (after register(), which loads the module anyway)
 
-    return _run(*args, **kwargs)
+__all__ = ["__version__", "recommend", "register", "run"]
 
 
-def recommend(*args, **kwargs):
-    """See :func:`recbole_ext.serving.recommend.recommend`."""
-    from recbole_ext.serving.recommend import recommend as _recommend
+def __getattr__(name: str):
+    if name == "recommend":
+        from recbole_ext.serving.recommend import recommend
 
-    return _recommend(*args, **kwargs)
+        globals()["recommend"] = recommend  # later lookups find it without this function
+        return recommend
+    raise AttributeError(f"module 'recbole_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,13 +1,16 @@
 """``python run.py`` -- train/evaluate, or one of the subcommands.
 
     python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml]
+    python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json]
     python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --patient FILE.json) [--k 20] [--keep-seen] [--json]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
     python run.py --version
 
-Values are parsed as literals (numbers, lists, dicts, true/false/none), never evaluated as code. A user mistake
-prints one line on stderr and exits with status 2.
+Without a command, run.py trains the model on the dataset, selects the best epoch on validation and scores the
+test split; every other --key=value sets a RecBole or recbole-ext option (defaults: properties/overall.yaml <
+properties/dataset/<DATASET>.yaml < properties/model/<MODEL>.yaml). Values are parsed as literals (numbers, lists,
+dicts, true/false/none), never evaluated as code. A user mistake prints one line on stderr and exits with status 2.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 from recbole_ext.errors import UserError
 
 SUBCOMMANDS = {
+    "list": "recbole_ext.catalog:main",
     "recommend": "recbole_ext.serving.cli:main",
     "leaderboard": "recbole_ext.leaderboard.cli:main",
 }
@@ -27,6 +31,45 @@ PREPARERS = {
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
+# One line per command and per prepare kind for `run.py --help` and `run.py prepare --help`; a table here, so that
+# the overview imports no subcommand (tests/test_cli_help.py checks that every command and kind has its line).
+COMMAND_SUMMARIES = {
+    "list": "what exists: models, datasets or metrics, with the task each belongs to",
+    "prepare": "make a dataset from source files or a generator (`run.py prepare --help` lists the kinds)",
+    "recommend": "top-K items for users, or a medication set for a patient, from a run's checkpoint",
+    "leaderboard": "run every model x dataset x seed of a spec, then write tables, plots and an HTML page",
+}
+PREPARE_SUMMARIES = {
+    "mmrec": "convert an MMRec folder (<name>.inter, image_feat.npy, text_feat.npy) into a multimodal dataset",
+    "synthetic-mm": "generate a small synthetic multimodal dataset with planted structure",
+    "mimic3": "build the mimic3 medication dataset from MIMIC-III v1.4 CSVs (credentialed data, not bundled)",
+    "mimic4": "build the mimic4 medication dataset from MIMIC-IV hosp/ CSVs (credentialed data, not bundled)",
+    "synthetic-ehr": "generate a synthetic medication dataset with planted effects (MIMIC-III scale by default)",
+}
+
+
+def _two_columns(summaries: dict[str, str], names) -> str:
+    width = max(map(len, names))
+    return "\n".join(f"  {name:<{width}}  {summaries.get(name, '')}".rstrip() for name in names)
+
+
+def command_names() -> list[str]:
+    """Every command, in the order a new user meets them: list, prepare, then the table's."""
+    return ["list", "prepare", *(name for name in SUBCOMMANDS if name != "list")]
+
+
+def overview() -> str:
+    """``python run.py --help``: the usage lines, one line per command, and how values are read."""
+    return (f"{USAGE}\n\ncommands:\n{_two_columns(COMMAND_SUMMARIES, command_names())}\n\n"
+            f"`python run.py COMMAND --help` shows a command's options and their defaults.\n\n"
+            f"{__doc__.split(chr(10) * 2, 2)[2].strip()}")
+
+
+def prepare_overview() -> str:
+    """``python run.py prepare --help``: one line per kind of dataset preparation."""
+    return ("usage: python run.py prepare KIND [options]\n\nkinds:\n"
+            f"{_two_columns(PREPARE_SUMMARIES, list(PREPARERS))}\n\n"
+            "`python run.py prepare KIND --help` shows the options of a kind and their defaults.")
 
 
 def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
@@ -80,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if not argv or argv[0] in ("-h", "--help", "help"):
-            print(USAGE)
+            print(overview())
             return 0 if argv else 2
         head = argv[0]
         if head == "--version":
@@ -89,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             print(version_line())
             return 0
         if head == "prepare":
+            if argv[1:2] in (["-h"], ["--help"]):
+                print(prepare_overview())
+                return 0
             if len(argv) < 2 or argv[1] not in PREPARERS:
                 raise UserError(f"prepare needs a kind: {', '.join(PREPARERS)}",
                                 fix="e.g. `python run.py prepare synthetic-mm --name synth-mm`")
@@ -98,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if not head.startswith("--"):
             raise UserError(f"unknown command '{head}'",
                             fix=f"use --model=... --dataset=..., or one of: prepare, {', '.join(SUBCOMMANDS)}")
+        if "-h" in argv or "--help" in argv:  # `run.py --model=BPR --help`: the training options are the overview's
+            print(overview())
+            return 0
         return _train(argv)
     except UserError as exc:
         print(exc.one_line(), file=sys.stderr)

@@ -24,8 +24,8 @@ LAYERS = [
     ("training and tasks", ["recbole_ext.training"]),
     ("config and registry", ["recbole_ext.config", "recbole_ext.registry", "recbole_ext.compat"]),
     ("run", ["recbole_ext.quick_start"]),
-    ("applications", ["recbole_ext.cli", "recbole_ext.serving", "recbole_ext.leaderboard", "recbole_ext.grid_search",
-                      "recbole_ext.testing", "recbole_ext"]),
+    ("applications", ["recbole_ext.cli", "recbole_ext.cli_reference", "recbole_ext.catalog", "recbole_ext.serving",
+                      "recbole_ext.leaderboard", "recbole_ext.grid_search", "recbole_ext.testing", "recbole_ext"]),
 ]
 
 

@@ -239,6 +239,7 @@ class Avg_Med(_MedRecMetric):
     """Average number of predicted medications per visit (descriptive; neither larger nor smaller is better)."""
 
     key = "avg_med"
+    descriptive = True  # no direction is better (RecBole knows only `smaller`); `run.py list metrics` says so
 
 
 METRICS = [Jaccard, PRAUC, F1, DDI_Rate, Avg_Med]

@@ -15,21 +15,16 @@ from recbole_ext.errors import UserError, run_as_script
 from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN
 from recbole_ext.leaderboard.spec import load_spec
 from recbole_ext.leaderboard.tuning_spec import space_for
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # a usage mistake is a UserError, not a SystemExit with a usage dump
-        raise UserError(f"leaderboard: {message}", fix="see 'python run.py leaderboard --help'")
+from recbole_ext.utils.argparsing import CommandParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py leaderboard", description=__doc__.split("\n\n")[1].strip(),
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="run.py leaderboard", description=__doc__.split("\n\n")[1].strip())
     p.add_argument("spec", help="leaderboard spec (YAML); see docs/leaderboard.md")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once (local default 1; ray default: the cluster's CPUs)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one spawned process per run (default); ray: one Ray task per run")
+                   help="local: one spawned process per run; ray: one Ray task per run")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray); default: start one")
     p.add_argument("--out", default=None, help="output folder (default runs/leaderboard/<spec name>)")
     p.add_argument("--no-retry-failed", action="store_true", help="keep failed runs as they are instead of retrying")

@@ -43,10 +43,14 @@ def has_vector_contract(model) -> bool:
     return callable(getattr(model, "user_vectors", None)) and callable(getattr(model, "item_vectors", None))
 
 
+def class_supports_vectors(model_class: type) -> bool:
+    """Whether instances of ``model_class`` have final vectors, decided from the class alone (no instance is built,
+    so ``run.py list models`` can answer for every model without data)."""
+    return has_vector_contract(model_class) or any(model_class is cls for cls, _, _ in _builtin_adapters())
+
+
 def supports_vectors(model) -> bool:
-    if has_vector_contract(model):
-        return True
-    return any(type(model) is cls for cls, _, _ in _builtin_adapters())
+    return class_supports_vectors(type(model))
 
 
 @torch.no_grad()

@@ -14,15 +14,11 @@ import json
 from pathlib import Path
 
 from recbole_ext.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would sys.exit(2) with usage; we want one UserError line
-        raise UserError(f"recommend: {message}", fix="see `python run.py recommend --help`")
+from recbole_ext.utils.argparsing import CommandParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="run.py recommend",
+    parser = CommandParser(prog="run.py recommend",
                      description="Top-K items for users, or a medication set for a patient, from a checkpoint.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="checkpoint file of a finished run (model.pth), or its run directory")
@@ -30,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", action="append", metavar="TOKEN", help="external user token (repeatable)")
     who.add_argument("--users-file", metavar="FILE", help="text file, one user token per line")
     who.add_argument("--patient", metavar="FILE.json", help="JSON file of a patient's visits (medication models)")
-    parser.add_argument("--k", type=int, default=20, metavar="K", help="items per user (default 20)")
+    parser.add_argument("--k", type=int, default=20, metavar="K", help="items per user")
     parser.add_argument("--keep-seen", action="store_true", help="do not exclude the user's training items")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rebuild the FAISS index beside the checkpoint even if one exists")

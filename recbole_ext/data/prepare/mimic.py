@@ -28,6 +28,7 @@ import pandas as pd
 from recbole_ext.data.medrec import first_appearance_vocab, split_patients, visit_statistics, write_medrec_files
 from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
+from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir, refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
@@ -385,12 +386,12 @@ def _code_names(path: Path | None, version: int, prefix: bool) -> dict[str, str]
 # ------------------------------------------------------------------------------------------------------------ driver
 def build_parser(version: int) -> argparse.ArgumentParser:
     ds = f"mimic{version}"
-    p = argparse.ArgumentParser(prog=f"run.py prepare {ds}",
-                                description=f"Build the {ds} medication-recommendation dataset from MIMIC-"
-                                            f"{'III v1.4' if version == 3 else 'IV hosp/'} CSVs (plain or .gz).")
+    p = CommandParser(prog=f"run.py prepare {ds}",
+                      description=f"Build the {ds} medication-recommendation dataset from MIMIC-"
+                                  f"{'III v1.4' if version == 3 else 'IV hosp/'} CSVs (plain or .gz).")
     p.add_argument("--src", required=True, help="folder with the CSVs" + ("" if version == 3 else " (or its hosp/)"))
-    p.add_argument("--name", default=ds, help=f"dataset name (default {ds})")
-    p.add_argument("--out", default=None, help="dataset root (default: dataset_root(), $RECBOLE_EXT_DATA)")
+    p.add_argument("--name", default=ds, help="dataset name (a folder under the dataset root)")
+    p.add_argument("--out", default=None, help="dataset root (default: $RECBOLE_EXT_DATA if set, else dataset_atomic/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--min-admissions", type=int, default=2,
                    help="keep subjects with at least this many admissions in the prescription table (published: 2)")

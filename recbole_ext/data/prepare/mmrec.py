@@ -8,13 +8,13 @@ leaves nothing behind (the folder is written through ``atomic_dir``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from recbole_ext.data.mmrec_format import (DEFAULT_FEATURE_FILES, MODALITIES, check_finite_rows, open_feature_matrix,
                                         read_mmrec_inter, write_mm_folder)
 from recbole_ext.errors import UserError
+from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir, refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
@@ -75,8 +75,8 @@ def convert_mmrec_folder(src: str | Path, target: str | Path, name: str, overwri
 
 
 def main_mmrec(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="run.py prepare mmrec",
-                                     description="Convert an MMRec data folder into a recbole-ext multimodal dataset.")
+    parser = CommandParser(prog="run.py prepare mmrec",
+                           description="Convert an MMRec data folder into a recbole-ext multimodal dataset.")
     parser.add_argument("--src", required=True, help="MMRec folder holding <name>.inter, image_feat.npy, text_feat.npy")
     parser.add_argument("--name", required=True, help="dataset name to create under the dataset root (e.g. baby)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")

@@ -31,6 +31,7 @@ import pandas as pd
 from recbole_ext.data.medrec import visit_statistics, write_medrec_files
 from recbole_ext.data.prepare import drug_resources as dr
 from recbole_ext.errors import UserError
+from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 from recbole_ext.utils.segments import indptr_from_segment_ids, positions_in_segments
@@ -41,12 +42,12 @@ EFFECT_FILES = ("diag_med_effect.npy", "proc_med_effect.npy", "med_base_logit.np
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py prepare synthetic-ehr",
-                                description="Generate a synthetic medication-recommendation dataset with planted "
-                                            "effects (MIMIC-III scale by default).")
-    p.add_argument("--name", default="synth-ehr", help="dataset name (default synth-ehr)")
-    p.add_argument("--out", default=None, help="dataset root (default: dataset_root(), $RECBOLE_EXT_DATA)")
-    p.add_argument("--patients", type=int, default=6350)
+    p = CommandParser(prog="run.py prepare synthetic-ehr",
+                      description="Generate a synthetic medication-recommendation dataset with planted effects "
+                                  "(MIMIC-III scale by default).")
+    p.add_argument("--name", default="synth-ehr", help="dataset name (a folder under the dataset root)")
+    p.add_argument("--out", default=None, help="dataset root (default: $RECBOLE_EXT_DATA if set, else dataset_atomic/)")
+    p.add_argument("--patients", type=int, default=6350, help="patients to generate")
     p.add_argument("--visits", type=float, default=2.37,
                    help=f"mean visits per patient (>= 1; each patient is capped at {MAX_VISITS})")
     p.add_argument("--diagnoses", type=int, default=2000, help="diagnosis vocabulary size")
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", type=int, default=80, help="latent conditions (comorbidity clusters)")
     p.add_argument("--persistence", type=float, default=1.0, help="log-odds bonus for repeating last visit's drug")
     p.add_argument("--ddi-density", type=float, default=0.05, help="share of medication pairs that interact")
-    p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=2024, help="random seed of the generator")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--oracle", action="store_true",
                    help="do not generate: score the existing dataset --name's test split with its planted "
                         "probabilities (the reference any model can approach) and print the bootstrap metrics")

@@ -21,7 +21,6 @@ rows (breaking the item-feature link) should remove that advantage.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ import pandas as pd
 
 from recbole_ext.data.mmrec_format import write_mm_folder
 from recbole_ext.errors import UserError
+from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 from recbole_ext.utils.segments import positions_in_segments
@@ -180,18 +180,19 @@ advantage.
 
 def main(argv: list[str]) -> int:
     defaults = SyntheticMMSpec()
-    parser = argparse.ArgumentParser(prog="run.py prepare synthetic-mm",
-                                     description="Generate a synthetic multimodal dataset with planted structure.")
+    parser = CommandParser(prog="run.py prepare synthetic-mm",
+                           description="Generate a synthetic multimodal dataset with planted structure.")
     parser.add_argument("--name", required=True, help="dataset name to create under the dataset root")
-    parser.add_argument("--users", type=int, default=defaults.users)
-    parser.add_argument("--items", type=int, default=defaults.items)
-    parser.add_argument("--interactions", type=int, default=defaults.interactions)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--users", type=int, default=defaults.users, help="users to generate")
+    parser.add_argument("--items", type=int, default=defaults.items, help="items to generate")
+    parser.add_argument("--interactions", type=int, default=defaults.interactions,
+                        help="user-item interactions to generate")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the generator")
     parser.add_argument("--missing-image-frac", type=float, default=defaults.missing_image_frac,
                         help="share of items whose image row is replaced by the mean row (MMRec's fill)")
     parser.add_argument("--feature-dtype", choices=["float16", "float32"], default="float32",
                         help="storage dtype of the .npy files (loaded as float32 either way)")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     args = parser.parse_args(argv)
     check_dataset_name(args.name, "synth-mm")
     spec = SyntheticMMSpec(users=args.users, items=args.items, interactions=args.interactions, seed=args.seed,

@@ -503,6 +503,7 @@ class CHARM(SumPooling):
 
 class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
+    paper = "Ren et al., CafeMed (BIBM 2025, arXiv 2511.14064)"
 
     # effects are risk differences in [-1, 1]; 'off' switches the CWG pair mask off ('none' would read as unset:
     # the command line parses it to None, which means "follow effect_threshold")
@@ -671,18 +672,21 @@ class CafeMed(MedRecModel):
 
 class CausalMed(CafeMed):
     r"""The CausalMed backbone (CIKM 2024) as reproduced here: CafeMed with ``use_cwg = use_charm = False``."""
+    paper = "Li et al., CausalMed (CIKM 2024)"
 
     forced_options = {"use_cwg": False, "use_charm": False}
 
 
 class CafeMedNoCWG(CafeMed):
     r"""Ablation "w/o CWG": CafeMed with ``use_cwg = False`` (static causal graph, CHARM kept)."""
+    paper = "CafeMed (BIBM 2025) ablation without CWG"
 
     forced_options = {"use_cwg": False}
 
 
 class CafeMedNoCHARM(CafeMed):
     r"""Ablation "w/o CHARM": CafeMed with ``use_charm = False`` (sum pooling, CWG kept)."""
+    paper = "CafeMed (BIBM 2025) ablation without CHARM"
 
     forced_options = {"use_charm": False}
 

@@ -77,6 +77,7 @@ def recbole_model_defaults(name: str) -> dict:
 
 class MedContext(MedRecModel):
     """Scores every medication of every visit with an unchanged RecBole context-aware model."""
+    paper = "RecBole context-aware model (option context_model) on visits"
 
     context_model: str | None = None
 
@@ -120,17 +121,20 @@ class _DictConfig(dict):
 
 class MedFM(MedContext):
     """RecBole's FM (Rendle, ICDM 2010) on visit context features."""
+    paper = "Rendle, FM (ICDM 2010), RecBole's class on visits"
 
     context_model = "FM"
 
 
 class MedDeepFM(MedContext):
     """RecBole's DeepFM (Guo et al., IJCAI 2017) on visit context features."""
+    paper = "Guo et al., DeepFM (IJCAI 2017), RecBole's class on visits"
 
     context_model = "DeepFM"
 
 
 class MedWideDeep(MedContext):
     """RecBole's WideDeep (Cheng et al., DLRS 2016) on visit context features."""
+    paper = "Cheng et al., Wide & Deep (DLRS 2016), RecBole's class on visits"
 
     context_model = "WideDeep"

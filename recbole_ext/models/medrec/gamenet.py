@@ -55,6 +55,7 @@ class GraphMemory(nn.Module):
 
 
 class GAMENet(MedRecModel):
+    paper = "Shang et al., GAMENet (AAAI 2019)"
     option_bounds = {"gcn_dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):

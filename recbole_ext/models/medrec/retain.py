@@ -23,6 +23,8 @@ from recbole_ext.options import config_value
 
 
 class RETAIN(MedRecModel):
+    paper = "Choi et al., RETAIN (NeurIPS 2016)"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size

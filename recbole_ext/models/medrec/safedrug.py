@@ -165,6 +165,7 @@ class MolecularEncoder(nn.Module):
 
 
 class SafeDrug(MedRecModel):
+    paper = "Yang et al., SafeDrug (IJCAI 2021)"
     option_bounds = {"mpnn_layers": AT_LEAST_ONE}
 
     def __init__(self, config, dataset):

@@ -25,6 +25,7 @@ _DEGREE_EPS = 1e-7
 
 
 class FREEDOM(MultimodalRecommender):
+    paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
     option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
 

@@ -84,6 +84,7 @@ def blockwise_cosine_topk(x: torch.Tensor, k: int, block_elements: int | None = 
 
 
 class LATTICE(MultimodalRecommender):
+    paper = "Zhang et al., LATTICE (ACM MM 2021)"
     option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
                      "lambda_coeff": UNIT_INTERVAL}
 

@@ -27,6 +27,7 @@ from recbole_ext.options import config_value
 
 
 class MambaRec(MGCN):
+    paper = "MambaRec (CIKM 2025, arXiv 2509.09114)"
     default_n_ui_layers = 4
     option_bounds = {"reduction_factor": AT_LEAST_ONE, "mmd_weight": NON_NEGATIVE, "mmd_kernel_bandwidth": POSITIVE,
                      "feature_dropout": DROPOUT}

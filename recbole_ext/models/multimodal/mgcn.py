@@ -24,6 +24,7 @@ REG_DENOMINATORS = ("train_batch_size", "batch")
 
 
 class MGCN(MultimodalRecommender):
+    paper = "Yu et al., MGCN (ACM MM 2023)"
     default_n_ui_layers = 2
     option_bounds = {"n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
                      "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}

@@ -17,6 +17,7 @@ _BPR_GAMMA = 1e-10  # MMRec's BPRLoss: -log(gamma + sigmoid(pos - neg))
 
 
 class VBPR(MultimodalRecommender):
+    paper = "He & McAuley, VBPR (AAAI 2016)"
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
