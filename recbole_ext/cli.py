@@ -3,7 +3,7 @@
     python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml]
     python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json]
     python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr} ...
-    python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --patient FILE.json) [--k 20] [--keep-seen] [--json]
+    python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
     python run.py --version
 

@@ -72,7 +72,7 @@ def test_recommend_on_a_trained_checkpoint(runs, tmp_path, capsys):
     ckpt = tmp_path / "model.pth"
     shutil.copy(runs["BPR"].checkpoint, ckpt)
     assert cli.main(["--checkpoint", str(ckpt), "--user", "u3", "--user", "u4", "--k", "5"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()[1:]  # after the header line
     assert lines[0] == "user u3: top-5" and lines[6] == "user u4: top-5"
     got = [line.split("\t")[1] for line in lines[1:6]]
     assert all(tok.startswith("i") for tok in got)  # external tokens, not internal ids

@@ -9,12 +9,19 @@ Accepted file (codes are the dataset's external tokens, e.g. ICD-9 strings and A
 
 Medications are recommended for the LAST visit; its ``medications`` (if present) are ignored, those of earlier
 visits are model input. A bare list of visits is accepted too.
+
+A code matches a vocabulary entry exactly or, failing that, with every dot removed from both: ICD codes are
+written with a dot (995.91, ICD-9 procedure 38.93, ICD-10 I50.9) or without (MIMIC stores 99591, 3893, I509), and
+the dot's position differs between ICD-9 diagnoses, ICD-9 procedures and ICD-10, so removing it is the one rule
+that fits all three. Two vocabulary entries that become one code without dots are never guessed between.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import torch
@@ -30,6 +37,7 @@ class PatientVisits:
     diagnoses: list[list[str]]
     procedures: list[list[str]]
     medications: list[list[str]]  # the last visit's list is never used as input
+    source: str = "patient"       # the file it came from, named in errors
 
     @property
     def n_visits(self) -> int:
@@ -82,7 +90,7 @@ def load_patient(source) -> PatientVisits:
     if not columns["diagnoses"][-1] and not columns["procedures"][-1]:
         raise UserError(f"{where}: the last visit has neither diagnoses nor procedures",
                         fix="medications are recommended for the last visit; give its codes")
-    return PatientVisits(columns["diagnoses"], columns["procedures"], columns["medications"])
+    return PatientVisits(columns["diagnoses"], columns["procedures"], columns["medications"], where)
 
 
 def token_to_id(tokens) -> dict[str, int]:
@@ -98,25 +106,98 @@ def id_to_token(tokens, n: int) -> list[str]:
     return tokens[1:n + 1] if len(tokens) == n + 1 else tokens[:n]
 
 
-def patient_batch(patient: PatientVisits, dataset) -> VisitBatch:
-    """Encode ``patient`` with the dataset's vocabularies; an unknown code is a UserError naming it."""
-    vocabularies = {"diagnoses": token_to_id(dataset.diag_tokens), "procedures": token_to_id(dataset.proc_tokens),
-                    "medications": token_to_id(dataset.med_tokens)}
+def undotted(code: str) -> str:
+    """The code with its dots removed: 995.91 and 99591 (ICD-9 diagnosis), 38.93 and 3893 (ICD-9 procedure),
+    I50.9 and I509 (ICD-10) each become one key."""
+    return code.replace(".", "")
+
+
+CLOSEST_SHOWN = 3
+
+
+class CodeVocabulary:
+    """One kind of code (diagnoses, procedures or medications) of a checkpoint's dataset: code -> 1-based id.
+
+    ``source`` (the vocabulary file, when known) is named in errors, with the form its codes take."""
+
+    def __init__(self, tokens, kind: str, source=None):
+        self.kind = kind
+        self.source = source
+        self.ids = token_to_id(tokens)
+        self.by_undotted: dict[str, list[str]] = {}
+        for token in self.ids:
+            self.by_undotted.setdefault(undotted(token), []).append(token)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def id_of(self, code: str, where: str = "patient") -> int | None:
+        """The id of ``code`` (exact, else dot-insensitive), None if unknown; a code that matches two entries
+        once dots are removed is a UserError rather than a guess."""
+        if code in self.ids:
+            return self.ids[code]
+        matches = self.by_undotted.get(undotted(code), [])
+        if len(matches) > 1:
+            raise UserError(f"{where}: {self.kind} code {code!r} is ambiguous in {self._named()}: without dots it "
+                            f"matches {' and '.join(matches)}",
+                            fix="write the code exactly as the vocabulary does")
+        return self.ids[matches[0]] if matches else None
+
+    def closest(self, code: str, n: int = CLOSEST_SHOWN) -> list[str]:
+        """The ``n`` known codes nearest to ``code``: longest shared start first (ICD codes share their category
+        prefix), then string similarity."""
+        key = undotted(code)
+
+        def nearness(token):
+            other = undotted(token)
+            return len(os.path.commonprefix([key, other])), SequenceMatcher(None, key, other).ratio()
+
+        return heapq.nlargest(n, self.ids, key=nearness)
+
+    def unknown_error(self, unknown: list[str], where: str = "patient") -> UserError:
+        first, others = unknown[0], unknown[1:]
+        more = ""
+        if others:
+            more = f"; also unknown: {', '.join(others[:4])}" + (f" (+{len(others) - 4} more)" if len(others) > 4 else "")
+        examples = " or ".join(list(self.ids)[:2])
+        return UserError(f"{where}: {self.kind} code {first!r} is not in {self._named()} (closest known: "
+                         f"{', '.join(self.closest(first))}){more}",
+                         fix=f"use codes as that vocabulary writes them, e.g. {examples} ({len(self)} {self.kind} "
+                             f"codes; dots are ignored, so 995.91 matches 99591)")
+
+    def _named(self) -> str:
+        return f"the {self.kind} vocabulary {self.source}" if self.source else f"this checkpoint's {self.kind} vocabulary"
+
+
+def patient_batch(patient: PatientVisits, dataset, vocabulary_files: dict | None = None) -> VisitBatch:
+    """Encode ``patient`` with the dataset's vocabularies; an unknown code is a UserError naming it, the
+    vocabulary file (``vocabulary_files``: ``diagnoses`` / ``procedures`` / ``medications`` -> path) and the
+    closest known codes."""
+    files = vocabulary_files or {}
+    vocabularies = {key: CodeVocabulary(getattr(dataset, f"{short}_tokens"), key, files.get(key))
+                    for key, short in VISIT_KEYS.items()}
     encoded = {}
     for key, vocab in vocabularies.items():
         visits = getattr(patient, key)
         if key == "medications":
             visits = visits[:-1] + [[]]  # the target visit's medications are what we predict
-        unknown = sorted({c for codes in visits for c in codes if c not in vocab})
+        ids = {code: vocab.id_of(code, patient.source) for code in dict.fromkeys(c for v in visits for c in v)}
+        unknown = sorted(code for code, i in ids.items() if i is None)
         if unknown:
-            shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
-            raise UserError(f"patient has {key} code(s) unknown to this checkpoint's dataset: {shown}",
-                            fix=f"use codes of the training vocabulary ({len(vocab)} {key} codes)")
+            raise vocab.unknown_error(unknown, patient.source)
+        for number, codes in enumerate(visits, start=1):  # 995.91 and 99591 in one visit: one code twice
+            spellings = {}
+            for code in codes:
+                spellings.setdefault(ids[code], []).append(code)
+            twice = next((s for s in spellings.values() if len(s) > 1), None)
+            if twice:
+                raise UserError(f"{patient.source}: visit {number} lists one {key} code twice: {' and '.join(twice)}",
+                                fix="a visit's codes are a set: list each code once")
         width = max(1, max(len(c) for c in visits))
-        ids = torch.zeros((1, len(visits), width), dtype=torch.long)
+        tensor = torch.zeros((1, len(visits), width), dtype=torch.long)
         for t, codes in enumerate(visits):
-            ids[0, t, :len(codes)] = torch.tensor([vocab[c] for c in codes], dtype=torch.long)
-        encoded[key] = ids
+            tensor[0, t, :len(codes)] = torch.tensor([ids[c] for c in codes], dtype=torch.long)
+        encoded[key] = tensor
     n_med = int(dataset.n_med)
     target = torch.zeros((1, patient.n_visits, n_med))
     med = encoded["medications"]

@@ -3,12 +3,18 @@
 Top-K uses the model's final vectors (see ``vectors.py``) and a FAISS index persisted beside the checkpoint
 (``<checkpoint>.faiss/``, with the item id map and the checkpoint's sha256); models without final vectors are
 scored densely with a logged notice. A user's training interactions are excluded unless ``keep_seen``. Every
-result names items by their external tokens.
+result names items by their external tokens, with a column of the dataset's ``.item`` file beside them when it
+has a title-like one (``item_features.py``).
+
+A checkpoint is served only from a run whose ``status.json`` says complete (``run_state_note``): an interrupted,
+failed or still running run's ``model.pth`` is the best epoch so far, not the run's result. A checkpoint with no
+run status beside it (copied out of its run directory) is served with a warning.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
@@ -19,10 +25,15 @@ import torch
 from recbole_ext.errors import UserError
 from recbole_ext.retrieval.index import DEFAULT_FACTORY, History, ItemIndex
 from recbole_ext.retrieval.vectors import FinalVectors, final_vectors
+from recbole_ext.run_status import UNKNOWN, checkpoint_status
+from recbole_ext.serving.item_features import ItemLabels, item_labels
 from recbole_ext.utils.segments import concatenated_ranges, indptr_from_lengths
 
 INDEX_SUFFIX = ".faiss"
 ITEM_TOKENS_FILE = "item_tokens.json"
+
+
+ROW_COLUMNS = ["user", "rank", "item", "score"]
 
 
 @dataclass
@@ -30,9 +41,32 @@ class UserRecommendation:
     user: str
     items: list[str]
     scores: list[float]
+    labels: list[str] | None = None  # each item's text from the dataset's .item file (e.g. its movie_title)
+    label_field: str | None = None   # the .item column ``labels`` come from
 
     def as_dict(self) -> dict:
-        return {"user": self.user, "items": self.items, "scores": self.scores}
+        out = {"user": self.user, "items": self.items, "scores": self.scores}
+        if self.labels is not None:
+            out[self.label_field] = self.labels
+        return out
+
+    def label_column(self) -> str | None:
+        """The label's column in rows: its field's name unless that is one of the row's own columns."""
+        if self.labels is None:
+            return None
+        return f"item_{self.label_field}" if self.label_field in ROW_COLUMNS else self.label_field
+
+    def rows(self) -> list[dict]:
+        """One row per recommended item: user, rank (from 1), item, score (and the label column)."""
+        labels = self.labels if self.labels is not None else [None] * len(self.items)
+        column = self.label_column()
+        rows = []
+        for rank, (item, score, label) in enumerate(zip(self.items, self.scores, labels), start=1):
+            row = {"user": self.user, "rank": rank, "item": item, "score": score}
+            if column:
+                row[column] = label
+            rows.append(row)
+        return rows
 
 
 @dataclass
@@ -43,10 +77,19 @@ class MedicationRecommendation:
     threshold: float
     all_probabilities: dict[str, float] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)  # human-readable name of each recommended code ('' if unknown)
+    k: int | None = None              # at most this many (the most probable above the threshold); None: no cap
 
     def as_dict(self) -> dict:
         return {"medications": self.medications, "probabilities": self.probabilities, "names": self.names,
-                "ddi_pairs": [list(p) for p in self.ddi_pairs], "threshold": self.threshold}
+                "ddi_pairs": [list(p) for p in self.ddi_pairs], "threshold": self.threshold, "k": self.k}
+
+    def rows(self) -> list[dict]:
+        names = self.names or [""] * len(self.medications)
+        return [{"rank": rank, "medication": code, "probability": prob, "name": name}
+                for rank, (code, prob, name) in enumerate(zip(self.medications, self.probabilities, names), start=1)]
+
+
+MEDICATION_COLUMNS = ["rank", "medication", "probability", "name"]
 
 
 # --------------------------------------------------------------------------------------------- checkpoint access
@@ -60,8 +103,8 @@ class LoadedCheckpoint:
     task: str
 
 
-def load_checkpoint(path) -> LoadedCheckpoint:
-    """Rebuild model (eval mode), dataset and training split from a recbole-ext checkpoint (weights_only)."""
+def checkpoint_file(path) -> Path:
+    """The checkpoint file ``path`` names: itself, or the ``model.pth`` of a run directory."""
     path = Path(path)
     if path.is_dir():  # a run directory: its checkpoint
         if not (path / "model.pth").is_file():
@@ -69,6 +112,49 @@ def load_checkpoint(path) -> LoadedCheckpoint:
         path = path / "model.pth"
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", fix="pass the model.pth of a finished run")
+    return path
+
+
+def shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it (runs/X), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _how_far(status: dict) -> str:
+    done = status.get("epochs_done")
+    return f" after {done} finished epoch{'s' if done != 1 else ''}" if isinstance(done, int) else ""
+
+
+def run_state_note(checkpoint, allow_incomplete: bool = False) -> str | None:
+    """Refuse a checkpoint whose run did not complete (unless ``allow_incomplete``); return the warning to show,
+    if any: the run is incomplete but allowed, or there is no run status beside the checkpoint at all."""
+    checkpoint = Path(checkpoint)
+    status = checkpoint_status(checkpoint)
+    state, run = status["state"], shown_path(checkpoint.resolve().parent)
+    if state == "complete":
+        return None
+    if state == UNKNOWN:
+        return (f"{shown_path(checkpoint)} has no run status beside it (no status.json or result.json: a checkpoint "
+                "copied out of its run directory?); serving it as it is")
+    why = {"interrupted": f"is interrupted (training stopped{_how_far(status)})",
+           "failed": f"failed{_how_far(status)}" + (f" ({status['error']})" if status.get("error") else ""),
+           "running": "is still running (or its process was killed before it could say so)"}[state]
+    if allow_incomplete:
+        return f"run {run} {why}: serving its best checkpoint so far, not the run's final one (--allow-incomplete)"
+    resume = f"resume it with python run.py resume {run}"
+    if state == "running":
+        resume = f"wait for it to finish (or, if its process is gone, {resume})"
+    raise UserError(f"run {run} {why}; its {checkpoint.name} is the best checkpoint so far, not the final one",
+                    fix=f"{resume}, or pass --allow-incomplete")
+
+
+def load_checkpoint(path) -> LoadedCheckpoint:
+    """Rebuild model (eval mode), dataset and training split from a recbole-ext checkpoint (weights_only)."""
+    path = checkpoint_file(path)
     from recbole_ext import quick_start
 
     config, model, dataset, train_data, _, _ = quick_start.load_run(path)
@@ -152,13 +238,24 @@ def _same_fingerprint(a: dict, b: dict) -> bool:
         return False
 
 
+def unknown_tokens(tokens, token2id: dict) -> list[str]:
+    """The tokens (each once, in order) that name no user of the checkpoint ('[PAD]', id 0, is none)."""
+    return list(dict.fromkeys(str(t) for t in tokens if token2id.get(str(t), 0) == 0))
+
+
+def listed(tokens, most: int = 5) -> str:
+    return ", ".join(tokens[:most]) + (f" (+{len(tokens) - most} more)" if len(tokens) > most else "")
+
+
 def user_ids_for(tokens, token2id: dict, what: str = "user") -> np.ndarray:
     tokens = [str(t) for t in tokens]
-    unknown = [t for t in tokens if t not in token2id or token2id[t] == 0]
+    unknown = unknown_tokens(tokens, token2id)
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
-        raise UserError(f"unknown {what}(s) for this checkpoint: {shown}",
-                        fix=f"use {what} tokens of the training data ({len(token2id) - 1} known)")
+        asked = len(set(tokens))
+        share = f" ({len(unknown)} of the {asked} {what}s asked for)" if asked > 1 else ""
+        raise UserError(f"unknown {what}(s) for this checkpoint: {listed(unknown)}{share}",
+                        fix=f"use {what} tokens of the training data ({len(token2id) - 1} known), or pass "
+                            "--skip-unknown to answer the others")
     return np.array([token2id[t] for t in tokens], dtype=np.int64)
 
 
@@ -220,23 +317,29 @@ def _dense_scores(model, dataset, user_ids: np.ndarray) -> torch.Tensor:
             return model.predict(inter).view(len(user_ids), -1).cpu()
 
 
+USERS_PER_SEARCH = 1024  # users scored at once: bounds the dense fallback's [users, items] matrix (--all-users)
+
+
 def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: bool = False,
-                rebuild_index: bool = False, index_options: dict | None = None) -> list[UserRecommendation]:
+                rebuild_index: bool = False, index_options: dict | None = None,
+                labels: ItemLabels | None = None) -> list[UserRecommendation]:
+    """Top-``k`` items of each user token (every one known: see ``unknown_tokens``); ``labels`` adds each item's
+    text from the dataset's ``.item`` file."""
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
     dataset = loaded.dataset
     user_tokens = [str(t) for t in user_tokens]
     if not user_tokens:
-        raise UserError("no users given", fix="pass --user TOKEN or --users-file FILE")
+        raise UserError("no users given", fix="pass --user TOKEN, --users-file FILE or --all-users")
     user_ids = user_ids_for(user_tokens, dataset.field2token_id[dataset.uid_field])
     item_tokens = _dataset_tokens(dataset, dataset.iid_field)
     k = min(k, len(item_tokens) - 1)  # no more than the catalogue (row 0 is PAD); a huge k allocated k-wide rows
-    history = None if keep_seen else history_for(user_ids, *_train_pairs(loaded))
+    train_pairs = None if keep_seen else _train_pairs(loaded)
     vectors = final_vectors(loaded.model)
+    index = None
     if vectors is None:
         getLogger().warning("%s exposes no user/item vectors (score is not a plain inner product); scoring all "
                             "items densely", type(loaded.model).__name__)
-        scores, ids = dense_top_k(_dense_scores(loaded.model, dataset, user_ids), k, history)
     else:
         given = {key: val for key, val in (index_options or {}).items() if val is not None}
         settings = dict(loaded.config)
@@ -245,22 +348,56 @@ def top_k_items(loaded: LoadedCheckpoint, user_tokens, k: int = 20, keep_seen: b
             settings.pop("faiss_ef_search", None)
         settings.update(given)
         index = checkpoint_index(loaded.path, vectors, item_tokens, settings, rebuild=rebuild_index)
-        scores, ids = index.search(vectors.user_rows(user_ids).cpu().numpy(), k, history)
     results = []
-    for token, row_ids, row_scores in zip(user_tokens, ids, scores):
-        keep = row_ids >= 0
-        results.append(UserRecommendation(token, [item_tokens[i] for i in row_ids[keep]],
-                                          [float(s) for s in row_scores[keep]]))
+    for start in range(0, len(user_ids), USERS_PER_SEARCH):
+        chunk = user_ids[start:start + USERS_PER_SEARCH]
+        history = None if train_pairs is None else history_for(chunk, *train_pairs)
+        if index is None:
+            scores, ids = dense_top_k(_dense_scores(loaded.model, dataset, chunk), k, history)
+        else:
+            scores, ids = index.search(vectors.user_rows(chunk).cpu().numpy(), k, history)
+        for token, row_ids, row_scores in zip(user_tokens[start:start + USERS_PER_SEARCH], ids, scores):
+            keep = row_ids >= 0
+            items = [item_tokens[i] for i in row_ids[keep]]
+            results.append(UserRecommendation(token, items, [float(s) for s in row_scores[keep]],
+                                              labels.of(items) if labels else None,
+                                              labels.field if labels else None))
     return results
 
 
 # ------------------------------------------------------------------------------------------------ medication
-def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendation:
+def vocabulary_files(dataset) -> dict:
+    """``diagnoses`` / ``procedures`` / ``medications`` -> the dataset's vocabulary file (named in errors); empty
+    when the dataset does not say where it was read from."""
+    from recbole_ext.data.medrec_dataset import dataset_folder
+    from recbole_ext.retrieval.patient import VISIT_KEYS
+
+    config, name = getattr(dataset, "config", None), getattr(dataset, "dataset_name", None)
+    if config is None or name is None:
+        return {}
+    try:
+        folder = dataset_folder(config)
+    except UserError:  # moved since it was loaded: the errors name the vocabulary without its file
+        return {}
+    return {key: shown_path(folder / f"{name}.{short}voc") for key, short in VISIT_KEYS.items()}
+
+
+def medication_set(loaded: LoadedCheckpoint, patient, threshold: float | None = None,
+                   k: int | None = None) -> MedicationRecommendation:
+    """The medications whose probability for the patient's last visit is at least ``threshold`` (default: the
+    run's ``medrec_threshold``, else 0.5), most probable first, at most ``k`` of them when ``k`` is given."""
     from recbole_ext.retrieval.patient import id_to_token, load_patient, patient_batch
 
+    if threshold is None:
+        threshold = loaded.config.get("medrec_threshold")
+        threshold = 0.5 if threshold is None else float(threshold)
+    elif not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be a probability in [0, 1], got {threshold:g}")
+    if k is not None and k < 1:
+        raise UserError(f"--k must be >= 1, got {k}")
     visits = load_patient(patient)
     dataset = loaded.dataset
-    batch = patient_batch(visits, dataset)
+    batch = patient_batch(visits, dataset, vocabulary_files(dataset))
     with torch.no_grad():
         logits = loaded.model.forward(batch)
     n_med = int(dataset.n_med)
@@ -268,11 +405,9 @@ def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendatio
         raise ValueError(f"{type(loaded.model).__name__}.forward returned {tuple(logits.shape)}, "
                          f"expected [1, {visits.n_visits}, {n_med}]")
     probs = torch.sigmoid(logits[0, visits.n_visits - 1].float()).cpu().numpy()
-    threshold = loaded.config.get("medrec_threshold")
-    threshold = 0.5 if threshold is None else float(threshold)
     names = id_to_token(dataset.med_tokens, n_med)
     chosen = np.flatnonzero(probs >= threshold)
-    chosen = chosen[np.argsort(-probs[chosen], kind="stable")]
+    chosen = chosen[np.argsort(-probs[chosen], kind="stable")][:k]
     ddi = torch.as_tensor(dataset.ddi_adj).cpu().numpy()
     sub = ddi[np.ix_(chosen, chosen)]
     a, b = np.nonzero(np.triu(sub, k=1))
@@ -280,33 +415,81 @@ def medication_set(loaded: LoadedCheckpoint, patient) -> MedicationRecommendatio
     labels = id_to_token(getattr(dataset, "med_names", None) or [""] * (n_med + 1), n_med)
     return MedicationRecommendation([names[i] for i in chosen], [float(probs[i]) for i in chosen], pairs, threshold,
                                     {names[i]: float(p) for i, p in enumerate(probs)},
-                                    [labels[i] for i in chosen])
+                                    [labels[i] for i in chosen], k)
 
 
 # ----------------------------------------------------------------------------------------------------- API
-def recommend(checkpoint, users=None, k: int = 20, keep_seen: bool = False, patient=None,
+def open_checkpoint(checkpoint, patient: bool, allow_incomplete: bool = False) -> tuple[LoadedCheckpoint, str | None]:
+    """Load the checkpoint of a complete run (see ``run_state_note``) for users (``patient`` False) or a patient;
+    also return the warning to show about its run, if any."""
+    path = checkpoint_file(checkpoint)
+    note = run_state_note(path, allow_incomplete)
+    loaded = load_checkpoint(path)
+    if patient and loaded.task != "medrec":
+        raise UserError(f"{loaded.path.name} is a {loaded.task} checkpoint, not a medication model",
+                        fix="use --user/--users-file with this checkpoint")
+    if not patient and loaded.task == "medrec":
+        raise UserError(f"{loaded.path.name} is a medication-recommendation checkpoint",
+                        fix="use --patient FILE.json with it")
+    return loaded, note
+
+
+def all_user_tokens(loaded: LoadedCheckpoint) -> list[str]:
+    dataset = loaded.dataset
+    return _dataset_tokens(dataset, dataset.uid_field)[1:]  # row 0 is PAD
+
+
+def select_users(loaded: LoadedCheckpoint, users, skip_unknown: bool = False) -> tuple[list[str], list[str]]:
+    """(the tokens to answer, the unknown ones skipped); without ``skip_unknown`` an unknown token is refused."""
+    dataset = loaded.dataset
+    users = [str(u) for u in users]
+    token2id = dataset.field2token_id[dataset.uid_field]
+    unknown = unknown_tokens(users, token2id) if skip_unknown else []
+    if unknown:
+        users = [u for u in users if u not in set(unknown)]
+        if not users:
+            raise UserError(f"none of the users asked for is known to this checkpoint: {listed(unknown)}",
+                            fix=f"use user tokens of the training data ({len(token2id) - 1} known)")
+    else:
+        user_ids_for(users, token2id)  # an unknown user is refused here, before any output
+    return users, unknown
+
+
+def skipped_note(skipped: list[str]) -> str:
+    return f"skipped {len(skipped)} unknown user{'s' if len(skipped) != 1 else ''}: {listed(skipped, 10)}"
+
+
+def recommend(checkpoint, users=None, k: int | None = None, keep_seen: bool = False, patient=None,
               rebuild_index: bool = False, faiss_index: str | None = None, nprobe: int | None = None,
-              ef_search: int | None = None):
-    """Top-``k`` items for ``users`` (external tokens) or the medication set for ``patient`` (JSON path/str/obj).
+              ef_search: int | None = None, *, all_users: bool = False, skip_unknown: bool = False,
+              show_field: str | None = None, threshold: float | None = None, allow_incomplete: bool = False):
+    """Top-``k`` items (default 20) for ``users`` (external tokens) or every user (``all_users``), or the
+    medication set for ``patient`` (JSON path/str/obj: probability >= ``threshold``, at most ``k``).
 
     ``faiss_index`` / ``nprobe`` / ``ef_search`` override the run's ``faiss_index`` / ``faiss_nprobe`` /
-    ``faiss_ef_search``; the index is kept beside the checkpoint and reused while it matches.
+    ``faiss_ef_search``; the index is kept beside the checkpoint and reused while it matches. ``skip_unknown``
+    answers the known users and warns about the others; ``show_field`` names the ``.item`` column shown beside
+    each item (default: a title-like one; ``'none'``: none). A checkpoint of a run that is not complete is refused
+    unless ``allow_incomplete`` (then, and for a checkpoint without run status, a warning is issued).
 
     Returns a list of :class:`UserRecommendation` or one :class:`MedicationRecommendation`.
     """
-    if (users is None) == (patient is None):
-        raise UserError("give either users or a patient", fix="--user/--users-file for top-K, --patient for medrec")
+    if (users is not None) + (patient is not None) + bool(all_users) != 1:
+        raise UserError("give one of users, all_users or a patient",
+                        fix="--user/--users-file/--all-users for top-K, --patient for medrec")
     if isinstance(users, (str, os.PathLike)):
         users = [users]
-    loaded = load_checkpoint(checkpoint)
+    if patient is None and threshold is not None:
+        raise UserError("threshold is a medication probability cut-off", fix="give it with a patient")
+    loaded, note = open_checkpoint(checkpoint, patient is not None, allow_incomplete)
+    if note:
+        warnings.warn(note, stacklevel=2)
     if patient is not None:
-        if loaded.task != "medrec":
-            raise UserError(f"{loaded.path.name} is a {loaded.task} checkpoint, not a medication model",
-                            fix="use --user/--users-file with this checkpoint")
-        return medication_set(loaded, patient)
-    if loaded.task == "medrec":
-        raise UserError(f"{loaded.path.name} is a medication-recommendation checkpoint",
-                        fix="use --patient FILE.json with it")
-    return top_k_items(loaded, users, k=k, keep_seen=keep_seen, rebuild_index=rebuild_index,
+        return medication_set(loaded, patient, threshold=threshold, k=k)
+    users, skipped = select_users(loaded, all_user_tokens(loaded) if all_users else users, skip_unknown)
+    if skipped:
+        warnings.warn(skipped_note(skipped), stacklevel=2)
+    return top_k_items(loaded, users, k=20 if k is None else k, keep_seen=keep_seen, rebuild_index=rebuild_index,
                        index_options={"faiss_index": faiss_index, "faiss_nprobe": nprobe,
-                                      "faiss_ef_search": ef_search})
+                                      "faiss_ef_search": ef_search},
+                       labels=item_labels(loaded.config, show_field))
