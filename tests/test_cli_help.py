@@ -97,4 +97,4 @@ def test_help_on_the_api_shows_parameters_without_loading_serving_at_import(repo
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "recommend(checkpoint, users=None, k: 'int | None' = None, keep_seen: 'bool' = False" in proc.stdout
     assert "run(model: 'str', dataset: 'str', config_dict: 'dict | None' = None" in proc.stdout
-    assert "Top-``k`` items for ``users``" in proc.stdout and "select on validation" in proc.stdout
+    assert "Top-``k`` items (default 20) for ``users``" in proc.stdout and "select on validation" in proc.stdout
