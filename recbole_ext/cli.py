@@ -25,6 +25,7 @@ PREPARERS = {
     "mimic3": "recbole_ext.data.prepare.mimic:main_mimic3",
     "mimic4": "recbole_ext.data.prepare.mimic:main_mimic4",
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
+    "recbole": "recbole_ext.data.prepare.recbole_download:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 
