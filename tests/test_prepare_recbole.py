@@ -253,6 +253,16 @@ def test_an_unknown_name_suggests_close_ones(data_root, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_never_downloads_and_names_the_command(data_root):
+    from recbole_ext.config import build_config
+
+    with pytest.raises(UserError, match=r"`python run\.py prepare recbole ml-1m`"):
+        build_config("BPR", "ml-1m", {})
+    with pytest.raises(UserError) as not_recbole:  # a name RecBole does not know gets the general advice
+        build_config("BPR", "my-own-data", {})
+    assert "prepare recbole" not in str(not_recbole.value)
+
+
 def test_help_shows_the_defaults(data_root, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # argparse would break the long default path across lines
     with pytest.raises(SystemExit) as done:
