@@ -184,8 +184,8 @@ def _is_noise(path: PurePosixPath) -> bool:
     return any(part == "__MACOSX" or part.startswith(".") for part in path.parts)
 
 
-def _atomic_members(archive: zipfile.ZipFile, url: str, name: str) -> tuple[str, list[tuple[zipfile.ZipInfo, str]]]:
-    """(stem, [(member, file name to write)]): the files at the top of the zip (or of its one top-level folder),
+def _atomic_members(archive: zipfile.ZipFile, url: str, name: str) -> list[tuple[zipfile.ZipInfo, str]]:
+    """[(member, file name to write)]: the files at the top of the zip (or of its one top-level folder),
     with the zip's stem renamed to ``name`` as RecBole's ``rename_atomic_files`` does. Refuses unsafe members and
     a zip without ``<stem>.inter``."""
     infos = archive.infolist()
@@ -209,8 +209,7 @@ def _atomic_members(archive: zipfile.ZipFile, url: str, name: str) -> tuple[str,
         shown = ", ".join(sorted(n for _, n in level)[:8]) or "no files"
         raise UserError(f"the zip from {url} holds no atomic interaction file {stems[0]}.inter (it holds {shown})",
                         fix="check the address: a RecBole dataset zip holds <name>.inter and its .user/.item files")
-    renamed = [(info, name + n[len(stem):] if n == stem or n.startswith(f"{stem}.") else n) for info, n in level]
-    return stem, renamed
+    return [(info, name + n[len(stem):] if n == stem or n.startswith(f"{stem}.") else n) for info, n in level]
 
 
 def _check_sizes(members: list[tuple[zipfile.ZipInfo, str]], folder: Path, url: str, max_unpacked: int) -> int:
@@ -231,7 +230,7 @@ def unpack_atomic_files(zip_path: Path, folder: Path, url: str, name: str,
     """Check the zip and write its atomic files, renamed to ``name``, into ``folder``: {file name: bytes}."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            stem, members = _atomic_members(archive, url, name)
+            members = _atomic_members(archive, url, name)
             _check_sizes(members, folder, url, max_unpacked)
             written: dict[str, int] = {}
             for info, out_name in members:
@@ -280,9 +279,9 @@ def prepare_recbole_dataset(name: str, root: str | os.PathLike, url: str | None 
     _check_url(url)
     root = Path(root).expanduser().absolute()
     target = root / name
-    print(f"downloading {name} from {url}", file=sys.stderr)
     # atomic_dir refuses an existing target on entry: before the download, not after it
     with _new_folders_removed_on_failure(root), atomic_dir(target, overwrite=overwrite) as tmp:
+        print(f"downloading {name} from {url}", file=sys.stderr)
         zip_path = tmp / ".download.zip"
         size = download(url, zip_path, timeout=timeout, max_bytes=max_download, label=name)
         files = unpack_atomic_files(zip_path, tmp, url, name, max_unpacked=max_unpacked)
