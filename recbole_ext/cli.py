@@ -29,6 +29,7 @@ PREPARERS = {
     "mimic3": "recbole_ext.data.prepare.mimic:main_mimic3",
     "mimic4": "recbole_ext.data.prepare.mimic:main_mimic4",
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
+    "recbole": "recbole_ext.data.prepare.recbole_download:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 # One line per command and per prepare kind for `run.py --help` and `run.py prepare --help`; a table here, so that

@@ -47,8 +47,14 @@ class Task:
         path = config["data_path"]
         if config["dataset"] == "ml-100k" or os.path.isdir(path):
             return
+        from recbole_ext.data.prepare.recbole_download import is_recbole_dataset
         from recbole_ext.utils.paths import dataset_root
 
+        if is_recbole_dataset(config["dataset"]):  # RecBole would download it here; recbole-ext names the command
+            raise UserError(f"dataset '{config['dataset']}' not found at {path}; recbole-ext never downloads "
+                            "during a run",
+                            fix=f"download RecBole's files once with `python run.py prepare recbole "
+                                f"{config['dataset']}`, or set --data_path=<folder holding {config['dataset']}/>")
         root = dataset_root()
         here = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if root.is_dir() else []
