@@ -2,7 +2,7 @@
 
     python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml]
     python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json]
-    python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr} ...
+    python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr,recbole} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
     python run.py --version
@@ -46,6 +46,7 @@ PREPARE_SUMMARIES = {
     "mimic3": "build the mimic3 medication dataset from MIMIC-III v1.4 CSVs (credentialed data, not bundled)",
     "mimic4": "build the mimic4 medication dataset from MIMIC-IV hosp/ CSVs (credentialed data, not bundled)",
     "synthetic-ehr": "generate a synthetic medication dataset with planted effects (MIMIC-III scale by default)",
+    "recbole": "download one of RecBole's atomic datasets (ml-1m, yelp, ...) from RecBole's own address table",
 }
 
 

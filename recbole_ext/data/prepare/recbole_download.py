@@ -40,6 +40,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from recbole_ext.errors import UserError
+from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
@@ -309,25 +310,19 @@ def _recbole_version() -> str:
         return "(unknown version)"
 
 
-class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` names each option's default, except where there is none to name (a flag, an unset address)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="run.py prepare recbole", formatter_class=_DefaultsShown,
+    parser = CommandParser(
+        prog="run.py prepare recbole",
         description="Download one of RecBole's atomic datasets (the names of RecBole's "
                     "recbole/properties/dataset/url.yaml, e.g. ml-1m, yelp, amazon-beauty) into the dataset root, "
                     "where `python run.py --model=BPR --dataset=NAME` finds it. Runs never download by themselves.")
     parser.add_argument("name", metavar="NAME", nargs="?",
                         help="RecBole's dataset name (also the folder written and the --dataset of a run)")
     parser.add_argument("--list", action="store_true", help="print the names RecBole can download and stop")
-    parser.add_argument("--out", metavar="DIR", default=str(dataset_root()),
-                        help="dataset root to write NAME/ into; the default is where runs look ($RECBOLE_EXT_DATA, "
-                             "else the project's dataset_atomic/), elsewhere runs need --data_path=DIR")
+    # No path as the default: --help (and docs/cli.md, generated from it) must not show this machine's folders.
+    parser.add_argument("--out", metavar="DIR",
+                        help="dataset root to write NAME/ into (default: where runs look, $RECBOLE_EXT_DATA, else the "
+                             "project's dataset_atomic/); elsewhere runs need --data_path=DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing NAME/ folder")
     parser.add_argument("--url", default=None,
                         help="download the zip from this address instead of RecBole's (a mirror, or file:// for a "
@@ -347,7 +342,7 @@ def main(argv: list[str]) -> int:
                         fix="e.g. `python run.py prepare recbole ml-1m`; `--list` prints the names")
     if not args.timeout > 0:
         raise UserError(f"--timeout must be > 0 seconds, got {args.timeout:g}", fix="e.g. --timeout 60")
-    root = Path(args.out).expanduser()
+    root = Path(args.out).expanduser() if args.out else dataset_root()
     record = prepare_recbole_dataset(args.name, root, url=args.url, overwrite=args.overwrite, timeout=args.timeout)
     target = root.absolute() / args.name
     listing = ", ".join(f"{f} ({_readable_size(info['bytes'])})" for f, info in record["files"].items())
