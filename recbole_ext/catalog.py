@@ -247,6 +247,23 @@ def text_table(kind: str, rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
 
+def markdown_table(kind: str, rows: list[dict]) -> str:
+    """The rows as a GitHub markdown table (the README's model and dataset tables are this output)."""
+    columns = COLUMNS[kind]
+
+    def cell(key: str, value) -> str:
+        text = _cell(value).replace("|", "\\|")  # a pipe inside a cell would split it
+        # a command is code (its <placeholders> would otherwise be read as HTML tags and vanish)
+        return f"`{text}`" if key == "prepare" and text else text
+
+    lines = ["| " + " | ".join(heading for heading, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(key, row.get(key)) for _, key in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+SOURCES = {"recbole-ext": "recbole-ext", "recbole": RECBOLE_BUILT_IN}
+
+
 LIST_EPILOG = ("models: TASKS are the tasks the model runs on (checked as a run checks them); VECTORS says whether it "
                "exposes final user/item vectors, which FAISS retrieval needs (`--retrieval=faiss`, the index of "
                "`run.py recommend`; other models are scored densely). datasets: PREPARED says whether its files are in place; otherwise TO PREPARE is the "
@@ -263,29 +280,41 @@ def build_parser() -> CommandParser:
     parser.add_argument("--task", choices=TASK_ORDER,
                         help="only what runs on this task: general (RecBole's protocol), mmrec (multimodal, MMRec "
                              "protocol) or medrec (medication sets)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
+    parser.add_argument("--source", choices=tuple(SOURCES),
+                        help="models and metrics: only recbole-ext's own or only RecBole's built-in ones")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
+    output.add_argument("--markdown", action="store_true", help="print a markdown table (as in the README)")
     return parser
 
 
-def catalog(what: str, task: str | None = None) -> list[dict]:
-    """The rows of ``run.py list WHAT [--task TASK]``."""
+def catalog(what: str, task: str | None = None, source: str | None = None) -> list[dict]:
+    """The rows of ``run.py list WHAT [--task TASK] [--source SOURCE]``."""
     if what not in LISTERS:
         raise UserError(f"cannot list '{what}'", fix=f"use one of: {', '.join(KINDS)}")
     if task is not None and task not in TASK_ORDER:
         raise UserError(f"unknown task '{task}'", fix=f"use one of: {', '.join(TASK_ORDER)}")
+    if source is not None and (source not in SOURCES or what == "datasets"):
+        raise UserError(f"--source {source} does not apply to {what}",
+                        fix=f"list models or metrics with --source {' or '.join(SOURCES)}")
     rows = LISTERS[what]()
     if task is not None:
         rows = [r for r in rows if task in (r["tasks"] if "tasks" in r else [r["task"]])]
+    if source is not None:
+        rows = [r for r in rows if r["source"] == SOURCES[source]]
     return rows
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    rows = catalog(args.what, args.task)
+    rows = catalog(args.what, args.task, args.source)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    if args.markdown:
+        print(markdown_table(args.what, rows))
+        return 0
     print(text_table(args.what, rows))
-    if args.what == "models" and args.task in (None, "general"):
+    if args.what == "models" and args.task in (None, "general") and args.source != "recbole-ext":
         print("\n" + textwrap.fill(OTHER_RECBOLE_FAMILIES, width=110))
     return 0

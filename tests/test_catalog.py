@@ -135,3 +135,19 @@ def test_catalog_api_errors_name_the_choices():
         catalog("model")
     with pytest.raises(UserError, match="use one of: general, mmrec, medrec"):
         catalog("metrics", task="sequential")
+
+
+def test_source_filter_and_markdown(capsys):
+    assert main(["list", "models", "--source", "recbole-ext", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | tasks | vectors | paper |" and lines[1] == "|---|---|---|---|"
+    names = [line.split(" | ")[0].lstrip("| ") for line in lines[2:]]
+    assert "MambaRec" in names and "BPR" not in names  # only recbole-ext's own
+    assert main(["list", "models", "--source", "recbole", "--json"]) == 0
+    names = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert "BPR" in names and "MambaRec" not in names
+    assert main(["list", "datasets", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "`python run.py prepare mmrec --src <MMRec data>/baby --name baby`" in out  # code, not an HTML tag
+    assert main(["list", "datasets", "--source", "recbole"]) == 2
+    assert "--source recbole does not apply to datasets" in capsys.readouterr().err
