@@ -27,6 +27,8 @@ PREPARERS = {
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
+# options that may stand alone: ``--verbose`` means ``--verbose=True``
+BARE_FLAGS = {"verbose"}
 
 
 def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
@@ -45,6 +47,8 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             key, value = body, argv[i + 1]
             i += 1
+        elif body.replace("-", "_") in BARE_FLAGS:
+            key, value = body, "True"
         else:
             raise UserError(f"option --{body} has no value", fix=f"write --{body}=VALUE")
         key = key.replace("-", "_")
@@ -67,12 +71,14 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
 
 
 def _train(argv: list[str]) -> int:
-    from recbole_ext.quick_start import result_table, run
+    from recbole_ext.quick_start import result_table, run, run_summary
 
     model, dataset, config, files = parse_train_args(argv)
     result = run(model, dataset, config_dict=config, config_files=files)
-    print(f"\n{result.model} on {result.dataset} ({result.task}); run directory: {result.run_dir}")
+    sys.stderr.flush()  # the epoch lines (stderr) before the table (stdout) when both go to one file
+    print(f"\n{result.model} on {result.dataset} ({result.task})")
     print(result_table(result))
+    print(f"\n{run_summary(result)}")
     return 0
 
 
