@@ -1,7 +1,7 @@
 """``python run.py`` -- train/evaluate, or one of the subcommands.
 
-    python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml]
-    python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json]
+    python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml] [--verbose]
+    python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json|--markdown]
     python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr,recbole} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
@@ -11,6 +11,8 @@ Without a command, run.py trains the model on the dataset, selects the best epoc
 test split; every other --key=value sets a RecBole or recbole-ext option (defaults: properties/overall.yaml <
 properties/dataset/<DATASET>.yaml < properties/model/<MODEL>.yaml). Values are parsed as literals (numbers, lists,
 dicts, true/false/none), never evaluated as code. A user mistake prints one line on stderr and exits with status 2.
+A run prints one line per epoch, the result table and a summary; --verbose also puts the full log (always in the
+run directory's run.log) on the console.
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ def prepare_overview() -> str:
     return ("usage: python run.py prepare KIND [options]\n\nkinds:\n"
             f"{_two_columns(PREPARE_SUMMARIES, list(PREPARERS))}\n\n"
             "`python run.py prepare KIND --help` shows the options of a kind and their defaults.")
+# options that may stand alone: ``--verbose`` means ``--verbose=True``
+BARE_FLAGS = {"verbose"}
 
 
 def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
@@ -90,6 +94,8 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             key, value = body, argv[i + 1]
             i += 1
+        elif body.replace("-", "_") in BARE_FLAGS:
+            key, value = body, "True"
         else:
             raise UserError(f"option --{body} has no value", fix=f"write --{body}=VALUE")
         key = key.replace("-", "_")
@@ -112,12 +118,14 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
 
 
 def _train(argv: list[str]) -> int:
-    from recbole_ext.quick_start import result_table, run
+    from recbole_ext.quick_start import result_table, run, run_summary
 
     model, dataset, config, files = parse_train_args(argv)
     result = run(model, dataset, config_dict=config, config_files=files)
-    print(f"\n{result.model} on {result.dataset} ({result.task}); run directory: {result.run_dir}")
+    sys.stderr.flush()  # the epoch lines (stderr) before the table (stdout) when both go to one file
+    print(f"\n{result.model} on {result.dataset} ({result.task})")
     print(result_table(result))
+    print(f"\n{run_summary(result)}")
     return 0
 
 

@@ -84,30 +84,33 @@ _EXT_HANDLER = RUN_LOG_MARKER  # the shim tensorboard_beside_run_log writes log_
 
 
 def _init_logging(config, run_dir: Path | None) -> None:
-    """Log to ``run_dir/run.log`` and the console; safe to call for many runs in one process."""
+    """Log everything to ``run_dir/run.log``; the console gets the quiet view of utils/console.py (``verbose``: all
+    of it). Safe to call for many runs in one process."""
     from recbole.utils.logger import RemoveColorFilter
+
+    from recbole_ext.options import config_flag
+    from recbole_ext.utils.console import console_handler
 
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, _EXT_HANDLER, False) or isinstance(h, logging.FileHandler):
+        # the console handler too: it is made again below for this run's verbosity and today's sys.stderr
+        if getattr(h, _EXT_HANDLER, False) or getattr(h, _EXT_HANDLER + "_console", False) or \
+                isinstance(h, logging.FileHandler):
             root.removeHandler(h)
             h.close()
     level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     root.setLevel(level)
+    # before the file handler: its RemoveColorFilter rewrites the record, and a terminal keeps RecBole's colours
+    sh = console_handler(sys.stderr, verbose=config_flag(config, "verbose", False))
+    sh.setLevel(level)
+    setattr(sh, _EXT_HANDLER + "_console", True)
+    root.addHandler(sh)
     if run_dir is not None:
         fh = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
         fh.addFilter(RemoveColorFilter())
         setattr(fh, _EXT_HANDLER, True)
         root.addHandler(fh)
-    if not any(getattr(h, _EXT_HANDLER + "_console", False) for h in root.handlers):
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        setattr(sh, _EXT_HANDLER + "_console", True)
-        root.addHandler(sh)
-    for h in root.handlers:
-        if getattr(h, _EXT_HANDLER + "_console", False):
-            h.setLevel(level)
 
 
 def precedence_lines(config) -> list[str]:
@@ -180,9 +183,13 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     from recbole_ext.checkpoint import id_maps_of, to_plain
     from recbole_ext.evaluation.per_user import evaluate_per_user
     from recbole_ext.training.history import StopTraining, plain_floats
+    from recbole_ext.utils.console import PROGRESS, is_terminal
 
     _init_logging(config, run_dir)
     logger = getLogger()
+    epochs = config["epochs"]
+    logger.info(f"{config['model']} on {config['dataset']} ({task.name}), up to {epochs} epoch"
+                f"{'' if epochs == 1 else 's'}; full log: {_shown_path(run_dir / 'run.log')}", extra=PROGRESS)
     init_seed(config["seed"], config["reproducibility"])
     logger.info(config)
     for line in precedence_lines(config):
@@ -200,7 +207,8 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     trainer.ext_id_maps = id_maps_of(dataset)
     trainer.on_valid, trainer.valid_bigger = on_valid, bool(config["valid_metric_bigger"])
 
-    show = bool(config["show_progress"])
+    # per-batch bars only on a terminal: redirected to a file, each bar is hundreds of carriage-return updates
+    show = bool(config["show_progress"]) and is_terminal(sys.stderr)
     stopped_at = None
     try:
         best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
@@ -330,3 +338,71 @@ def result_table(result: RunResult) -> str:
         test_s = "" if test is None else (f"{test:.4f} ± {std:.4f}" if std is not None else f"{test:.4f}")
         lines.append(f"{k:<{width}}  {'' if valid is None else f'{valid:.4f}':>10}  {test_s:>17}")
     return "\n".join(lines)
+
+
+def _shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it (``runs/X``), else as it is."""
+    path = Path(path)
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
+def _stop_reason(result: RunResult) -> str:
+    """Why training ended, from what the result records (early stopping is inferred: fewer epochs than asked,
+    none after the selected one improved on it)."""
+    if result.stopped_at_epoch is not None:
+        return f"pruned by the tuner after epoch {result.stopped_at_epoch + 1}"
+    planned = result.config.get("epochs")
+    if not result.history or planned is None or result.epochs_trained >= planned:
+        return "reached epochs" if planned is None else f"reached epochs={planned}"
+    last = result.history[-1]["epoch"]
+    if result.best_epoch is None or last <= result.best_epoch:  # e.g. a NaN loss in the epoch after the best one
+        return f"stopped after epoch {last + 1} (run.log says why)"
+    return (f"early stopping: no better valid {str(result.config.get('valid_metric', '')).lower()} in the "
+            f"{last - result.best_epoch} epochs after epoch {result.best_epoch + 1}")
+
+
+def _next_command(result: RunResult) -> str | None:
+    """A ``recommend`` command for this run's checkpoint, with a real user of the test split (or the example
+    patient of the medication track); None when the run saved no checkpoint."""
+    import shlex
+
+    if not result.checkpoint or not result.run_dir:
+        return None
+    head = f"python run.py recommend --checkpoint {shlex.quote(_shown_path(result.run_dir))}"
+    if result.task == "medrec":
+        return f"{head} --patient examples/patient.json"
+    users = (result.per_user_test or {}).get("users") or []
+    return f"{head} --user {shlex.quote(str(users[0])) if users else 'USER_TOKEN'}"
+
+
+def run_summary(result: RunResult) -> str:
+    """What the CLI prints after :func:`result_table`: the selected epoch (1-based, as in the per-epoch lines;
+    result.json keeps it 0-based), the epochs trained and why training stopped, the wall time, what ± means when
+    the test column has one, the run directory and a command to try next."""
+    from recbole_ext.utils.console import format_duration
+
+    rows = []
+    if result.best_epoch is not None:
+        metric = str(result.config.get("valid_metric", "")).lower()
+        score = "" if result.best_valid_score is None else f" (valid {metric} {result.best_valid_score:.4f})"
+        rows.append(("best epoch", f"{result.best_epoch + 1}{score}"))
+    else:
+        rows.append(("best epoch", "none validated"))
+    planned = result.config.get("epochs")
+    rows.append(("epochs", f"{result.epochs_trained}" + (f" of {planned}" if planned is not None else "")
+                 + f", {_stop_reason(result)}"))
+    rows.append(("wall time", format_duration(result.wall_time_s)))
+    if any(k.endswith("_std") for k in result.test_result):
+        how = (result.protocol or {}).get("test") or "standard deviation over the test evaluation's resamples"
+        rows.append(("±", f"the test column is mean ± std ({how})"))
+    if not result.test_result and result.config.get("evaluate_test") is False:
+        rows.append(("test", "not evaluated (evaluate_test: False)"))
+    if result.run_dir:
+        rows.append(("run directory", _shown_path(result.run_dir)))
+    command = _next_command(result)
+    if command:
+        rows.append(("next", command))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
