@@ -67,10 +67,14 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
 
 
 def _train(argv: list[str]) -> int:
+    from recbole_ext.config_keys import UnknownKeyError
     from recbole_ext.quick_start import result_table, run
 
     model, dataset, config, files = parse_train_args(argv)
-    result = run(model, dataset, config_dict=config, config_files=files)
+    try:
+        result = run(model, dataset, config_dict=config, config_files=files)
+    except UnknownKeyError as exc:  # the config_dict keys were this command line's --options
+        raise exc.for_command_line() from None
     print(f"\n{result.model} on {result.dataset} ({result.task}); run directory: {result.run_dir}")
     print(result_table(result))
     return 0

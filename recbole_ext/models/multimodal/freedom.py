@@ -27,6 +27,7 @@ _DEGREE_EPS = 1e-7
 class FREEDOM(MultimodalRecommender):
     option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
+    extra_config_keys = ("feat_embed_dim",)  # MMRec's own key; check_config refuses any value but embedding_size
 
     @classmethod
     def check_config(cls, config) -> None:
