@@ -1,5 +1,5 @@
 """A configuration key no run reads is an error naming the closest known key, at every entry point, before anything
-is written: the command line, a config file and the Python API's config_dict. The escape
+is written: the command line, a config file, the Python API's config_dict and a leaderboard spec. The escape
 hatches (allow_unknown_keys, a model's extra_config_keys) let a custom model's own keys through; a checkpoint's
 stored keys are trusted; and every key the package's code reads is a known key."""
 from __future__ import annotations
@@ -17,6 +17,9 @@ from recbole_ext import config_keys, registry
 from recbole_ext.cli import main, parse_train_args
 from recbole_ext.config import build_config
 from recbole_ext.errors import UserError
+from recbole_ext.leaderboard import cli as leaderboard_cli
+from recbole_ext.leaderboard.spec import load_spec, parse_spec
+from recbole_ext.leaderboard.spec_keys import check_spec_keys
 from recbole_ext.quick_start import load_run, run
 from tiny_models import TinyMF
 
@@ -65,6 +68,51 @@ def test_a_typo_in_config_dict_names_the_config_dict_key(tmp_path):
         recbole_ext.run("BPR", "ml-100k", config_dict={"epoch": 2, "epochs": 1, "runs_root": str(tmp_path / "runs")})
     assert caught.value.one_line() == "error: config_dict key 'epoch': unknown option, did you mean 'epochs'?"
     assert not (tmp_path / "runs").exists()
+
+
+BOARD = {"task": "mixed", "datasets": ["synth-mm", "synth-ehr-small"], "seeds": [0]}
+
+
+def test_a_typo_in_a_leaderboard_spec_names_the_entry():
+    spec = parse_spec({**BOARD, "models": [{"name": "MambaRec", "datasets": ["synth-mm"], "config": {"epoch": 2}}]},
+                      "spec.yaml")
+    with pytest.raises(UserError) as caught:
+        check_spec_keys(spec)
+    assert caught.value.one_line() == "error: spec.yaml: models[0].config: 'epoch': unknown option, did you mean 'epochs'?"
+    grid = parse_spec({**BOARD, "config": {"stoping_step": 3},
+                       "models": [{"name": "RETAIN", "datasets": ["synth-ehr-small"], "grid": {"dropout": [0.1]}}]},
+                      "spec.yaml")
+    with pytest.raises(UserError, match=re.escape("spec.yaml: config: 'stoping_step': unknown option, did you mean "
+                                                  "'stopping_step'?; spec.yaml: models[0].grid: 'dropout': unknown "
+                                                  "option for RETAIN (an option of FREEDOM, NNCF)")):
+        check_spec_keys(grid)
+
+
+def test_a_leaderboard_with_a_typo_stops_before_writing(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps({**BOARD, "datasets": ["synth-ehr-small"], "models": ["RETAIN"],
+                                "dataset_config": {"synth-ehr-small": {"medrec_treshold": 0.4}}}))
+    with pytest.raises(UserError, match=re.escape(f"{path}: dataset_config.synth-ehr-small: 'medrec_treshold': "
+                                                  "unknown option, did you mean 'medrec_threshold'?")):
+        leaderboard_cli.main([str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shared_spec_key_must_be_read_by_every_model_it_reaches():
+    """A board's config: reaches every run; BPR would refuse LightGCN's n_layers in its worker, so the spec is
+    refused first, naming the model that does not read it."""
+    spec = parse_spec({**BOARD, "datasets": ["synth-mm"], "config": {"n_layers": 2}, "models": ["LightGCN", "BPR"]},
+                      "spec.yaml")
+    with pytest.raises(UserError, match=re.escape("spec.yaml: config: 'n_layers': unknown option for BPR")):
+        check_spec_keys(spec)
+    moved = parse_spec({**BOARD, "datasets": ["synth-mm"],
+                        "models": [{"name": "LightGCN", "config": {"n_layers": 2}}, "BPR"]}, "spec.yaml")
+    check_spec_keys(moved)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE.parent / "leaderboards").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_bundled_boards_use_known_keys_only(path):
+    check_spec_keys(load_spec(path))  # search spaces from properties/search/ included
 
 
 def test_a_key_like_no_known_key_gets_no_guess(tmp_path, capsys):
