@@ -71,17 +71,19 @@ class _DefaultsProbe:
 
 
 @functools.lru_cache(maxsize=256)
-def _default_keys(model: str, model_class, dataset: str, dataset_yaml: str | None) -> tuple[frozenset[str], str]:
-    """The default keys and the default task, cached per model and dataset (about 20 ms each; a leaderboard checks
-    every run of a board before the first). ``dataset_yaml`` keys the cache on the YAML the dataset resolves to,
-    which a ``prepare`` in the same process may change."""
-    defaults = _DefaultsProbe().load(model, model_class, dataset)
-    return frozenset(defaults), str(defaults.get("task") or "general")
+def _cached_defaults(model: str, model_class, dataset: str, dataset_yaml: str | None) -> dict:
+    """Cached per model and dataset (20 to 30 ms each; a leaderboard checks every run of a board before the first).
+    ``dataset_yaml`` keys the cache on the YAML the dataset resolves to, which a ``prepare`` in the same process
+    may change. Callers must not change the dict."""
+    return _DefaultsProbe().load(model, model_class, dataset)
 
 
 def internal_defaults(model: str, model_class, dataset: str) -> dict:
     """The defaults a run of ``model`` on ``dataset`` starts from (before any config file or command line)."""
-    return dict(_DefaultsProbe().load(model, model_class, dataset))
+    from recbole_ext import registry
+
+    dataset_yaml = registry.dataset_property_file(dataset)
+    return dict(_cached_defaults(model, model_class, dataset, None if dataset_yaml is None else str(dataset_yaml)))
 
 
 def model_own_keys(model_class, values: Mapping[str, Any]) -> set[str]:
@@ -101,19 +103,15 @@ def known_keys(model: str, model_class, dataset: str, given: Mapping[str, Any] |
     model's configuration-dependent keys count)."""
     from recbole_ext import registry
 
-    dataset_yaml = registry.dataset_property_file(dataset)
-    defaults, default_task = _default_keys(model, model_class, dataset,
-                                           None if dataset_yaml is None else str(dataset_yaml))
-    values = {**internal_defaults(model, model_class, dataset), **(given or {})} \
-        if callable(getattr(model_class, "extra_config_keys_for", None)) else dict(given or {})
-    task_name = (given or {}).get("task") or default_task
+    defaults = internal_defaults(model, model_class, dataset)
+    values = {**defaults, **(given or {})}
+    task_name = values.get("task") or "general"
     task_keys = set()
     if task_name in registry.TASKS:  # an unknown task is build_config's error to report
         task_class = registry.load_object(registry.TASKS[task_name])
         task_keys = set(task_class.numeric_options) | set(task_class.extra_config_keys)
-    return frozenset(defaults | RECBOLE_RUNTIME_KEYS | {ALLOW_UNKNOWN_KEYS} | task_keys
+    return frozenset(set(defaults) | RECBOLE_RUNTIME_KEYS | {ALLOW_UNKNOWN_KEYS} | task_keys
                      | model_own_keys(model_class, values))
-
 
 
 @functools.lru_cache(maxsize=1)
