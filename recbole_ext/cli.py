@@ -118,10 +118,14 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
 
 
 def _train(argv: list[str]) -> int:
+    from recbole_ext.config_keys import UnknownKeyError
     from recbole_ext.quick_start import result_table, run, run_summary
 
     model, dataset, config, files = parse_train_args(argv)
-    result = run(model, dataset, config_dict=config, config_files=files)
+    try:
+        result = run(model, dataset, config_dict=config, config_files=files)
+    except UnknownKeyError as exc:  # the config_dict keys were this command line's --options
+        raise exc.for_command_line() from None
     sys.stderr.flush()  # the epoch lines (stderr) before the table (stdout) when both go to one file
     print(f"\n{result.model} on {result.dataset} ({result.task})")
     print(result_table(result))

@@ -6,7 +6,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -122,29 +122,38 @@ def _computed_metric_example(metrics: list, topk: list) -> str:
 
 
 def build_config(model: str, dataset: str, config_dict: dict | None = None,
-                 config_files: list[str] | None = None):
-    """Return ``(config, task)`` or raise ``UserError``. Nothing is written to disk here."""
+                 config_files: list[str] | None = None, trusted_keys: Iterable[str] = ()):
+    """Return ``(config, task)`` or raise ``UserError``. Nothing is written to disk here.
+
+    Every key of ``config_files`` and ``config_dict`` must be one the run knows (``config_keys``), but for
+    ``trusted_keys``: those of a checkpoint's stored configuration, which an older version may have known."""
     from recbole.config import Config
 
     from recbole_ext import registry
+    from recbole_ext.config_keys import CONFIG_DICT, KeyOrigin, check_keys
 
     if not model or not isinstance(model, str):
         raise UserError("no model given", fix="pass --model=NAME, e.g. --model=BPR")
     if not dataset or not isinstance(dataset, str):
         raise UserError("no dataset given", fix="pass --dataset=NAME, e.g. --dataset=ml-100k")
     check_dataset_name(dataset, "ml-100k")  # it names a folder to read and the run directory to write
-    registry.model_class(model)  # a clear error for unknown names, before RecBole's own
+    model_cls = registry.model_class(model)  # a clear error for unknown names, before RecBole's own
 
     sources: dict[str, str] = {}
     file_values: dict = {}
+    key_origins = []
     for f in config_files or []:
         values = read_yaml_file(f)
         file_values.update(values)
         sources.update({k: str(f) for k in values})
+        key_origins.append((KeyOrigin("file", str(f)), list(values)))
     variable = _absolute_paths(dict(config_dict or {}))
     sources.update({k: "the command line / config_dict" for k in variable})
     file_values = _absolute_paths(file_values)
     merged = {**file_values, **variable}
+    trusted = set(trusted_keys)
+    key_origins.append((CONFIG_DICT, [k for k in variable if k not in trusted]))
+    check_keys(model, model_cls, dataset, key_origins, merged)  # a misspelled key would be ignored silently
 
     with _argv_isolated():
         try:

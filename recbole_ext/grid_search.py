@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
+from recbole_ext.config_keys import UnknownKeyError
 from recbole_ext.errors import UserError, run_as_script
 from recbole_ext.utils.grids import grid_points
 from recbole_ext.utils.io import atomic_file
@@ -127,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         key, value = item[2:].split("=", 1)
         fixed[key] = _parse_value(value)
     files = [f for f in args.config_files.split(",") if f]
-    result = run_grid(args.model, args.dataset, config_dict=fixed, config_files=files or None)
+    try:
+        result = run_grid(args.model, args.dataset, config_dict=fixed, config_files=files or None)
+    except UnknownKeyError as exc:  # raised by the first point's run, before it trains: the keys were --options
+        raise exc.for_command_line() from None
     print(format_grid(result))
     if args.out:
         with atomic_file(args.out) as fh:

@@ -269,7 +269,9 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     external = dict(state["external_config"])
     external.update(config_overrides or {})
     external.pop("run_dir", None)
-    config, task = build_config(state["model"], state["dataset"], external)
+    # the stored keys were accepted when the run was made; a later version may no longer know one of them
+    stored_keys = set(state["external_config"]) - set(config_overrides or {})
+    config, task = build_config(state["model"], state["dataset"], external, trusted_keys=stored_keys)
     init_seed(config["seed"], config["reproducibility"])
     dataset = task.create_dataset(config)
     train_data, valid_data, test_data = task.data_preparation(config, dataset)

@@ -14,6 +14,7 @@ from pathlib import Path
 from recbole_ext.errors import UserError, run_as_script
 from recbole_ext.leaderboard.plan import DEFAULT_RUN_FN
 from recbole_ext.leaderboard.spec import load_spec
+from recbole_ext.leaderboard.spec_keys import check_spec_keys
 from recbole_ext.leaderboard.tuning_spec import space_for
 from recbole_ext.utils.argparsing import CommandParser
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--address only applies to --backend ray", fix="add --backend ray or drop --address")
     spec = load_spec(args.spec)
     if args.run_fn == DEFAULT_RUN_FN:  # an unknown model or an out-of-range option fails now, not in every worker
+        if not args.report_only:  # a report of runs already made reads the store, whatever the spec's keys
+            check_spec_keys(spec)
         check_models_and_options(spec, build=not args.report_only)  # a report needs no dataset on this machine
     out = Path(args.out) if args.out else Path("runs") / "leaderboard" / spec.name
     outcome = run_spec(spec, out, workers=args.workers, backend=args.backend, address=args.address,

@@ -161,6 +161,7 @@ class MedRecTask(Task):
     """Task object for ``task: medrec`` (interface in docs/CONTRACTS.md)."""
 
     name = "medrec"
+    extra_config_keys = ("medrec_split_seed", "medrec_shuffle")  # default: the run's seed; no shuffling
 
     # The task's numeric options: (default, type, bounds), checked before any data is read (Task.check_config)
     numeric_options = {

@@ -16,6 +16,9 @@ class Task:
     # Numeric options the task reads: key -> (default, type, Bounds), the task's counterpart of a model's
     # ``option_bounds``; all are checked before any data is read (``check_config``) and read through ``option``.
     numeric_options: dict[str, tuple] = {}
+    # keys the task's code reads with a default in the code only (no dataset YAML sets them): known to the
+    # unknown-key check (recbole_ext.config_keys) like the numeric_options
+    extra_config_keys: tuple[str, ...] = ()
 
     @classmethod
     def option(cls, config, key: str):

@@ -69,6 +69,8 @@ class MedRecModel(AbstractRecommender):
     option_bounds = {"loss_bce_weight": NON_NEGATIVE,
                      "loss_margin_weight": NON_NEGATIVE, "ddi_loss_scale": NON_NEGATIVE, "target_ddi": POSITIVE,
                      "ddi_anneal_coef": NON_NEGATIVE, "ddi_kp": POSITIVE}
+    # the other loss keys this constructor reads; their defaults are in the code, not in every model's YAML
+    extra_config_keys = ("use_ddi_loss", "ddi_beta", "margin_on")
 
     def __init__(self, config, dataset):
         super().__init__()

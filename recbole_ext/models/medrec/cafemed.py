@@ -511,6 +511,10 @@ class CafeMed(MedRecModel):
                      "charm_reduction": AT_LEAST_ONE, "effect_threshold": Bounds(-1, 1),
                      "cwg_effect_threshold": Bounds(-1, 1, words=("off",))}
     forced_options: dict = {}  # the registered ablations fix some switches (CausalMed, CafeMedNoCWG, ...)
+    # the switches and CHARM / CWG settings this constructor reads with a default in the code; the ablations'
+    # YAML files do not repeat them
+    extra_config_keys = ("use_cwg", "use_charm", "node_layout", "cwg_node_gate", "charm_attend_med", "charm_fusion",
+                         "charm_norm", "charm_out_norm", "charm_rezero")
 
     @classmethod
     def check_config(cls, config) -> None:

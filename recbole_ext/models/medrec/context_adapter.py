@@ -81,6 +81,13 @@ class MedContext(MedRecModel):
 
     context_model: str | None = None
 
+    @classmethod
+    def extra_config_keys_for(cls, values) -> list[str]:
+        """The wrapped RecBole model's hyper-parameters are options of this model too (``__init__`` reads each
+        key of its YAML defaults from the config), so the unknown-key check must know them."""
+        name = cls.context_model or config_value(values, "context_model", "FM")
+        return list(recbole_model_defaults(str(name)))
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         name = self.context_model or config_value(config, "context_model", "FM")

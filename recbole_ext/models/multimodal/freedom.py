@@ -28,6 +28,7 @@ class FREEDOM(MultimodalRecommender):
     paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
     option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
+    extra_config_keys = ("feat_embed_dim",)  # MMRec's own key; check_config refuses any value but embedding_size
 
     @classmethod
     def check_config(cls, config) -> None:
