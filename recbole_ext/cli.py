@@ -18,6 +18,7 @@ from recbole_ext.errors import UserError
 SUBCOMMANDS = {
     "recommend": "recbole_ext.serving.cli:main",
     "leaderboard": "recbole_ext.leaderboard.cli:main",
+    "resume": "recbole_ext.resume:main",
 }
 PREPARERS = {
     "mmrec": "recbole_ext.data.prepare.mmrec:main_mmrec",
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(exc.one_line(), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run's RunInterrupted says where it stopped and how to resume it
+        print(f"error: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 
