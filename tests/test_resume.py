@@ -1,9 +1,10 @@
 """Interrupted runs: status.json says so, last.pth holds the state after the last finished epoch, and
 ``python run.py resume RUN_DIR`` continues to exactly the result of an uninterrupted run with the same seed.
 
-Each track is interrupted in the middle of an epoch (Ctrl-C raised from the model's loss once the loader has drawn
-the epoch's shuffle and negatives), resumed, and compared with an uninterrupted run: every history value, the best
-epoch, the validation and test numbers and model.pth's weights must be equal (==), on one torch thread.
+Each track (RecBole's Trainer, MMRecTrainer, MedRecTrainer) is interrupted in the middle of an epoch (Ctrl-C raised
+from the model's loss once the loader has drawn the epoch's shuffle and negatives), resumed, and compared with an
+uninterrupted run: every history value, the best epoch, the validation and test numbers and model.pth's weights
+must be equal (==), on one torch thread. One more run is interrupted during its test evaluation, after training.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from recbole_ext.run_status import RESUME_FILE, RunInterrupted, read_status, wri
 
 def ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
+
+
+def ids_changed(*args, **kwargs):
+    raise UserError("the user ids of dataset 'tiny' differ from those the checkpoint was trained on")
 
 
 def interrupt_after_epoch(monkeypatch, model: str, epoch: int):
@@ -118,7 +123,7 @@ def test_general_model_resumed_through_the_cli_equals_uninterrupted_run(tiny, on
 def test_interrupt_during_the_test_evaluation_resumes_without_training_again(tiny, one_thread, tmp_path,
                                                                               monkeypatch):
     # training is over (its epochs spent): the resume tests the kept best weights (epoch 0 here) and must not let
-    # RecBole's fit overwrite model.pth with the last epoch's weights
+    # RecBole's fit overwrite model.pth with the last epoch's weights; or, with --epochs, it trains on from there
     from recbole_ext.evaluation import per_user
 
     config = {**tiny, "epochs": 4, "seed": 7}
@@ -128,8 +133,18 @@ def test_interrupt_during_the_test_evaluation_resumes_without_training_again(tin
         patch.setattr(per_user, "evaluate_per_user", ctrl_c)
         with pytest.raises(RunInterrupted, match="interrupted at epoch 4; resume with"):
             run("BPR", "tiny", {**config, "run_dir": str(tmp_path / "stopped")})
-    resumed = resume(tmp_path / "stopped")
-    assert_same_run(resumed, full)
+        with pytest.raises(RunInterrupted, match="interrupted at epoch 2; resume with"):
+            run("BPR", "tiny", {**config, "epochs": 2, "run_dir": str(tmp_path / "short")})
+    with monkeypatch.context() as patch:  # a user mistake met while resuming leaves the run as resumable as it was
+        patch.setattr(checkpoint, "check_id_maps", ids_changed)
+        with pytest.raises(UserError, match="ids of dataset 'tiny' differ"):
+            resume(tmp_path / "stopped")
+    assert read_status(tmp_path / "stopped")["state"] == "interrupted"
+    assert_same_run(resume(tmp_path / "stopped"), full)
+    assert cli_main(["resume", str(tmp_path / "short"), "--epochs", "4"]) == 0
+    longer = json.loads((tmp_path / "short" / "result.json").read_text())
+    assert without_times(longer["history"]) == without_times(full.history)
+    assert (longer["test_result"], longer["config"]["epochs"]) == (full.test_result, 4)
 
 
 def test_multimodal_model_resumed_equals_uninterrupted_run(one_thread, tmp_path, monkeypatch):
