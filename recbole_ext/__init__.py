@@ -27,6 +27,13 @@ def run(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
+def resume(*args, **kwargs):
+    """See :func:`recbole_ext.quick_start.resume` (an interrupted run, continued in its run directory)."""
+    from recbole_ext.quick_start import resume as _resume
+
+    return _resume(*args, **kwargs)
+
+
 def recommend(*args, **kwargs):
     """See :func:`recbole_ext.serving.recommend.recommend`."""
     from recbole_ext.serving.recommend import recommend as _recommend

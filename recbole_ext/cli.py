@@ -18,7 +18,7 @@ from recbole_ext.errors import UserError
 SUBCOMMANDS = {
     "recommend": "recbole_ext.serving.cli:main",
     "leaderboard": "recbole_ext.leaderboard.cli:main",
-    "resume": "recbole_ext.resume:main",
+    "resume": "recbole_ext.resume_command:main",
 }
 PREPARERS = {
     "mmrec": "recbole_ext.data.prepare.mmrec:main_mmrec",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import recbole_ext
 from recbole_ext import checkpoint
 from recbole_ext.cli import main as cli_main
 from recbole_ext.errors import UserError
@@ -81,7 +82,7 @@ def interrupted_then_resumed(monkeypatch, model, dataset, config, interrupt_afte
     assert (status["state"], status["epochs_done"], status["resume_from_epoch"]) == \
         ("interrupted", resumes_at, resumes_at)
     assert (run_dir / RESUME_FILE).is_file() and not (run_dir / "result.json").exists()
-    return resume(run_dir)
+    return recbole_ext.resume(run_dir)  # the package-level entry
 
 
 def test_general_model_resumed_through_the_cli_equals_uninterrupted_run(tiny, one_thread, tmp_path, monkeypatch,
