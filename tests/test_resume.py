@@ -169,14 +169,25 @@ def test_medrec_model_resumed_equals_uninterrupted_run(one_thread, tmp_path, mon
     assert_same_run(resumed, full)
 
 
-def test_failure_marks_failed_and_keeps_the_folder(tiny, tmp_path, monkeypatch):
-    def broken(self, interaction):
-        raise RuntimeError("the loss blew up\nsecond line")
+def test_failure_marks_failed_keeps_the_folder_and_can_be_resumed(tiny, tmp_path, monkeypatch):
+    calls = []
+    bpr = model_class("BPR")
+    loss = bpr.calculate_loss
 
-    monkeypatch.setattr(model_class("BPR"), "calculate_loss", broken)
-    with pytest.raises(RuntimeError):
-        run("BPR", "tiny", {**tiny, "run_dir": str(tmp_path / "r")})
-    assert read_status(tmp_path / "r") == {"state": "failed", "error": "RuntimeError: the loss blew up"}
+    def breaks_in_epoch_1(self, interaction):  # a crash (not Ctrl-C) after epoch 0 was saved
+        if calls:
+            raise RuntimeError("the loss blew up\nsecond line")
+        return loss(self, interaction)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bpr, "calculate_loss", breaks_in_epoch_1)
+        with pytest.raises(RuntimeError):
+            run("BPR", "tiny", {**tiny, "epochs": 2, "run_dir": str(tmp_path / "r")},
+                on_valid=lambda epoch, score, bigger: calls.append(epoch))
+    assert read_status(tmp_path / "r") == {"state": "failed", "error": "RuntimeError: the loss blew up",
+                                           "epochs_done": 1, "resume_from_epoch": 1}
+    assert resume(tmp_path / "r").epochs_trained == 2  # once the cause is fixed, a failed run goes on too
+    assert read_status(tmp_path / "r")["state"] == "complete"
     # a user mistake before training still leaves nothing behind
     with pytest.raises(UserError):
         run("BPR", "tiny", {**tiny, "topk": [500], "run_dir": str(tmp_path / "u")})
