@@ -21,12 +21,12 @@ register()
 
 
 # The public functions are the implementations themselves, not wrappers, so ``help()``, ``inspect.signature`` and
-# the docstrings are theirs and cannot drift. ``run`` is bound now (register() has imported quick_start); the
+# the docstrings are theirs and cannot drift. ``run`` and ``resume`` are bound now (register() has imported quick_start); the
 # serving layer, which ``import recbole_ext`` must not load (tests/test_architecture.py), is imported on the first
 # access to ``recbole_ext.recommend`` (a module ``__getattr__``, PEP 562), then kept as a plain attribute.
-from recbole_ext.quick_start import run  # noqa: E402  (after register(), which loads the module anyway)
+from recbole_ext.quick_start import resume, run  # noqa: E402  (after register(), which loads the module anyway)
 
-__all__ = ["__version__", "recommend", "register", "run"]
+__all__ = ["__version__", "recommend", "register", "resume", "run"]
 
 
 def __getattr__(name: str):

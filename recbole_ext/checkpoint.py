@@ -67,7 +67,9 @@ def id_maps_of(dataset) -> dict[str, list[str]]:
     return maps
 
 
-def save_trainer_state(trainer, path: str | os.PathLike, epoch: int) -> None:
+def save_trainer_state(trainer, path: str | os.PathLike, epoch: int, extra: dict | None = None) -> None:
+    """The trainer's model and optimizer with the run's config and id maps; ``extra``: more entries (tensors and
+    plain data), such as the resume state of ``last.pth``."""
     config = trainer.config
     state = {
         "format": FORMAT,
@@ -83,9 +85,19 @@ def save_trainer_state(trainer, path: str | os.PathLike, epoch: int) -> None:
         "optimizer": trainer.optimizer.state_dict() if getattr(trainer, "optimizer", None) else None,
         "id_maps": getattr(trainer, "ext_id_maps", None),
         "recbole_ext_version": _version(),
+        **(extra or {}),
     }
     with atomic_file(path, "wb") as fh:
         torch.save(state, fh)
+
+
+def check_id_maps(state: dict, current: dict[str, list[str]]) -> None:
+    """The dataset's id maps now (``id_maps_of``) must equal those a checkpoint was trained with: a changed
+    dataset is an error, not silent garbage."""
+    for role, tokens in (state.get("id_maps") or {}).items():
+        if current.get(role) != tokens:
+            raise UserError(f"the {role} ids of dataset '{state['dataset']}' differ from those the checkpoint was "
+                            f"trained on", fix="use the dataset files the model was trained with")
 
 
 def _version() -> str:

@@ -5,6 +5,7 @@
     python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr,recbole} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
+    python run.py resume RUN_DIR [--epochs N]
     python run.py --version
 
 Without a command, run.py trains the model on the dataset, selects the best epoch on validation and scores the
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "list": "recbole_ext.catalog:main",
     "recommend": "recbole_ext.serving.cli:main",
     "leaderboard": "recbole_ext.leaderboard.cli:main",
+    "resume": "recbole_ext.resume_command:main",
 }
 PREPARERS = {
     "mmrec": "recbole_ext.data.prepare.mmrec:main_mmrec",
@@ -41,6 +43,7 @@ COMMAND_SUMMARIES = {
     "prepare": "make a dataset from source files or a generator (`run.py prepare --help` lists the kinds)",
     "recommend": "top-K items for users, or a medication set for a patient, from a run's checkpoint",
     "leaderboard": "run every model x dataset x seed of a spec, then write tables, plots and an HTML page",
+    "resume": "continue an interrupted run from its last finished epoch, to the numbers of an uninterrupted one",
 }
 PREPARE_SUMMARIES = {
     "mmrec": "convert an MMRec folder (<name>.inter, image_feat.npy, text_feat.npy) into a multimodal dataset",
@@ -119,18 +122,25 @@ def parse_train_args(argv: list[str]) -> tuple[str, str, dict, list[str]]:
 
 def _train(argv: list[str]) -> int:
     from recbole_ext.config_keys import UnknownKeyError
-    from recbole_ext.quick_start import result_table, run, run_summary
+    from recbole_ext.quick_start import run
 
     model, dataset, config, files = parse_train_args(argv)
     try:
         result = run(model, dataset, config_dict=config, config_files=files)
     except UnknownKeyError as exc:  # the config_dict keys were this command line's --options
         raise exc.for_command_line() from None
+    print_result(result)
+    return 0
+
+
+def print_result(result, how: str = "") -> None:
+    """The end of a run on the console: the result table, then the summary (``how``: e.g. ", resumed")."""
+    from recbole_ext.quick_start import result_table, run_summary
+
     sys.stderr.flush()  # the epoch lines (stderr) before the table (stdout) when both go to one file
-    print(f"\n{result.model} on {result.dataset} ({result.task})")
+    print(f"\n{result.model} on {result.dataset} ({result.task}){how}")
     print(result_table(result))
     print(f"\n{run_summary(result)}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(exc.one_line(), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run's RunInterrupted says where it stopped and how to resume it
+        print(f"error: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

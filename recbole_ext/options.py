@@ -112,7 +112,8 @@ COMMON_BOUNDS = {"learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "train
                  "eval_batch_size": AT_LEAST_ONE, "epochs": NON_NEGATIVE, "embedding_size": AT_LEAST_ONE,
                  "n_layers": NON_NEGATIVE, "dropout_prob": DROPOUT, "hidden_dropout_prob": DROPOUT,
                  "attn_dropout_prob": DROPOUT, "faiss_nprobe": AT_LEAST_ONE, "faiss_ef_search": AT_LEAST_ONE,
-                 "seed": SEED, "eval_users_per_batch": AT_LEAST_ONE}  # ~ (None) derives it from eval_batch_size
+                 "seed": SEED, "eval_users_per_batch": AT_LEAST_ONE,  # ~ (None) derives it from eval_batch_size
+                 "resume_every": NON_NEGATIVE}  # validated epochs between two resume states (0: none)
 
 
 def option_bounds(model_class) -> dict[str, Bounds]:

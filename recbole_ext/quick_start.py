@@ -155,6 +155,7 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     (the result then carries ``stopped_at_epoch`` and the best validation score so far)."""
     from recbole_ext.config import build_config, new_run_dir
     from recbole_ext.registry import model_class
+    from recbole_ext.run_status import status_marked
 
     start = time.time()
     config, task = build_config(model, dataset, config_dict, config_files)
@@ -167,7 +168,8 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     config["run_dir"] = str(run_dir)
     config["checkpoint_dir"] = str(run_dir)
     try:
-        result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
+        with status_marked(run_dir):  # status.json: running, then complete / interrupted / failed
+            result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written,
         for folder in created[1:]:                  # not even the runs/ folder this run created
@@ -177,12 +179,16 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     return result
 
 
-def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid=None) -> RunResult:
+def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid=None,
+            resume_state: dict | None = None) -> RunResult:
+    """The run itself; ``resume_state`` (a loaded ``last.pth``) continues an interrupted run after its last saved
+    epoch instead of starting at epoch 0 (:func:`resume`)."""
     from recbole.utils import init_seed
 
     from recbole_ext.checkpoint import id_maps_of, to_plain
     from recbole_ext.evaluation.per_user import evaluate_per_user
     from recbole_ext.training.history import StopTraining, plain_floats
+    from recbole_ext.training.resume_state import EpochResumeState, resume_every
     from recbole_ext.utils.console import PROGRESS, is_terminal
 
     _init_logging(config, run_dir)
@@ -207,11 +213,22 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     trainer.ext_id_maps = id_maps_of(dataset)
     trainer.on_valid, trainer.valid_bigger = on_valid, bool(config["valid_metric_bigger"])
 
+    # last.pth after validated epochs (with model.pth only: a resume tests the best weights that file holds)
+    epoch_state = EpochResumeState(trainer, {"train": train_data, "valid": valid_data, "test": test_data}, run_dir,
+                                   start, every=resume_every(config) if saved else 0)
+    if resume_state is not None:
+        epoch_state.restore(resume_state)
+        logger.info(f"resumed from {epoch_state.path} after epoch {trainer.start_epoch - 1}")
+
     # per-batch bars only on a terminal: redirected to a file, each bar is hundreds of carriage-return updates
     show = bool(config["show_progress"]) and is_terminal(sys.stderr)
     stopped_at = None
     try:
-        best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
+        if resume_state is None or epoch_state.training_left():
+            best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
+                                                              show_progress=show, callback_fn=epoch_state)
+        else:
+            best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
     except StopTraining as stop:
         stopped_at = stop.epoch
         best_valid_score, best_valid_result = trainer.best_so_far()
@@ -253,6 +270,32 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     return result
 
 
+def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> RunResult:
+    """Continue an interrupted (or failed) run in its own directory from its resume state (``last.pth``), then test
+    and write its results exactly as :func:`run` would: with the same seed, the result equals an uninterrupted run's.
+
+    The configuration is rebuilt from the stored external config through the same YAML defaults (as
+    :func:`load_run` does); ``epochs`` replaces the configured number of epochs (to train longer than planned)."""
+    from recbole_ext import checkpoint as ckpt
+    from recbole_ext.config import build_config
+    from recbole_ext.registry import model_class
+    from recbole_ext.run_status import check_resumable, status_marked
+    from recbole_ext.training.resume_state import check_resume_state
+
+    run_dir = Path(run_dir)
+    resume_file = check_resumable(run_dir)
+    state = ckpt.load(resume_file)
+    check_resume_state(state, resume_file)
+    external = dict(state["external_config"])
+    if epochs is not None:
+        external["epochs"] = epochs
+    config, task = build_config(state["model"], state["dataset"], external)
+    config["run_dir"] = config["checkpoint_dir"] = str(run_dir)
+    start = time.time() - float(state["resume"]["elapsed_s"])  # wall_time_s counts the epochs kept
+    with status_marked(run_dir):
+        return _run_in(config, task, model_class(state["model"]), run_dir, True, start, resume_state=state)
+
+
 def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None = None):
     """Rebuild ``(config, model, dataset, train, valid, test)`` from a recbole-ext checkpoint.
 
@@ -275,12 +318,7 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     init_seed(config["seed"], config["reproducibility"])
     dataset = task.create_dataset(config)
     train_data, valid_data, test_data = task.data_preparation(config, dataset)
-    stored = state.get("id_maps") or {}
-    current = ckpt.id_maps_of(dataset)
-    for role, tokens in stored.items():
-        if current.get(role) != tokens:
-            raise UserError(f"the {role} ids of dataset '{state['dataset']}' differ from those the checkpoint was "
-                            f"trained on", fix="use the dataset files the model was trained with")
+    ckpt.check_id_maps(state, ckpt.id_maps_of(dataset))
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(state["model"])(config, train_data._dataset).to(config["device"])
     try:

@@ -99,7 +99,8 @@ class MMRecTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train; after each ``eval_step`` epochs validate and keep the best checkpoint (strictly better only)."""
         self.eval_collector.data_collect(train_data)
-        self.cur_step = 0
+        if self.start_epoch == 0:  # a resumed run (start_epoch > 0) goes on with its restored early-stopping count
+            self.cur_step = 0
         for epoch in range(self.start_epoch, self.epochs):
             start = time()
             if hasattr(self.model, "pre_epoch_processing"):  # e.g. FREEDOM redraws its pruned graph every epoch

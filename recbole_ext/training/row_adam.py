@@ -28,10 +28,16 @@ class RowBlockAdam:
     """The Adam step of one parameter of ``optimizer``, applied from row blocks of its gradient."""
 
     def __init__(self, optimizer: torch.optim.Adam, param: torch.nn.Parameter, block_rows: int = DEFAULT_BLOCK_ROWS):
-        groups = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+        groups = [i for i, g in enumerate(optimizer.param_groups) if any(p is param for p in g["params"])]
         if len(groups) != 1:
             raise ValueError("the parameter must belong to exactly one group of the optimiser")
-        self.optimizer, self.param, self.group, self.block_rows = optimizer, param, groups[0], int(block_rows)
+        self.optimizer, self.param, self.group_index, self.block_rows = optimizer, param, groups[0], int(block_rows)
+
+    @property
+    def group(self) -> dict:
+        # looked up every step, like the state: load_state_dict (a resumed run) replaces the group dicts, and the
+        # learning-rate scheduler then updates the new ones
+        return self.optimizer.param_groups[self.group_index]
 
     def _state(self) -> dict:
         state = self.optimizer.state[self.param]  # looked up every step: load_state_dict replaces it
