@@ -98,6 +98,17 @@ def model_own_keys(model_class, values: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+@functools.lru_cache(maxsize=None)
+def _task_protocol_keys(task_name: str) -> frozenset[str]:
+    """The keys of the task's default dataset YAML (the protocol every dataset of the task is run under: split,
+    masking, early stopping, ...), known whatever the dataset is called: a user's own MMRec folder given with
+    ``--task=mmrec --mmrec_src=...``, or a config file that copies those settings."""
+    from recbole_ext import registry
+
+    name = registry.TASK_DEFAULTS.get(task_name)
+    return frozenset(registry.read_yaml_mapping(PROPERTIES_DIR / "dataset" / name)) if name else frozenset()
+
+
 def known_keys(model: str, model_class, dataset: str, given: Mapping[str, Any] | None = None) -> frozenset[str]:
     """Every key a run of ``model`` on ``dataset`` reads; ``given``: the keys the run sets (their ``task`` and the
     model's configuration-dependent keys count)."""
@@ -109,7 +120,7 @@ def known_keys(model: str, model_class, dataset: str, given: Mapping[str, Any] |
     task_keys = set()
     if task_name in registry.TASKS:  # an unknown task is build_config's error to report
         task_class = registry.load_object(registry.TASKS[task_name])
-        task_keys = set(task_class.numeric_options) | set(task_class.extra_config_keys)
+        task_keys = set(task_class.numeric_options) | set(task_class.extra_config_keys) | _task_protocol_keys(task_name)
     return frozenset(set(defaults) | RECBOLE_RUNTIME_KEYS | {ALLOW_UNKNOWN_KEYS} | task_keys
                      | model_own_keys(model_class, values))
 

@@ -168,7 +168,7 @@ def property_files(model: str, dataset: str) -> list[str]:
     return [str(f) for f in files if f is not None and f.is_file()]
 
 
-def _read_yaml_mapping(path) -> dict:
+def read_yaml_mapping(path) -> dict:
     import yaml
 
     with open(path, encoding="utf-8") as fh:
@@ -183,7 +183,7 @@ def yaml_conflicts(model: str, dataset: str) -> list[tuple[str, Any, Any, str, s
     model_file = PROPERTIES_DIR / "model" / f"{model}.yaml"
     if dataset_file is None or not dataset_file.is_file() or not model_file.is_file():
         return []
-    from_dataset, from_model = _read_yaml_mapping(dataset_file), _read_yaml_mapping(model_file)
+    from_dataset, from_model = read_yaml_mapping(dataset_file), read_yaml_mapping(model_file)
     return [(k, from_dataset[k], from_model[k], dataset_file.name, model_file.name)
             for k in from_dataset if k in from_model]
 

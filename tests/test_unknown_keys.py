@@ -243,3 +243,15 @@ def test_every_key_the_code_reads_is_known():
             elif key not in everywhere:
                 missing.append(f"{module}: {key}")
     assert not missing, missing
+
+
+def test_a_task_protocol_keys_are_known_for_a_dataset_of_any_name():
+    """A user's own MMRec folder (`--task=mmrec --mmrec_src=DIR` on a dataset without a YAML) is run under the
+    task's protocol keys, which its default dataset YAML sets; they are known there, and only for that task."""
+    from recbole.model.general_recommender import BPR
+
+    from recbole_ext.config_keys import known_keys
+
+    mmrec = known_keys("BPR", BPR, "my-own-data", {"task": "mmrec"})
+    assert {"mmrec_src", "neg_sampling_pool", "learning_rate_scheduler", "early_stop_ties"} <= mmrec
+    assert "mmrec_src" not in known_keys("BPR", BPR, "my-own-data", {"task": "general"})
