@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from recbole_ext.errors import UserError
@@ -81,22 +83,45 @@ def resume_command(run_dir: str | os.PathLike) -> str:
     return f"python run.py resume {run_dir}"
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold Ctrl-C (SIGINT) back while the body runs and act on it afterwards, so two writes that must agree (the
+    resume state and the status naming its epoch) are never split. Python handles signals in the main thread
+    only, so elsewhere the body just runs; a replaced handler, not a blocked signal mask, because torch's own
+    threads would still take a process-directed signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+        else:
+            raise KeyboardInterrupt
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C, with where it stands in its message. Still a KeyboardInterrupt, so callers that
     stop on Ctrl-C keep doing so; the CLI prints the message as its one line."""
 
     def __init__(self, run_dir: str | os.PathLike, progress: dict):
         self.run_dir = str(run_dir)
-        self.epoch = progress.get("epochs_done", 0)  # the first epoch not finished: the one that was running
+        # finished epochs, so also the last finished one counted from 1, as the console's epoch lines count
+        self.epoch = progress.get("epochs_done", 0)
         resume_from = progress.get("resume_from_epoch")
         if resume_from is None or not (Path(run_dir) / RESUME_FILE).is_file():
-            message = (f"interrupted at epoch {self.epoch}, before any epoch was saved for resuming; the run "
+            message = (f"interrupted before any epoch was saved for resuming ({self.epoch} finished); the run "
                        f"directory is {run_dir}")
         elif resume_from == self.epoch:
-            message = f"interrupted at epoch {self.epoch}; resume with: {resume_command(run_dir)}"
+            message = f"interrupted after epoch {self.epoch}; resume with: {resume_command(run_dir)}"
         else:  # resume_every > 1 (or eval_step > 1): the resume state is some epochs older
-            message = (f"interrupted at epoch {self.epoch} (resume state from epoch {resume_from}); resume with: "
-                       f"{resume_command(run_dir)}")
+            message = (f"interrupted after epoch {self.epoch} (the resume state holds epochs 1-{resume_from}); "
+                       f"resume with: {resume_command(run_dir)}")
         super().__init__(message)
 
 

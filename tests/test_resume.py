@@ -76,8 +76,8 @@ def interrupted_then_resumed(monkeypatch, model, dataset, config, interrupt_afte
         with pytest.raises(RunInterrupted) as stopped:
             run(model, dataset, {**config, "run_dir": str(run_dir)},
                 on_valid=interrupt_after_epoch(patch, model, interrupt_after))
-    resumes_at = interrupt_after + 1
-    assert str(stopped.value) == f"interrupted at epoch {resumes_at}; resume with: python run.py resume {run_dir}"
+    resumes_at = interrupt_after + 1  # 0-based, so also the finished epochs: the console's number of the last one
+    assert str(stopped.value) == f"interrupted after epoch {resumes_at}; resume with: python run.py resume {run_dir}"
     status = read_status(run_dir)
     assert (status["state"], status["epochs_done"], status["resume_from_epoch"]) == \
         ("interrupted", resumes_at, resumes_at)
@@ -108,7 +108,7 @@ def test_general_model_resumed_through_the_cli_equals_uninterrupted_run(tiny, on
     run_dir = tmp_path / "stopped"
     args = [f"--{k}={v}" for k, v in config.items()]
     assert cli_main(["--model=BPR", "--dataset=tiny", f"--run_dir={run_dir}", *args]) == 130
-    assert capsys.readouterr().err.strip().endswith(f"error: interrupted at epoch 2; resume with: python run.py "
+    assert capsys.readouterr().err.strip().endswith(f"error: interrupted after epoch 2; resume with: python run.py "
                                                     f"resume {run_dir}")
     assert cli_main(["resume", str(run_dir)]) == 0
     out = capsys.readouterr().out
@@ -133,9 +133,9 @@ def test_interrupt_during_the_test_evaluation_resumes_without_training_again(tin
     assert full.best_epoch < config["epochs"] - 1
     with monkeypatch.context() as patch:
         patch.setattr(per_user, "evaluate_per_user", ctrl_c)
-        with pytest.raises(RunInterrupted, match="interrupted at epoch 4; resume with"):
+        with pytest.raises(RunInterrupted, match="interrupted after epoch 4; resume with"):
             run("BPR", "tiny", {**config, "run_dir": str(tmp_path / "stopped")})
-        with pytest.raises(RunInterrupted, match="interrupted at epoch 2; resume with"):
+        with pytest.raises(RunInterrupted, match="interrupted after epoch 2; resume with"):
             run("BPR", "tiny", {**config, "epochs": 2, "run_dir": str(tmp_path / "short")})
     with monkeypatch.context() as patch:  # a user mistake met while resuming leaves the run as resumable as it was
         patch.setattr(checkpoint, "check_id_maps", ids_changed)
@@ -197,7 +197,7 @@ def test_failure_marks_failed_keeps_the_folder_and_can_be_resumed(tiny, tmp_path
 
 def test_interrupt_before_any_saved_epoch_is_said_and_not_resumable(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(model_class("BPR"), "calculate_loss", ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at epoch 0, before any epoch was saved for resuming"):
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted before any epoch was saved for resuming \(0 finished\)"):
         run("BPR", "tiny", {**tiny, "run_dir": str(tmp_path / "r")})
     assert read_status(tmp_path / "r")["state"] == "interrupted"
     with pytest.raises(UserError, match="has no resume state"):
@@ -223,3 +223,25 @@ def test_refusals(tmp_path):
                 "state_dict": {}}, live / RESUME_FILE)
     with pytest.raises(UserError, match="holds no resume state"):
         resume(live)
+
+
+def test_ctrl_c_between_the_resume_state_and_the_status_waits_for_both(tiny, tmp_path, monkeypatch):
+    """A Ctrl-C that arrives while last.pth is being written is acted on once status.json names the same epoch, so
+    the status never says fewer epochs than the resume state holds."""
+    import os
+    import signal
+
+    from recbole_ext.training.resume_state import EpochResumeState
+
+    save = EpochResumeState.save
+
+    def save_then_ctrl_c(self, epoch):
+        save(self, epoch)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as if typed now, before the status is written
+
+    monkeypatch.setattr(EpochResumeState, "save", save_then_ctrl_c)
+    with pytest.raises(RunInterrupted, match="interrupted after epoch 2; resume with"):
+        run("BPR", "tiny", {**tiny, "epochs": 4, "run_dir": str(tmp_path / "r")})
+    status = read_status(tmp_path / "r")
+    assert (status["state"], status["epochs_done"], status["resume_from_epoch"]) == ("interrupted", 2, 2)

@@ -37,7 +37,7 @@ import torch
 from recbole_ext import checkpoint
 from recbole_ext.errors import UserError
 from recbole_ext.options import NON_NEGATIVE, number_value
-from recbole_ext.run_status import RESUME_FILE, mark_running
+from recbole_ext.run_status import RESUME_FILE, ctrl_c_deferred, mark_running
 
 RESUME_FORMAT = "recbole-ext/resume/1"
 
@@ -134,10 +134,11 @@ class EpochResumeState:
 
     def __call__(self, epoch: int, valid_score=None) -> None:
         self.validated += 1
-        if self.every and self.validated % self.every == 0:
-            self.save(epoch)
-        mark_running(self.run_dir, epochs_done=int(epoch) + 1,
-                     resume_from_epoch=None if self.saved_epoch is None else self.saved_epoch + 1)
+        with ctrl_c_deferred():  # last.pth and status.json describe the same epoch, even if Ctrl-C comes between
+            if self.every and self.validated % self.every == 0:
+                self.save(epoch)
+            mark_running(self.run_dir, epochs_done=int(epoch) + 1,
+                         resume_from_epoch=None if self.saved_epoch is None else self.saved_epoch + 1)
 
     def save(self, epoch: int) -> None:
         trainer = self.trainer
