@@ -81,12 +81,12 @@ class EpochHistory:
         start = time.time()
         score, result = super()._valid_epoch(valid_data, *args, **kwargs)
         if self.history:
-            previous_best = self.best_entry()
+            previous_best = self.best_entry()  # before this epoch's score joins the history
             self.history[-1]["valid"] = plain_floats(result)
             self.history[-1]["valid_score"] = float(score)
             if self._unreported is self.history[-1]:
-                self._report(self.history[-1], valid_seconds=time.time() - start,
-                             improved=self.best_entry() is not previous_best)
+                improved = previous_best is None or self._better(float(score), previous_best["valid_score"])
+                self._report(self.history[-1], valid_seconds=time.time() - start, improved=improved)
         if self.on_valid is not None and self.history and \
                 self.on_valid(self.history[-1]["epoch"], float(score), self.valid_bigger):
             raise StopTraining(self.history[-1]["epoch"])
@@ -109,11 +109,13 @@ class EpochHistory:
             return None
         best = validated[0]
         for h in validated[1:]:
-            better = h["valid_score"] > best["valid_score"] if self.valid_bigger else \
-                h["valid_score"] < best["valid_score"]
-            if better:
+            if self._better(h["valid_score"], best["valid_score"]):
                 best = h
         return best
+
+    def _better(self, score: float, than: float) -> bool:
+        """Strictly better in ``valid_metric``'s direction (a tie keeps the earlier epoch, as early stopping does)."""
+        return score > than if self.valid_bigger else score < than
 
     def best_so_far(self):
         """The best validated epoch's ``(score, result)``; ``(None, {})`` before any validation."""
