@@ -77,6 +77,8 @@ def prepare_overview() -> str:
     return ("usage: python run.py prepare KIND [options]\n\nkinds:\n"
             f"{_two_columns(PREPARE_SUMMARIES, list(PREPARERS))}\n\n"
             "`python run.py prepare KIND --help` shows the options of a kind and their defaults.")
+
+
 # options that may stand alone: ``--verbose`` means ``--verbose=True``
 BARE_FLAGS = {"verbose"}
 

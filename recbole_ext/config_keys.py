@@ -129,16 +129,17 @@ def known_keys(model: str, model_class, dataset: str, given: Mapping[str, Any] |
 def _models_by_key() -> dict[str, tuple[str, ...]]:
     """Key -> the models whose YAML defaults set it, recbole-ext's first, then RecBole's, each by name; for the
     message about a key of another model only, so read once (about 0.3 s), when first needed."""
-    import recbole
-    import yaml
     from pathlib import Path
+
+    import recbole
+
+    from recbole_ext.registry import read_yaml_mapping
 
     folders = [PROPERTIES_DIR / "model", Path(recbole.__file__).parent / "properties" / "model"]
     readers: dict[str, list[str]] = {}
     for folder in folders:
         for path in sorted(folder.glob("*.yaml")):
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            for key in data if isinstance(data, dict) else ():
+            for key in read_yaml_mapping(path):
                 names = readers.setdefault(str(key), [])
                 if path.stem not in names:
                     names.append(path.stem)

@@ -7,7 +7,6 @@ the best checkpoint -> write ``config.yaml`` and ``result.json`` in the run dire
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,7 +22,8 @@ import yaml
 
 from recbole_ext.compat import RUN_LOG_MARKER
 from recbole_ext.errors import UserError
-from recbole_ext.utils.io import atomic_file, make_dirs
+from recbole_ext.utils.io import atomic_file, make_dirs, new_folders_removed_on
+from recbole_ext.utils.paths import shown_path
 from recbole_ext.version import __version__, library_versions
 
 
@@ -163,20 +163,17 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         fix="choose another --run_dir or remove it")
-    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
-    make_dirs(run_dir, "run directory")
-    config["run_dir"] = str(run_dir)
-    config["checkpoint_dir"] = str(run_dir)
-    try:
-        with status_marked(run_dir):  # status.json: running, then complete / interrupted / failed
-            result = _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
-    except UserError:
-        shutil.rmtree(run_dir, ignore_errors=True)  # a user mistake leaves nothing half-written,
-        for folder in created[1:]:                  # not even the runs/ folder this run created
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only while empty: another run may have written there meanwhile
-        raise
-    return result
+    # a user mistake leaves nothing half-written, not even the runs/ folder this run created
+    with new_folders_removed_on(run_dir, UserError):
+        make_dirs(run_dir, "run directory")
+        config["run_dir"] = str(run_dir)
+        config["checkpoint_dir"] = str(run_dir)
+        try:
+            with status_marked(run_dir):  # status.json: running, then complete / interrupted / failed
+                return _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
+        except UserError:
+            shutil.rmtree(run_dir, ignore_errors=True)  # even when it existed (empty) before
+            raise
 
 
 def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid=None,
@@ -195,7 +192,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     logger = getLogger()
     epochs = config["epochs"]
     logger.info(f"{config['model']} on {config['dataset']} ({task.name}), up to {epochs} epoch"
-                f"{'' if epochs == 1 else 's'}; full log: {_shown_path(run_dir / 'run.log')}", extra=PROGRESS)
+                f"{'' if epochs == 1 else 's'}; full log: {shown_path(run_dir / 'run.log')}", extra=PROGRESS)
     init_seed(config["seed"], config["reproducibility"])
     logger.info(config)
     for line in precedence_lines(config):
@@ -270,6 +267,18 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     return result
 
 
+def _stored_config(state: dict, overrides: dict | None = None):
+    """``(config, task)`` rebuilt from a checkpoint's stored external config through the same YAML defaults, with
+    ``overrides`` on top. The stored keys were accepted when the run was made (a later version may no longer know
+    one of them); only the overrides are checked. The stored run directory is dropped: the caller sets its own."""
+    from recbole_ext.config import build_config
+
+    external = {**state["external_config"], **(overrides or {})}
+    external.pop("run_dir", None)
+    stored_keys = set(state["external_config"]) - set(overrides or {})
+    return build_config(state["model"], state["dataset"], external, trusted_keys=stored_keys)
+
+
 def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> RunResult:
     """Continue an interrupted (or failed) run in its own directory from its resume state (``last.pth``), then test
     and write its results exactly as :func:`run` would: with the same seed, the result equals an uninterrupted run's.
@@ -277,7 +286,6 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> RunResult:
     The configuration is rebuilt from the stored external config through the same YAML defaults (as
     :func:`load_run` does); ``epochs`` replaces the configured number of epochs (to train longer than planned)."""
     from recbole_ext import checkpoint as ckpt
-    from recbole_ext.config import build_config
     from recbole_ext.registry import model_class
     from recbole_ext.run_status import check_resumable, status_marked
     from recbole_ext.training.resume_state import check_resume_state
@@ -286,10 +294,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> RunResult:
     resume_file = check_resumable(run_dir)
     state = ckpt.load(resume_file)
     check_resume_state(state, resume_file)
-    external = dict(state["external_config"])
-    if epochs is not None:
-        external["epochs"] = epochs
-    config, task = build_config(state["model"], state["dataset"], external)
+    config, task = _stored_config(state, None if epochs is None else {"epochs": epochs})
     config["run_dir"] = config["checkpoint_dir"] = str(run_dir)
     start = time.time() - float(state["resume"]["elapsed_s"])  # wall_time_s counts the epochs kept
     with status_marked(run_dir):
@@ -305,16 +310,10 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
     from recbole.utils import init_seed
 
     from recbole_ext import checkpoint as ckpt
-    from recbole_ext.config import build_config
     from recbole_ext.registry import model_class
 
     state = ckpt.load(checkpoint_path, mmap=True)  # the optimiser state is never read
-    external = dict(state["external_config"])
-    external.update(config_overrides or {})
-    external.pop("run_dir", None)
-    # the stored keys were accepted when the run was made; a later version may no longer know one of them
-    stored_keys = set(state["external_config"]) - set(config_overrides or {})
-    config, task = build_config(state["model"], state["dataset"], external, trusted_keys=stored_keys)
+    config, task = _stored_config(state, config_overrides)
     init_seed(config["seed"], config["reproducibility"])
     dataset = task.create_dataset(config)
     train_data, valid_data, test_data = task.data_preparation(config, dataset)
@@ -380,14 +379,6 @@ def result_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _shown_path(path) -> str:
-    """``path`` relative to the working directory when it lies below it (``runs/X``), else as it is."""
-    path = Path(path)
-    with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    return str(path)
-
-
 def _stop_reason(result: RunResult) -> str:
     """Why training ended, from what the result records (early stopping is inferred: fewer epochs than asked,
     none after the selected one improved on it)."""
@@ -410,7 +401,7 @@ def _next_command(result: RunResult) -> str | None:
 
     if not result.checkpoint or not result.run_dir:
         return None
-    head = f"python run.py recommend --checkpoint {shlex.quote(_shown_path(result.run_dir))}"
+    head = f"python run.py recommend --checkpoint {shlex.quote(shown_path(result.run_dir))}"
     if result.task == "medrec":
         return f"{head} --patient examples/patient.json"
     users = (result.per_user_test or {}).get("users") or []
@@ -440,7 +431,7 @@ def run_summary(result: RunResult) -> str:
     if not result.test_result and result.config.get("evaluate_test") is False:
         rows.append(("test", "not evaluated (evaluate_test: False)"))
     if result.run_dir:
-        rows.append(("run directory", _shown_path(result.run_dir)))
+        rows.append(("run directory", shown_path(result.run_dir)))
     command = _next_command(result)
     if command:
         rows.append(("next", command))

@@ -133,7 +133,7 @@ def _plural(n: int, word: str) -> str:
 def header(loaded) -> str:
     """``BPR on ml-100k (run runs/BPR-ml-100k-...)``: what answers, and from where."""
     from recbole_ext.run_status import UNKNOWN, checkpoint_status
-    from recbole_ext.serving.recommend import shown_path
+    from recbole_ext.utils.paths import shown_path
 
     model, dataset = loaded.config.get("model") or type(loaded.model).__name__, loaded.config.get("dataset")
     # a checkpoint without run status beside it is not a run directory's: name the file itself

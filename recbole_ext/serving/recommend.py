@@ -27,6 +27,7 @@ from recbole_ext.retrieval.index import DEFAULT_FACTORY, History, ItemIndex
 from recbole_ext.retrieval.vectors import FinalVectors, final_vectors
 from recbole_ext.run_status import UNKNOWN, checkpoint_status
 from recbole_ext.serving.item_features import ItemLabels, item_labels
+from recbole_ext.utils.paths import shown_path
 from recbole_ext.utils.segments import concatenated_ranges, indptr_from_lengths
 
 INDEX_SUFFIX = ".faiss"
@@ -113,15 +114,6 @@ def checkpoint_file(path) -> Path:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", fix="pass the model.pth of a finished run")
     return path
-
-
-def shown_path(path) -> str:
-    """``path`` relative to the working directory when it lies below it (runs/X), else absolute."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _how_far(status: dict) -> str:

@@ -23,6 +23,22 @@ def make_dirs(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def new_folders_removed_on(folder: str | os.PathLike, errors=(BaseException,)):
+    """On one of ``errors`` in the body, remove the folders on the way to ``folder`` (itself included) that did not
+    exist on entry, deepest first and only while empty (another process may have written there meanwhile), then
+    re-raise: a refused step leaves no empty ``runs/`` or dataset root behind."""
+    folder = Path(folder)
+    new = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    try:
+        yield
+    except errors:
+        for path in new:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux exposes it (os.umask can only set and return)."""
     with contextlib.suppress(OSError, ValueError):

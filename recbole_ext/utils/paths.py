@@ -14,6 +14,16 @@ RESOURCES_DIR = PACKAGE_DIR / "resources"
 BUNDLED_DATA = PROJECT_ROOT / "dataset_atomic"
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a message shows it: relative to the working directory when it lies below it (``runs/X``), else
+    absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def dataset_root() -> Path:
     """Folder holding ``<dataset>/`` atomic folders; ``RECBOLE_EXT_DATA`` overrides the bundled one."""
     env = os.environ.get("RECBOLE_EXT_DATA")

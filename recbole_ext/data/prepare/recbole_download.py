@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from recbole_ext.errors import UserError
 from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.hashing import file_sha256
-from recbole_ext.utils.io import atomic_dir
+from recbole_ext.utils.io import atomic_dir, new_folders_removed_on
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 GIB = 1 << 30
@@ -250,23 +250,6 @@ def unpack_atomic_files(zip_path: Path, folder: Path, url: str, name: str,
 
 
 # ----------------------------------------------------------------------------------------------------------- driver
-@contextlib.contextmanager
-def _new_folders_removed_on_failure(folder: Path):
-    """Remove the folders above a failed dataset that this command created (``atomic_dir`` makes the dataset
-    root first), so a refused download writes nothing at all."""
-    first_new = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
-    try:
-        yield
-    except BaseException:
-        if first_new is not None:
-            for path in [folder, *folder.parents]:
-                with contextlib.suppress(OSError):
-                    path.rmdir()  # only empty folders go; one holding anything stays
-                if path == first_new:
-                    break
-        raise
-
-
 def prepare_recbole_dataset(name: str, root: str | os.PathLike, url: str | None = None, overwrite: bool = False,
                             timeout: float = DEFAULT_TIMEOUT_S, max_download: int = MAX_DOWNLOAD_BYTES,
                             max_unpacked: int = MAX_UNPACKED_BYTES) -> dict:
@@ -281,7 +264,7 @@ def prepare_recbole_dataset(name: str, root: str | os.PathLike, url: str | None 
     root = Path(root).expanduser().absolute()
     target = root / name
     # atomic_dir refuses an existing target on entry: before the download, not after it
-    with _new_folders_removed_on_failure(root), atomic_dir(target, overwrite=overwrite) as tmp:
+    with new_folders_removed_on(root), atomic_dir(target, overwrite=overwrite) as tmp:
         print(f"downloading {name} from {url}", file=sys.stderr)
         zip_path = tmp / ".download.zip"
         size = download(url, zip_path, timeout=timeout, max_bytes=max_download, label=name)
