@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from recbole_ext.data.mmrec_format import write_mm_folder
+from recbole_ext.data.prepare.mm_build import mmrec_split_labels
 from recbole_ext.errors import UserError
 from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
-from recbole_ext.utils.segments import positions_in_segments
 
 IMAGE_DIM = 4096
 TEXT_DIM = 384
@@ -55,24 +55,6 @@ class SyntheticMMSpec:
     image_noise: float = 0.5       # per-entry noise of the projections, relative to signal std
     text_noise: float = 0.5
     missing_image_frac: float = 0.0
-
-
-def _split_labels(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """MMRec's per-user random split; ``users`` is the user column, rows in any order."""
-    order = rng.permutation(len(users))
-    order = order[np.argsort(users[order], kind="stable")]  # grouped by user, random inside each user
-    sorted_users = users[order]
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
-    counts = np.diff(np.r_[starts, len(users)])
-    rank = positions_in_segments(counts)  # the groups are contiguous: starts = segment_starts(counts)
-    n = np.repeat(counts, counts)
-    val_test = np.where(n < 10, 2, n // 5)
-    n_valid = np.where(n < 10, 1, val_test // 2)
-    n_train = n - val_test
-    sorted_labels = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
-    labels = np.empty(len(users), dtype=np.int64)
-    labels[order] = sorted_labels
-    return labels
 
 
 _BLOCK_CELLS = 1 << 22  # users x items cells per block of the interaction draw (32 MB of float64)
@@ -120,7 +102,7 @@ def generate(spec: SyntheticMMSpec) -> tuple[pd.DataFrame, dict[str, np.ndarray]
         items.append(ranked[np.arange(n_items)[None, :] < per_user[rows, None]])
     items = np.concatenate(items)
 
-    labels = _split_labels(users, rng)
+    labels = mmrec_split_labels(users, rng)
     timestamps = 1_300_000_000 + np.sort(rng.integers(0, 10**8, len(users)))
     inter = pd.DataFrame({"userID": users, "itemID": items, "rating": np.ones(len(users)),
                           "timestamp": timestamps.astype(np.float64), "x_label": labels})
