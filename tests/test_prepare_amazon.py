@@ -22,6 +22,7 @@ ITEMS = [f"B00{i:07d}" for i in range(30)]  # ASIN-shaped, 10 characters
 USERS = [f"A{u:04d}REVIEWERX" for u in range(70)]
 NO_META, EMPTY_META, NO_CATEGORIES, REPEATED_META = ITEMS[1], ITEMS[2], ITEMS[3], ITEMS[4]
 NO_IMAGE, REPEATED_IMAGE = ITEMS[6], ITEMS[7]
+TAIL_ITEM = "B0TAIL0001"
 # MMRec's sentence of ITEMS[0], worked out by hand: title, brand, the first category path word by word, the
 # description with its newline replaced
 SENTENCE_0 = 'Baby\'s "soft" blanket Acme Baby Nursery Warm. Soft.'
@@ -34,13 +35,19 @@ def review_rows(seed: int = 7) -> list[dict]:
     weights = [1.0 / (1 + i) ** 0.8 for i in range(len(ITEMS))]
     rows = []
     for u, user in enumerate(USERS):
-        n = rng.randint(11, 16) if u % 9 == 0 else rng.randint(2, 8)
+        n = rng.randint(17, 24) if u % 9 == 0 else rng.randint(2, 8)
         chosen = set()
         while len(chosen) < n:
             chosen.add(rng.choices(range(len(ITEMS)), weights)[0])
         for i in sorted(chosen, key=lambda _: rng.random()):
             rows.append({"reviewerID": user, "asin": ITEMS[i], "overall": float(rng.randint(1, 5)),
                          "unixReviewTime": rng.randint(1_200_000_000, 1_400_000_000)})
+    # an item with exactly five reviewers, two of them too light for the 5-core: it passes the first round and
+    # falls in the second, so the filter must be repeated
+    per_user = Counter(r["reviewerID"] for r in rows)
+    light = [u for u in USERS if per_user[u] <= 3][:2]
+    for user in USERS[0:27:9] + light:
+        rows.append({"reviewerID": user, "asin": TAIL_ITEM, "overall": 3.0, "unixReviewTime": 1_350_000_000})
     rows.insert(5, dict(rows[3]))                                      # an exact repeat: MMRec drops it
     rows.insert(9, dict(rows[7], unixReviewTime=rows[7]["unixReviewTime"] + 86400))  # same pair, other day: kept
     rows.insert(12, {"reviewerID": USERS[0], "asin": ITEMS[0], "overall": 5.0})      # no time: dropped
@@ -220,6 +227,7 @@ def test_kcore_and_ids_match_an_independent_computation(raw, encoder, tmp_path, 
     assert steps["read"]["missing_user_item_or_time"] == 2
     assert steps["drop_duplicates"]["dropped_interactions"] == 1
     assert steps["kcore"]["interactions"] == len(expected)
+    assert steps["kcore"]["rounds"] >= 2 and TAIL_ITEM not in set(items["original_item_id"])
     assert manifest["provenance"]["inputs"]["reviews"]["sha256"] == hashlib.sha256(
         paths["reviews"].read_bytes()).hexdigest()
     assert manifest["provenance"]["options"]["min_user"] == 5
@@ -281,7 +289,7 @@ def test_split_counts_per_user_follow_mmrec_rule(raw, encoder, tmp_path):
     inter, _, _ = read_output(tmp_path / "out" / "toy")
     per_user = inter.groupby("user_id:token")["x_label:float"].apply(lambda s: Counter(s.astype(int)))
     sizes = inter.groupby("user_id:token").size()
-    assert (sizes >= 10).any() and (sizes < 10).any(), "fixture: both branches of the rule"
+    assert (sizes >= 15).any() and (sizes < 10).any(), "fixture: both branches, and >= 3 held out for some"
     for user, n in sizes.items():
         labels = per_user[user]
         held_out = 2 if n < 10 else int(n * 0.2)
@@ -315,7 +323,8 @@ def test_ratings_csv_in_either_column_order_gives_the_json_result(raw, encoder, 
             first, second = (user, item) if order == "user-item" else (item, user)
             lines.append(f"{first},{second},{r['overall']},{r.get('unixReviewTime', '')}")
         csv = tmp_path / f"ratings-{order}.csv"
-        csv.write_text("\n".join(lines) + "\n")
+        header = "user,item,rating,timestamp\n" if order == "user-item" else ""  # a header line is skipped
+        csv.write_text(header + "\n".join(lines) + "\n")
         assert run(dict(paths, reviews=csv), tmp_path / order) == 0
         for name in ("toy.inter", "u_id_mapping.tsv", "i_id_mapping.tsv", "text_feat.npy", "image_feat.npy"):
             assert (tmp_path / order / "toy" / name).read_bytes() == (tmp_path / "json" / "toy" / name).read_bytes()
@@ -325,7 +334,8 @@ def test_require_meta_drops_items_without_meta_before_the_kcore(raw, encoder, tm
     assert run(raw(), tmp_path / "out", "--require-meta") == 0
     folder = tmp_path / "out" / "toy"
     inter, users, items = read_output(folder)
-    expected = expected_interactions([r for r in review_rows() if r.get("asin") != NO_META])
+    without_meta = {NO_META, TAIL_ITEM}
+    expected = expected_interactions([r for r in review_rows() if r.get("asin") not in without_meta])
     assert NO_META not in set(items["original_item_id"])
     item_of = dict(zip(items["itemID"], items["original_item_id"]))
     user_of = dict(zip(users["userID"], users["original_user_id"]))
@@ -333,7 +343,7 @@ def test_require_meta_drops_items_without_meta_before_the_kcore(raw, encoder, tm
                                                            inter["timestamp:float"])] == expected
     steps = {s["step"]: s for s in read_manifest(folder)["provenance"]["preprocessing"]["steps"]}
     assert steps["require_meta"]["dropped_interactions"] == sum(1 for k in expected_interactions(
-        review_rows(), 1, 1) if k[1] == NO_META)
+        review_rows(), 1, 1) if k[1] in without_meta)
 
 
 def test_missing_text_mean_gives_textless_items_the_mean_row(raw, encoder, tmp_path):
@@ -418,7 +428,8 @@ def _too_few(paths, tmp_path):
     (lambda p, t: {}, ["--min-item", "60"], "the item filter of the k-core leaves no interaction"),
     (lambda p, t: {}, ["--min-user", "15", "--min-item", "15"], "applying the user and item filters in turn"),
     (lambda p, t: {}, ["--no-image"], "no image source"),
-])
+], ids=["not-json", "foreign-meta", "b-length", "b-non-ascii", "missing-meta", "user-filter", "item-filter",
+        "both-filters", "no-image-source"])
 def test_bad_input_is_one_line_and_writes_nothing(raw, encoder, tmp_path, capsys, change, extra, needle):
     paths = raw()
     paths.update(change(paths, tmp_path))
