@@ -200,10 +200,10 @@ def _read_review_json(path: Path) -> tuple[InteractionTable, ReadStats]:
             item_col.append(items.code(item if type(item) is str else str(item)))
             rating_col.append(rating)
             time_col.append(when)
-    table = InteractionTable(np.frombuffer(user_col, dtype=np.int64).copy(),
-                             np.frombuffer(item_col, dtype=np.int64).copy(), users.tokens(), items.tokens(),
-                             np.frombuffer(rating_col, dtype=np.float64).copy(),
-                             np.frombuffer(time_col, dtype=np.float64).copy())
+    # views of the arrays' own buffers (writable, never resized again): no second copy of the columns
+    table = InteractionTable(np.frombuffer(user_col, dtype=np.int64), np.frombuffer(item_col, dtype=np.int64),
+                             users.tokens(), items.tokens(), np.frombuffer(rating_col, dtype=np.float64),
+                             np.frombuffer(time_col, dtype=np.float64))
     return table, stats
 
 
