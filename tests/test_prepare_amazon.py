@@ -208,9 +208,11 @@ def first_appearance(values) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("style,gz", [("2014", True), ("2018", False)])
-def test_kcore_and_ids_match_an_independent_computation(raw, encoder, tmp_path, style, gz):
+def test_kcore_and_ids_match_an_independent_computation(raw, encoder, tmp_path, capsys, style, gz):
     paths = raw(style, gz)
     assert run(paths, tmp_path / "out") == 0
+    # outside the data root a run finds the dataset (and its mmrec task) only with the root moved there
+    assert f"RECBOLE_EXT_DATA={tmp_path / 'out'} python run.py --model=LightGCN --dataset=toy" in capsys.readouterr().out
     folder = tmp_path / "out" / "toy"
     inter, users, items = read_output(folder)
     expected = expected_interactions(review_rows())

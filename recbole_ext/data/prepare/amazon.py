@@ -97,7 +97,7 @@ def _check_options(opts: AmazonOptions) -> None:
                                  (opts.ratings_format, formats.RATINGS_FORMATS, "--ratings-format")):
         if value not in allowed:
             raise UserError(f"{flag} {value!r} is not one of {', '.join(allowed)}", fix=f"use {flag} {allowed[0]}")
-    if not 0 <= opts.seed < 2**63:
+    if opts.seed < 0:  # numpy's generators take non-negative seeds
         raise UserError(f"--seed {opts.seed} is negative", fix="use a seed >= 0")
     formats.require_file(opts.reviews, "reviews file", _INPUT_FIX)
     formats.require_file(opts.meta, "meta file", _INPUT_FIX)
@@ -288,7 +288,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--name", required=True, help="dataset name, the folder written under the dataset root")
     parser.add_argument("--out", metavar="DIR",
                         help="dataset root to write NAME/ into (default: where runs look, $RECBOLE_EXT_DATA, else the "
-                             "project's dataset_atomic/); elsewhere runs need --data_path=DIR")
+                             "project's dataset_atomic/); elsewhere runs need RECBOLE_EXT_DATA=DIR")
     parser.add_argument("--split", choices=mm_build.SPLIT_METHODS, default="mmrec",
                         help="mmrec: MMRec's per-user random split; leave-last-out; global-time (timestamp quantiles)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the mmrec split's shuffle")
@@ -328,7 +328,9 @@ def main(argv: list[str]) -> int:
     dims = ", ".join(f"{m} {manifest['features'][m]['shape'][1]}-d" for m in ("image", "text"))
     print(f"prepared {target}: {s['n_users']:,} users, {manifest['n_items']:,} items, {s['n_interactions']:,} "
           f"interactions (train {s['n_train']:,}, valid {s['n_valid']:,}, test {s['n_test']:,}); features {dims}")
+    # elsewhere than the data root, the root must move there: a run finds a prepared dataset's task (mmrec) from
+    # its folder under the data root, which --data_path does not change
     found_by_default = target.parent.resolve() == dataset_root().resolve()
-    print(f"train on it: python run.py --model=LightGCN --dataset={args.name}"
-          + ("" if found_by_default else f" --data_path={target.parent}"))
+    print("train on it: " + ("" if found_by_default else f"RECBOLE_EXT_DATA={target.parent} ")
+          + f"python run.py --model=LightGCN --dataset={args.name}")
     return 0
