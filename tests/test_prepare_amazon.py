@@ -308,6 +308,7 @@ def test_same_seed_same_bytes_overwrite_too_and_another_seed_differs(raw, encode
     for name in files:
         assert (tmp_path / "a" / "toy" / name).read_bytes() == (tmp_path / "b" / "toy" / name).read_bytes(), name
     before = {n: (tmp_path / "a" / "toy" / n).read_bytes() for n in files}
+    assert run(paths, tmp_path / "a") == 2  # an existing folder is kept without --overwrite
     assert run(paths, tmp_path / "a", "--overwrite") == 0
     assert {n: (tmp_path / "a" / "toy" / n).read_bytes() for n in files} == before
     assert run(paths, tmp_path / "c", "--seed", "5") == 0
@@ -408,6 +409,12 @@ def _not_json(paths, tmp_path):
     return {"reviews": bad}
 
 
+def _plain_text(paths, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes(b"\n  \nthese are my notes\xff\n")
+    return {"reviews": bad}
+
+
 def _foreign_meta(paths, tmp_path):
     bad = tmp_path / "meta_other.json"
     bad.write_text("\n".join(repr({"asin": f"B99{i:07d}", "title": "x"}) for i in range(5)) + "\n")
@@ -422,6 +429,8 @@ def _too_few(paths, tmp_path):
 
 @pytest.mark.parametrize("change,extra,needle", [
     (_not_json, [], "line 5 of"),
+    (_plain_text, [], "line 3 of"),
+    (lambda p, t: {}, ["--min-rating", "6"], "no rating in"),
     (_foreign_meta, [], "describes none of the"),
     (_bad_b, [], "not a whole number of records of 16394 bytes"),
     (_non_ascii_b, [], "does not start with an ASCII ASIN"),
@@ -430,7 +439,7 @@ def _too_few(paths, tmp_path):
     (lambda p, t: {}, ["--min-item", "60"], "the item filter of the k-core leaves no interaction"),
     (lambda p, t: {}, ["--min-user", "15", "--min-item", "15"], "applying the user and item filters in turn"),
     (lambda p, t: {}, ["--no-image"], "no image source"),
-], ids=["not-json", "foreign-meta", "b-length", "b-non-ascii", "missing-meta", "user-filter", "item-filter",
+], ids=["not-json", "plain-text", "min-rating", "foreign-meta", "b-length", "b-non-ascii", "missing-meta", "user-filter", "item-filter",
         "both-filters", "no-image-source"])
 def test_bad_input_is_one_line_and_writes_nothing(raw, encoder, tmp_path, capsys, change, extra, needle):
     paths = raw()

@@ -231,6 +231,8 @@ def prepare_amazon(opts: AmazonOptions, target: str | Path, name: str, overwrite
     if not len(table):
         raise UserError(f"{reviews} holds no review with a user, an item, a rating and a time", fix=_INPUT_FIX)
     table = mm_build.filter_min_rating(table, opts.min_rating, log)
+    if not len(table):
+        raise UserError(f"no rating in {reviews} is {opts.min_rating:g} or more", fix="lower --min-rating")
     table = mm_build.drop_duplicates(table, log, policy=opts.dedupe)
     if opts.dedupe != "none":
         say(f"duplicates ({opts.dedupe}): dropped {log.steps[-1]['dropped_interactions']:,}")

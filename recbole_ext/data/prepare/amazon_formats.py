@@ -110,7 +110,7 @@ def parse_record(line: bytes, path: Path, lineno: int, what: str) -> dict:
         except (ValueError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError, TypeError):
             record = None
     if not isinstance(record, dict):
-        shown = line[:60].decode("utf-8", "replace").strip()
+        shown = line[:60].decode("utf-8", "backslashreplace").strip()
         raise UserError(f"line {lineno} of {path} is not a JSON {what} record: {shown!r}",
                         fix=f"pass the Amazon {what} file (one JSON object per line, gzip or plain)")
     return record
@@ -168,12 +168,17 @@ def read_reviews(path: Path, ratings_format: str = "auto") -> tuple[InteractionT
     (MMRec keeps them with an empty rating, which its own reader ignores; the .inter format here needs a number).
     """
     with open_lines(path, "reviews") as lines:
-        first = next((line for line in lines if line.strip()), b"")
+        lineno, first = next(((n, line) for n, line in enumerate(lines, 1) if line.strip()), (0, b""))
     if not first:
         raise UserError(f"{path} holds no review", fix="pass the Amazon reviews file (JSON lines) or ratings CSV")
     if first.lstrip().startswith(b"{"):
         return _read_review_json(path)
-    return _read_ratings_csv(path, ratings_format)
+    if first.count(b",") == 3:
+        return _read_ratings_csv(path, ratings_format)
+    shown = first[:60].decode("utf-8", "backslashreplace").strip()
+    raise UserError(f"line {lineno} of {path} is neither a JSON review record nor a ratings CSV row: {shown!r}",
+                    fix="pass the Amazon reviews file (one JSON object per line) or a ratings CSV "
+                        "(user,item,rating,timestamp), gzip or plain")
 
 
 def _read_review_json(path: Path) -> tuple[InteractionTable, ReadStats]:
