@@ -373,3 +373,35 @@ def test_real_encoders_give_each_item_the_rows_of_its_own_text_and_image(tmp_pat
     encoders = read_manifest(root / "shop")["provenance"]["encoders"]
     assert encoders["text"] == feature_encoders.text_encoder_info()
     assert encoders["image"] == feature_encoders.image_encoder_info()
+
+
+def test_other_delimiters_and_compressed_tables_read_the_same(tmp_path, root, encoders, capsys):
+    files = write_catalogue(tmp_path / "csv")
+    assert prepare(files) == 0
+    first = load(root / "shop")
+    other = write_catalogue(tmp_path / "semicolon", sep=";")
+    assert prepare(other, "--sep", ";", "--overwrite") == 0
+    assert load(root / "shop")[2] == first[2]
+    items = pd.read_csv(files["items"], dtype=str, keep_default_na=False)
+    items.to_csv(tmp_path / "csv" / "items.tsv.gz", sep="\t", index=False)  # tab by the suffix under .gz
+    assert prepare({**files, "items": tmp_path / "csv" / "items.tsv.gz"}, "--overwrite") == 0
+    again = load(root / "shop")
+    assert again[2] == first[2] and np.array_equal(again[4], first[4]) and np.array_equal(again[3], first[3])
+    capsys.readouterr()
+    assert prepare(other, "--overwrite") == 2  # a semicolon file read with commas: one column named 'uid;iid;...'
+    assert "the file seems to use another delimiter: pass --sep" in capsys.readouterr().err
+
+
+def test_image_urls_are_never_downloaded_and_count_as_unreadable(tmp_path, root, encoders):
+    files = write_catalogue(tmp_path / "in")
+    items = pd.read_csv(files["items"], dtype=str, keep_default_na=False)
+    items.loc[items["iid"] == "I4", "image"] = "https://example.com/I4.jpg"
+    items.to_csv(files["items"], index=False)
+    assert prepare(files) == 0
+    (paths,) = encoders["images"]
+    assert not any("://" in str(p) for p in paths if p is not None)
+    prep = read_manifest(root / "shop")["provenance"]["preprocessing"]
+    assert prep["counts"]["images_unreadable"] == 2 and prep["counts"]["image_rows_filled_with_mean"] == 4
+    unreadable = next(s for s in prep["steps"] if s["step"] == "encode_images")["unreadable"]
+    assert sorted(u[0] for u in unreadable) == ["I4", "I5"]
+    assert "never downloads" in next(u[2] for u in unreadable if u[0] == "I4")
