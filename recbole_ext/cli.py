@@ -2,7 +2,7 @@
 
     python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml] [--verbose]
     python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json|--markdown]
-    python run.py prepare {mmrec,amazon,synthetic-mm,ml-100k-mm,mimic3,mimic4,synthetic-ehr,recbole} ...
+    python run.py prepare {mmrec,amazon,synthetic-mm,ml-100k-mm,mimic3,mimic4,synthetic-ehr,recbole,catalogue} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
     python run.py resume RUN_DIR [--epochs N]
@@ -36,6 +36,7 @@ PREPARERS = {
     "mimic4": "recbole_ext.data.prepare.mimic:main_mimic4",
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
     "recbole": "recbole_ext.data.prepare.recbole_download:main",
+    "catalogue": "recbole_ext.data.prepare.catalogue:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 # One line per command and per prepare kind for `run.py --help` and `run.py prepare --help`; a table here, so that
@@ -56,6 +57,7 @@ PREPARE_SUMMARIES = {
     "mimic4": "build the mimic4 medication dataset from MIMIC-IV hosp/ CSVs (credentialed data, not bundled)",
     "synthetic-ehr": "generate a synthetic medication dataset with planted effects (MIMIC-III scale by default)",
     "recbole": "download one of RecBole's atomic datasets (ml-1m, yelp, ...) from RecBole's own address table",
+    "catalogue": "build a multimodal dataset from your own interactions and items tables (text and image files)",
 }
 
 

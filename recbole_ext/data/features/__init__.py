@@ -9,6 +9,7 @@ packages (the ``features`` extra: ``pip install -e ".[features]"``), and keep th
 Importing this package is cheap: sentence-transformers, transformers and Pillow are imported only when an encoder
 runs, and a missing one is a one-line user error.
 """
+from recbole_ext.data.features.images import ImageFeatures, encode_images, image_encoder_info
 from recbole_ext.data.features.text import encode_texts, text_encoder_info
 
-__all__ = ["encode_texts", "text_encoder_info"]
+__all__ = ["encode_texts", "text_encoder_info", "encode_images", "image_encoder_info", "ImageFeatures"]
