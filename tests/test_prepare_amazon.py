@@ -212,7 +212,7 @@ def test_kcore_and_ids_match_an_independent_computation(raw, encoder, tmp_path, 
     paths = raw(style, gz)
     assert run(paths, tmp_path / "out") == 0
     # outside the data root a run finds the dataset (and its mmrec task) only with the root moved there
-    assert f"RECBOLE_EXT_DATA={tmp_path / 'out'} python run.py --model=LightGCN --dataset=toy" in capsys.readouterr().out
+    assert f"python run.py --model=LightGCN --dataset=toy --data_path={tmp_path / 'out'}" in capsys.readouterr().out
     folder = tmp_path / "out" / "toy"
     inter, users, items = read_output(folder)
     expected = expected_interactions(review_rows())

@@ -290,7 +290,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--name", required=True, help="dataset name, the folder written under the dataset root")
     parser.add_argument("--out", metavar="DIR",
                         help="dataset root to write NAME/ into (default: where runs look, $RECBOLE_EXT_DATA, else the "
-                             "project's dataset_atomic/); elsewhere runs need RECBOLE_EXT_DATA=DIR")
+                             "project's dataset_atomic/); elsewhere runs need --data_path=DIR")
     parser.add_argument("--split", choices=mm_build.SPLIT_METHODS, default="mmrec",
                         help="mmrec: MMRec's per-user random split; leave-last-out; global-time (timestamp quantiles)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the mmrec split's shuffle")
@@ -330,9 +330,7 @@ def main(argv: list[str]) -> int:
     dims = ", ".join(f"{m} {manifest['features'][m]['shape'][1]}-d" for m in ("image", "text"))
     print(f"prepared {target}: {s['n_users']:,} users, {manifest['n_items']:,} items, {s['n_interactions']:,} "
           f"interactions (train {s['n_train']:,}, valid {s['n_valid']:,}, test {s['n_test']:,}); features {dims}")
-    # elsewhere than the data root, the root must move there: a run finds a prepared dataset's task (mmrec) from
-    # its folder under the data root, which --data_path does not change
     found_by_default = target.parent.resolve() == dataset_root().resolve()
-    print("train on it: " + ("" if found_by_default else f"RECBOLE_EXT_DATA={target.parent} ")
-          + f"python run.py --model=LightGCN --dataset={args.name}")
+    print(f"train on it: python run.py --model=LightGCN --dataset={args.name}"
+          + ("" if found_by_default else f" --data_path={target.parent}"))
     return 0
