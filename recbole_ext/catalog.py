@@ -26,6 +26,7 @@ from recbole_ext.utils.argparsing import CommandParser
 KINDS = ("models", "datasets", "metrics")
 TASK_ORDER = ("general", "mmrec", "medrec")
 RECBOLE_BUILT_IN = "RecBole built-in"
+ML100K_MM = "ml-100k-mm"  # recbole_ext.data.prepare.ml100k_mm.NAME; a literal, so that listing imports no preparer
 
 # A RecBole model family a user can name with --model but that the table leaves out (one line under the table).
 OTHER_RECBOLE_FAMILIES = ("RecBole's context-aware (FM, ...), sequential and knowledge-aware models also run on the "
@@ -149,6 +150,8 @@ def _dataset_row(name: str, root: Path) -> dict:
            "prepare": None}
     if not folder.is_dir():
         row.update(source="not prepared", where=f"{_shown_path(own_yaml)} (not prepared)")
+        if name == ML100K_MM:  # derived from RecBole's own ml-100k by the first run that names it
+            row.update(source="derived", where="built from RecBole's ml-100k on first run (features extra)")
         if task == "mmrec":  # a multimodal run converts an MMRec source folder by itself (data/multimodal.py)
             import yaml
 

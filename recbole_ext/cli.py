@@ -2,7 +2,7 @@
 
     python run.py --model=BPR --dataset=ml-100k [--any_recbole_key=value ...] [--config_files=a.yaml,b.yaml] [--verbose]
     python run.py list {models,datasets,metrics} [--task mmrec|medrec|general] [--json|--markdown]
-    python run.py prepare {mmrec,synthetic-mm,mimic3,mimic4,synthetic-ehr,recbole} ...
+    python run.py prepare {mmrec,amazon,synthetic-mm,ml-100k-mm,mimic3,mimic4,synthetic-ehr,recbole,catalogue} ...
     python run.py recommend --checkpoint PATH (--user TOKEN | --users-file FILE | --all-users | --patient FILE.json) [--k K] [--out FILE]
     python run.py leaderboard SPEC.yaml [--workers N] [--backend local|ray] [--out DIR]
     python run.py resume RUN_DIR [--epochs N]
@@ -29,11 +29,14 @@ SUBCOMMANDS = {
 }
 PREPARERS = {
     "mmrec": "recbole_ext.data.prepare.mmrec:main_mmrec",
+    "amazon": "recbole_ext.data.prepare.amazon:main",
     "synthetic-mm": "recbole_ext.data.prepare.synthetic_mm:main",
+    "ml-100k-mm": "recbole_ext.data.prepare.ml100k_mm:main",
     "mimic3": "recbole_ext.data.prepare.mimic:main_mimic3",
     "mimic4": "recbole_ext.data.prepare.mimic:main_mimic4",
     "synthetic-ehr": "recbole_ext.data.prepare.synthetic_ehr:main",
     "recbole": "recbole_ext.data.prepare.recbole_download:main",
+    "catalogue": "recbole_ext.data.prepare.catalogue:main",
 }
 USAGE = "usage:\n" + __doc__.split("\n\n")[1]
 # One line per command and per prepare kind for `run.py --help` and `run.py prepare --help`; a table here, so that
@@ -47,11 +50,14 @@ COMMAND_SUMMARIES = {
 }
 PREPARE_SUMMARIES = {
     "mmrec": "convert an MMRec folder (<name>.inter, image_feat.npy, text_feat.npy) into a multimodal dataset",
+    "amazon": "build a multimodal dataset from raw Amazon review, meta and image files with MMRec's preprocessing",
     "synthetic-mm": "generate a small synthetic multimodal dataset with planted structure",
+    "ml-100k-mm": "build the real multimodal ml-100k-mm (title text, genre vectors) from RecBole's ml-100k",
     "mimic3": "build the mimic3 medication dataset from MIMIC-III v1.4 CSVs (credentialed data, not bundled)",
     "mimic4": "build the mimic4 medication dataset from MIMIC-IV hosp/ CSVs (credentialed data, not bundled)",
     "synthetic-ehr": "generate a synthetic medication dataset with planted effects (MIMIC-III scale by default)",
     "recbole": "download one of RecBole's atomic datasets (ml-1m, yelp, ...) from RecBole's own address table",
+    "catalogue": "build a multimodal dataset from your own interactions and items tables (text and image files)",
 }
 
 

@@ -153,9 +153,9 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
     merged = {**file_values, **variable}
     trusted = set(trusted_keys)
     key_origins.append((CONFIG_DICT, [k for k in variable if k not in trusted]))
-    check_keys(model, model_cls, dataset, key_origins, merged)  # a misspelled key would be ignored silently
-
-    with _argv_isolated():
+    # a prepared dataset without a YAML of its own gets its task from its folder, under --data_path when given
+    with registry.datasets_read_from(merged.get("data_path")), _argv_isolated():
+        check_keys(model, model_cls, dataset, key_origins, merged)  # a misspelled key would be ignored silently
         try:
             config = Config(model=model, dataset=dataset, config_dict=merged)
         except (NotImplementedError, RuntimeError, TypeError, KeyError) as exc:

@@ -16,8 +16,11 @@ which sits above this module.)
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import os
+from pathlib import Path
 from typing import Any
 
 from recbole_ext.errors import UserError
@@ -134,12 +137,29 @@ def register_metric(cls) -> None:
 TASK_DEFAULTS = {"medrec": "mimic3.yaml", "mmrec": "synth-mm.yaml"}
 
 
+# Where detection looks while a run's configuration is built: its --data_path, when it gives one.
+_DETECTION_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("detection_root", default=None)
+
+
+@contextlib.contextmanager
+def datasets_read_from(data_path):
+    """Detect prepared datasets under ``data_path`` (a run's ``data_path``: it reads ``<data_path>/<dataset>/``)
+    instead of the dataset root, inside the block; ``None`` or an ``@`` marker keeps the dataset root."""
+    root = None if not data_path or str(data_path).startswith("@") else Path(data_path).expanduser()
+    token = _DETECTION_ROOT.set(root)
+    try:
+        yield
+    finally:
+        _DETECTION_ROOT.reset(token)
+
+
 def detected_task(dataset: str) -> str | None:
-    """'medrec' or 'mmrec' when ``dataset_root()/<dataset>`` holds that kind of prepared dataset, else None."""
+    """'medrec' or 'mmrec' when ``<root>/<dataset>`` holds that kind of prepared dataset, else None; the root is
+    the dataset root, or the run's data_path inside ``datasets_read_from``."""
     from recbole_ext.data.mmrec_format import MANIFEST_NAME
     from recbole_ext.utils.paths import dataset_root
 
-    folder = dataset_root() / dataset
+    folder = (_DETECTION_ROOT.get() or dataset_root()) / dataset
     if (folder / f"{dataset}.visit").is_file():
         return "medrec"
     if (folder / f"{dataset}.inter").is_file() and (folder / MANIFEST_NAME).is_file():

@@ -123,7 +123,7 @@ def test_the_bundled_tuned_boards_have_a_space_for_every_model():
     from recbole_ext.leaderboard.spec import load_spec
     from recbole_ext.leaderboard.tuning_spec import space_for
 
-    for name in ("readme-multimodal", "readme-medrec", "multimodal", "medrec"):
+    for name in ("readme-multimodal", "readme-ml-100k-mm", "readme-medrec", "multimodal", "medrec"):
         spec = load_spec(REPO / "leaderboards" / f"{name}.yaml")
         assert spec.tuning is not None
         for m in spec.models:

@@ -418,3 +418,16 @@ def test_unprepared_baby_never_downloads(tmp_path, monkeypatch):
         build_config("BPR", "baby", {"state": "WARNING"})
     text = str(err.value)
     assert "drive.google.com" in text and "prepare mmrec --src <that folder> --name baby" in text
+
+
+def test_a_prepared_dataset_without_a_yaml_is_detected_under_data_path(tmp_path, monkeypatch):
+    """`prepare ... --out DIR` then `--data_path=DIR`: the run finds the MMRec folder there and runs the mmrec task
+    (detection used to look only under the dataset root, and the run fell back to the general task)."""
+    import recbole_ext
+
+    monkeypatch.setenv("RECBOLE_EXT_DATA", str(tmp_path / "elsewhere"))
+    assert synthetic_main(["--name", "toy-mm", "--users", "60", "--items", "80", "--interactions", "600"]) == 0
+    monkeypatch.delenv("RECBOLE_EXT_DATA")
+    result = recbole_ext.run("BPR", "toy-mm", {"epochs": 1, "data_path": str(tmp_path / "elsewhere"),
+                                               "runs_root": str(tmp_path / "runs")}, saved=False)
+    assert result.task == "mmrec" and result.config["valid_metric"] == "recall@20"

@@ -79,8 +79,18 @@ def mm_data_folder(config) -> Path:
         return folder
     src = mmrec_source_folder(config)
     if not src.is_dir():
+        if is_derived_on_first_use(config["dataset"]):
+            from recbole_ext.data.prepare import ml100k_mm
+
+            return ml100k_mm.cached_build()
         raise missing_dataset_error(config)
     return converted_source_cache(src, config["dataset"])
+
+
+def is_derived_on_first_use(name: str) -> bool:
+    """Datasets built on this machine from files that ship with a dependency (ml-100k-mm, from RecBole's ml-100k)
+    when no prepared folder or MMRec source of that name exists."""
+    return name == "ml-100k-mm"  # recbole_ext.data.prepare.ml100k_mm.NAME, without importing the preparer
 
 
 def converted_source_cache(src: Path, name: str) -> Path:

@@ -162,10 +162,11 @@ class MultimodalTask(Task):
                                 "or MambaRec")
 
     def check_data(self, config) -> None:
-        from recbole_ext.data.multimodal import missing_dataset_error, mmrec_source_folder
+        from recbole_ext.data.multimodal import is_derived_on_first_use, missing_dataset_error, mmrec_source_folder
         from pathlib import Path
 
-        if not Path(config["data_path"]).is_dir() and not mmrec_source_folder(config).is_dir():
+        if (not Path(config["data_path"]).is_dir() and not mmrec_source_folder(config).is_dir()
+                and not is_derived_on_first_use(config["dataset"])):
             raise missing_dataset_error(config)
 
     def create_dataset(self, config):

@@ -270,12 +270,13 @@ def _inputs_provenance(inputs: dict[str, Path]) -> dict:
 def write_prepared(target: Path, name: str, table: InteractionTable, x_label: np.ndarray,
                    features: dict[str, np.ndarray], *, log: PrepLog, options: dict, inputs: dict[str, Path],
                    source: str, encoders: dict | None = None, overwrite: bool = False,
-                   feature_dtype: str | None = None) -> dict:
+                   feature_dtype: str | None = None, extra_files: dict[str, str] | None = None) -> dict:
     """Validate the features against the reindexed table, then write the MMRec folder atomically.
 
     Besides ``write_mm_folder``'s files the folder holds ``u_id_mapping.tsv`` / ``i_id_mapping.tsv`` (original id,
     MMRec id), and the manifest's provenance records the inputs' sha256, the options, the step log and the
-    encoders. Returns the manifest.
+    encoders. ``extra_files`` (file name -> text) are written into the same folder before it appears (a preparer's
+    own side files, such as MMRec's ``missed_img_itemIDs.csv``). Returns the manifest.
     """
     target = Path(target)
     n_items = len(table.item_tokens)
@@ -309,5 +310,9 @@ def write_prepared(target: Path, name: str, table: InteractionTable, x_label: np
             pd.DataFrame({f"original_{side}_id": tokens, f"{side}ID": np.arange(len(tokens))}).to_csv(
                 tmp / ID_MAP_FILES[side], sep="\t", index=False)
         manifest["id_maps"] = dict(ID_MAP_FILES)
+        for file_name, text in (extra_files or {}).items():
+            (tmp / file_name).write_text(text)
+        if extra_files:
+            manifest["extra_files"] = sorted(extra_files)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
