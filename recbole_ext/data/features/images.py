@@ -79,7 +79,7 @@ def _encoder_identity(encoder: str | Path | None) -> dict:
         return {"name": "EfficientNet-Lite0 (ImageNet)", "package": WEIGHTS_PACKAGE,
                 "package_version": _extra.extra_version(WEIGHTS_PACKAGE, _PURPOSE),
                 "weights_file": weights.name, "weights_sha256": _file_sha256(weights),
-                "implementation": "recbole_ext.data.features.efficientnet_lite (TensorFlow SAME padding)",
+                "implementation": "recbole_ext.data.features.efficientnet_lite (TensorFlow SAME padding, channels-last)",
                 "output": "global average pool of the 1280-channel head, before the classifier",
                 "input_scaling": "(pixel - 127) / 128", "dim": DEFAULT_DIM, **common}
     path = _checked_encoder_file(encoder)
