@@ -5,7 +5,7 @@ Usage (the figures in docs/data.md come from the default call on a 2-core machin
 
     PYTHONPATH=. python bench/features.py [--texts 2000] [--words 60] [--images 256] [--image-size 500]
         [--text-batch-sizes 32,64,128] [--image-batch-sizes 16,32,64] [--devices cpu[,cuda]] [--threads N]
-        [--check-batch-sizes] [--out features.json]
+        [--check-batch-sizes] [--out features.json] [--stream-reviews 5000000]
 
 Inputs are synthetic and seeded (recbole_ext/testing/product_media.py): Amazon-like product texts of about
 ``--words`` words, and ``--images`` product-like pictures of ``--image-size`` pixels square saved as JPEG (quality
@@ -15,6 +15,8 @@ memory is the resident set above the pre-call baseline, sampled every 5 ms (the 
 on CUDA also the peak of torch's allocator. The ``cache hit`` rows time a second call answered from the feature
 cache (the inputs hashed, the entry read and checked). ``--check-batch-sizes`` reports how far the features move
 with the batch size (max abs difference against batch size 32, MMRec's default for the texts).
+``--stream-reviews N`` also runs bench/amazon_stream.py: a synthetic raw Amazon 2014 reviews file of N lines through
+``prepare amazon`` in a child process (text encoding stubbed), reporting wall time and peak memory.
 """
 from __future__ import annotations
 
@@ -97,6 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--check-batch-sizes", action="store_true")
     parser.add_argument("--out", help="also write the rows as JSON here")
+    parser.add_argument("--stream-reviews", type=int, default=0,
+                        help="also time the streaming raw-Amazon preprocessing on a synthetic file of this many "
+                             "reviews (bench/amazon_stream.py; 5000000 for the documented figure)")
     args = parser.parse_args(argv)
 
     import torch
@@ -160,6 +165,10 @@ def main(argv=None) -> int:
               f"{r['peak_rss_mib']:,} | {r['cuda_peak_mib'] if r['cuda_peak_mib'] is not None else '-'} |")
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nprocess peak RSS {max_rss:,.0f} MiB; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}")
+    if args.stream_reviews:  # the raw-file side of a dataset build: wall time and peak memory of a child process
+        print(f"\nstreaming preprocessing of {args.stream_reviews:,} raw Amazon reviews (bench/amazon_stream.py):",
+              flush=True)
+        _sibling_benchmark("amazon_stream").main(["--n", str(args.stream_reviews)])
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "encoders": {"text": text_encoder_info(), "image": image_encoder_info()},
