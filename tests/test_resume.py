@@ -241,7 +241,13 @@ def test_ctrl_c_between_the_resume_state_and_the_status_waits_for_both(tiny, tmp
             os.kill(os.getpid(), signal.SIGINT)  # as if typed now, before the status is written
 
     monkeypatch.setattr(EpochResumeState, "save", save_then_ctrl_c)
-    with pytest.raises(RunInterrupted, match="interrupted after epoch 2; resume with"):
-        run("BPR", "tiny", {**tiny, "epochs": 4, "run_dir": str(tmp_path / "r")})
+    # a process started in the background (nohup, `cmd &`, some CI runners) inherits SIGINT ignored; Ctrl-C at a
+    # terminal reaches Python's KeyboardInterrupt handler, which is what this test is about
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(RunInterrupted, match="interrupted after epoch 2; resume with"):
+            run("BPR", "tiny", {**tiny, "epochs": 4, "run_dir": str(tmp_path / "r")})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     status = read_status(tmp_path / "r")
     assert (status["state"], status["epochs_done"], status["resume_from_epoch"]) == ("interrupted", 2, 2)
