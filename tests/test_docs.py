@@ -150,3 +150,41 @@ def test_the_link_checker_sees_links_and_skips_code(tmp_path):
                                        "page.md#nope"]
     assert [p.split(":")[0] for p in broken_links(page, root=tmp_path)] == ["missing.md", "page.md#nope"]
     assert slug("Medication track (mean ± std over 3 seeds)") == "medication-track-mean--std-over-3-seeds"
+
+
+def _readme_results_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header cells, rows of cells) of each table in the README's Results section."""
+    section = text.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    tables, lines = [], section.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| model |") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip().strip("*") for c in row.strip("|").split("|")])
+            tables.append(([c.strip() for c in line.strip("|").split("|")], rows))
+    return tables
+
+
+def test_readme_results_are_the_committed_leaderboard_stores():
+    """Every number in the README's result tables is mean ± std of the committed board output it cites, so a rerun
+    of the README command that changes a number shows here."""
+    import csv
+
+    stores = {}
+    for board in ("multimodal", "ml-100k-mm", "medrec"):
+        with open(ROOT / "docs" / "results" / board / "leaderboard.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                stores[(r["dataset"], r["model"], r["metric"])] = f"{float(r['mean']):.4f} ± {float(r['std']):.4f}"
+    default_dataset = {"jaccard": "synth-ehr-small", "f1": "synth-ehr-small", "ddi_rate": "synth-ehr-small"}
+    checked = 0
+    for header, rows in _readme_results_tables((ROOT / "README.md").read_text()):
+        for row in rows:
+            model = row[0]
+            for column, cell in zip(header[1:], row[1:]):
+                words = column.replace("↑", "").replace("↓", "").split()
+                dataset, metric = (words[0], words[1]) if len(words) == 2 else (default_dataset[words[0]], words[0])
+                assert stores[(dataset, model, metric)] == cell, (dataset, model, metric)
+                checked += 1
+    assert checked >= 40
