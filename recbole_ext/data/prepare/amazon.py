@@ -107,21 +107,6 @@ def _check_options(opts: AmazonOptions) -> None:
         raise UserError(f"image folder {opts.images} does not exist", fix="pass a folder of <asin>.jpg files")
 
 
-def _kcore(table, log, min_user: int, min_item: int):
-    """``mm_build.kcore_filter``, with the error saying which filter emptied the data."""
-    for side, codes, k in (("user", table.user, min_user), ("item", table.item, min_item)):
-        most = int(np.bincount(codes).max())
-        if most < k:
-            raise UserError(f"the {side} filter of the k-core leaves no interaction: no {side} has {k} or more "
-                            f"(the most any {side} has is {most}; {len(table)} interactions before it)",
-                            fix=f"lower --min-{side}, or supply more interactions")
-    try:
-        return mm_build.kcore_filter(table, log, min_user=min_user, min_item=min_item)
-    except UserError as exc:
-        raise UserError(f"{exc.message}: each filter alone keeps some, but applying the user and item filters in "
-                        "turn removes every interaction", fix=exc.fix) from None
-
-
 def _items_with_meta(meta: Path, item_tokens) -> np.ndarray:
     wanted = {token: code for code, token in enumerate(item_tokens)}
     has_meta = np.zeros(len(item_tokens), dtype=bool)
@@ -231,8 +216,6 @@ def prepare_amazon(opts: AmazonOptions, target: str | Path, name: str, overwrite
     if not len(table):
         raise UserError(f"{reviews} holds no review with a user, an item, a rating and a time", fix=_INPUT_FIX)
     table = mm_build.filter_min_rating(table, opts.min_rating, log)
-    if not len(table):
-        raise UserError(f"no rating in {reviews} is {opts.min_rating:g} or more", fix="lower --min-rating")
     table = mm_build.drop_duplicates(table, log, policy=opts.dedupe)
     if opts.dedupe != "none":
         say(f"duplicates ({opts.dedupe}): dropped {log.steps[-1]['dropped_interactions']:,}")
@@ -244,7 +227,7 @@ def prepare_amazon(opts: AmazonOptions, target: str | Path, name: str, overwrite
         table = table.take(keep)
         log.record("require_meta", table, dropped=int((~keep).sum()))
         say(f"--require-meta: dropped {int((~keep).sum()):,} interactions with items that have no meta record")
-    table = _kcore(table, log, opts.min_user, opts.min_item)
+    table = mm_build.kcore_filter(table, log, min_user=opts.min_user, min_item=opts.min_item)
     step = log.steps[-1]
     say(f"{opts.min_user}/{opts.min_item}-core: dropped {step['dropped_interactions']:,} in {step['rounds']} "
         f"round(s) -> {step['users']:,} users, {step['items']:,} items, {step['interactions']:,} interactions")

@@ -333,12 +333,6 @@ def encode_item_texts(spec: CatalogueSpec, texts: np.ndarray, log: mm_build.Prep
     return text
 
 
-def _check_not_empty(table: mm_build.InteractionTable, step: str, before: int) -> None:
-    if len(table) == 0:
-        raise UserError(f"no interaction is left after {step} ({before} interactions before it)",
-                        fix="check the option, and the columns it reads")
-
-
 def prepare_catalogue(spec: CatalogueSpec, target: str | Path | None = None, overwrite: bool = False) -> dict:
     """Read, check, filter, split and encode the catalogue, then write the dataset folder ``target`` (default
     ``<dataset root>/<name>``); returns the manifest (its ``provenance.preprocessing`` holds every count)."""
@@ -370,9 +364,7 @@ def prepare_catalogue(spec: CatalogueSpec, target: str | Path | None = None, ove
                             f"ids look like {table.item_tokens[0]!r}, items table ids like "
                             f"{_first(items.text.index)!r})",
                             fix="--item-id-column must name the items table's column of the interactions' item ids")
-    before = len(table)
     table = mm_build.filter_min_rating(table, spec.min_rating, log)
-    _check_not_empty(table, f"the rating threshold (rating >= {spec.min_rating})", before)
     table = mm_build.drop_duplicates(table, log, policy=spec.dedupe)
     table = mm_build.kcore_filter(table, log, min_user=spec.min_user, min_item=spec.min_item)
     table = mm_build.reindex(table)

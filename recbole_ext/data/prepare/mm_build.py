@@ -103,6 +103,10 @@ def filter_min_rating(table: InteractionTable, min_rating: float | None, log: Pr
         raise UserError(f"a rating threshold ({min_rating}) was given but the interactions have no rating column",
                         fix="name the rating column, or drop the threshold")
     keep = table.rating >= float(min_rating)
+    if not keep.any():
+        raise UserError(f"no interaction is left after the rating threshold (rating >= {float(min_rating)}): no "
+                        f"rating in the {len(table)} interactions is {float(min_rating):g} or more",
+                        fix="lower the rating threshold (--min-rating)")
     out = table.take(keep)
     log.record("min_rating", out, dropped=int((~keep).sum()), min_rating=float(min_rating))
     return out
@@ -152,9 +156,21 @@ def kcore_filter(table: InteractionTable, log: PrepLog, min_user: int = 5, min_i
     log.record("kcore", out, dropped=int((~keep).sum()), min_user=min_user, min_item=min_item, rounds=rounds)
     if len(out) == 0:
         raise UserError(f"no interaction is left after the {min_user}-core (users) / {min_item}-core (items) filter "
-                        f"({len(table)} interactions before it)",
+                        f"({len(table)} interactions before it): {_emptying_filter(table, min_user, min_item)}",
                         fix="lower --min-user / --min-item, or supply more interactions")
     return out
+
+
+def _emptying_filter(table: InteractionTable, min_user: int, min_item: int) -> str:
+    """Which part of the k-core left nothing, for its error message."""
+    if len(table) == 0:
+        return "there was none to filter"
+    for side, codes, k in (("user", table.user, min_user), ("item", table.item, min_item)):
+        most = int(np.bincount(codes).max())
+        if most < k:
+            return (f"the {side} filter of the k-core leaves no interaction: no {side} has {k} or more (the most any "
+                    f"{side} has is {most})")
+    return "each filter alone keeps some, but applying the user and item filters in turn removes every interaction"
 
 
 def reindex(table: InteractionTable) -> InteractionTable:
