@@ -26,7 +26,6 @@ from recbole_ext.utils.argparsing import CommandParser
 KINDS = ("models", "datasets", "metrics")
 TASK_ORDER = ("general", "mmrec", "medrec")
 RECBOLE_BUILT_IN = "RecBole built-in"
-ML100K_MM = "ml-100k-mm"  # recbole_ext.data.prepare.ml100k_mm.NAME; a literal, so that listing imports no preparer
 
 # A RecBole model family a user can name with --model but that the table leaves out (one line under the table).
 OTHER_RECBOLE_FAMILIES = ("RecBole's context-aware (FM, ...), sequential and knowledge-aware models also run on the "
@@ -138,7 +137,7 @@ def _shown_path(path: Path) -> str:
 
 
 def _dataset_row(name: str, root: Path) -> dict:
-    from recbole_ext.data.multimodal import mmrec_source_folder
+    from recbole_ext.data.multimodal import is_derived_on_first_use, mmrec_source_folder
     from recbole_ext.registry import dataset_property_file
     from recbole_ext.utils.paths import PROPERTIES_DIR
 
@@ -150,7 +149,7 @@ def _dataset_row(name: str, root: Path) -> dict:
            "prepare": None}
     if not folder.is_dir():
         row.update(source="not prepared", where=f"{_shown_path(own_yaml)} (not prepared)")
-        if name == ML100K_MM:  # derived from RecBole's own ml-100k by the first run that names it
+        if is_derived_on_first_use(name):  # ml-100k-mm: built from RecBole's ml-100k by the first run naming it
             row.update(source="derived", where="built from RecBole's ml-100k on first run (features extra)")
         if task == "mmrec":  # a multimodal run converts an MMRec source folder by itself (data/multimodal.py)
             import yaml

@@ -32,6 +32,7 @@ from recbole.data.interaction import Interaction
 from recbole_ext.data.mmrec_format import (DEFAULT_FEATURE_FILES, FORMAT_VERSION, MANIFEST_NAME, MODALITIES,
                                            SPLIT_LABELS, check_finite_rows, open_feature_matrix, read_item_tokens,
                                            read_manifest)
+from recbole_ext.data.prepare import ml100k_mm
 from recbole_ext.errors import UserError
 from recbole_ext.utils.paths import bundled_elsewhere
 
@@ -80,8 +81,6 @@ def mm_data_folder(config) -> Path:
     src = mmrec_source_folder(config)
     if not src.is_dir():
         if is_derived_on_first_use(config["dataset"]):
-            from recbole_ext.data.prepare import ml100k_mm
-
             return ml100k_mm.cached_build()
         raise missing_dataset_error(config)
     return converted_source_cache(src, config["dataset"])
@@ -90,7 +89,7 @@ def mm_data_folder(config) -> Path:
 def is_derived_on_first_use(name: str) -> bool:
     """Datasets built on this machine from files that ship with a dependency (ml-100k-mm, from RecBole's ml-100k)
     when no prepared folder or MMRec source of that name exists."""
-    return name == "ml-100k-mm"  # recbole_ext.data.prepare.ml100k_mm.NAME, without importing the preparer
+    return name == ml100k_mm.NAME
 
 
 def converted_source_cache(src: Path, name: str) -> Path:
