@@ -19,7 +19,6 @@ dataset that is not prepared yet is read from a conversion of its MMRec folder (
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -34,6 +33,7 @@ from recbole_ext.data.mmrec_format import (DEFAULT_FEATURE_FILES, FORMAT_VERSION
                                            read_manifest)
 from recbole_ext.data.prepare import ml100k_mm
 from recbole_ext.errors import UserError
+from recbole_ext.utils.hashing import json_sha256
 from recbole_ext.utils.paths import bundled_elsewhere
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def converted_source_cache(src: Path, name: str) -> Path:
     source_hashes = {"inter_sha256": _feature_sha256(inter),
                      "feature_sha256": {m: _feature_sha256(path) for m, path in features.items()}}
     identity = {"format_version": FORMAT_VERSION, "name": name, "inter_file": inter.name, **source_hashes}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    key = json_sha256(identity)
     entry = cache_dir("mmrec") / f"{name}-{key[:32]}"
     if (entry / MANIFEST_NAME).is_file():
         action = "reused"

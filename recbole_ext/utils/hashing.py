@@ -45,3 +45,11 @@ def array_sha256(*arrays) -> str:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def json_sha256(value) -> str:
+    """sha256 of ``value`` as JSON with sorted keys: the content key of a derived-cache entry described by a dict
+    (the bytes of ``json.dumps(value, sort_keys=True)``, so existing entries keep their names)."""
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

@@ -122,7 +122,7 @@ def _missing_columns_error(path: Path, missing: list[str], available: list[str],
     named = "; ".join(f"{flags[c]} NAME" for c in missing if c in flags)
     fix = f"name the right columns with {named}" if named else "name the right columns"
     if len(available) == 1 and any(d in str(available[0]) for d in ",;\t|"):  # one column: the delimiter is wrong
-        fix += f"; the file seems to use another delimiter: pass --sep"
+        fix += "; the file seems to use another delimiter: pass --sep"
     return UserError(f"{path} has no column {', '.join(repr(c) for c in missing)}; its columns are: {shown}", fix=fix)
 
 

@@ -17,9 +17,7 @@ random split with a fixed seed. The two modalities:
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from recbole_ext.data.mmrec_format import MANIFEST_NAME
 from recbole_ext.data.prepare import mm_build as mb
 from recbole_ext.errors import UserError
 from recbole_ext.utils.argparsing import CommandParser
-from recbole_ext.utils.hashing import file_sha256
+from recbole_ext.utils.hashing import file_sha256, json_sha256
 from recbole_ext.utils.io import refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
@@ -148,7 +146,7 @@ def cache_key() -> str:
     folder = recbole_ml100k_folder()
     identity = {"build_version": BUILD_VERSION, "seed": SPLIT_SEED, "encoder": text_encoder_info(),
                 "inter": file_sha256(folder / "ml-100k.inter"), "item": file_sha256(folder / "ml-100k.item")}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return json_sha256(identity)
 
 
 def cached_build() -> Path:
