@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 from recbole_ext.errors import UserError
@@ -32,6 +33,20 @@ def cache_folder(cache_dir: Path | str | None | bool) -> Path | None:
 
         return project_cache(CACHE_FOLDER)
     return make_dirs(Path(cache_dir).expanduser(), "feature cache folder")
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 of an encoder's weights file, hashed once per process and file version (path, size, mtime): every
+    encode call and every info call of a build names the encoder by it."""
+    st = Path(path).stat()
+    return _weights_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from recbole_ext.utils.hashing import file_sha256
+
+    return file_sha256(path)
 
 
 def entry_key(kind: str, identity: dict, inputs_digest: str) -> str:

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from recbole_ext.data.features import _extra, _runtime
-from recbole_ext.data.features.cache import cache_folder, entry_key, entry_path, save_arrays
+from recbole_ext.data.features.cache import cache_folder, entry_key, entry_path, save_arrays, weights_sha256
 from recbole_ext.errors import UserError
 
 IMAGE_SIZE = 224
@@ -56,12 +56,6 @@ def _default_weights() -> Path:
     return Path(module.EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _file_sha256(path: Path) -> str:
-    from recbole_ext.utils.hashing import file_sha256
-
-    return file_sha256(path)
-
-
 def _checked_encoder_file(encoder: str | Path) -> Path:
     path = Path(encoder).expanduser()
     if not path.is_file():
@@ -78,12 +72,12 @@ def _encoder_identity(encoder: str | Path | None) -> dict:
         weights = _default_weights()
         return {"name": "EfficientNet-Lite0 (ImageNet)", "package": WEIGHTS_PACKAGE,
                 "package_version": _extra.extra_version(WEIGHTS_PACKAGE, _PURPOSE),
-                "weights_file": weights.name, "weights_sha256": _file_sha256(weights),
+                "weights_file": weights.name, "weights_sha256": weights_sha256(weights),
                 "implementation": "recbole_ext.data.features.efficientnet_lite (TensorFlow SAME padding, channels-last)",
                 "output": "global average pool of the 1280-channel head, before the classifier",
                 "input_scaling": "(pixel - 127) / 128", "dim": DEFAULT_DIM, **common}
     path = _checked_encoder_file(encoder)
-    return {"name": "TorchScript", "weights_file": path.name, "weights_sha256": _file_sha256(path),
+    return {"name": "TorchScript", "weights_file": path.name, "weights_sha256": weights_sha256(path),
             "input_scaling": "RGB in [0, 1] (the script normalises)", **common}
 
 

