@@ -100,14 +100,14 @@ def child(argv: list[str]) -> int:
     """The prepare itself, with the stub text encoder; run in its own process so its peak memory is its own."""
     sys.path.insert(0, str(ROOT))
     from recbole_ext import cli
-    from recbole_ext.data.prepare import amazon
+    from recbole_ext.data import features
 
     def stub_encoder(texts, device="cpu"):
         vectors = np.random.default_rng(0).standard_normal((len(texts), 384)).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    amazon.encode_texts = stub_encoder
-    amazon.text_encoder_info = lambda: {"name": "stub (random unit vectors): benchmark only"}
+    features.encode_texts = stub_encoder
+    features.text_encoder_info = lambda: {"name": "stub (random unit vectors): benchmark only"}
     return cli.main(argv)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from recbole_ext import cli
+from recbole_ext.data import features as feature_encoders
 from recbole_ext.data.mmrec_format import read_manifest
 from recbole_ext.data.prepare import amazon
 
@@ -161,8 +162,8 @@ class RecordingEncoder:
 @pytest.fixture
 def encoder(monkeypatch):
     fake = RecordingEncoder()
-    monkeypatch.setattr(amazon, "encode_texts", fake)
-    monkeypatch.setattr(amazon, "text_encoder_info", lambda: {"name": "recording stand-in"})
+    monkeypatch.setattr(feature_encoders, "encode_texts", fake)
+    monkeypatch.setattr(feature_encoders, "text_encoder_info", lambda: {"name": "recording stand-in"})
     return fake
 
 
@@ -377,8 +378,8 @@ def test_image_folder_goes_through_the_image_encoder(raw, encoder, tmp_path, mon
         features[ok] = np.arange(8, dtype=np.float32) + np.flatnonzero(ok)[:, None]
         return SimpleNamespace(features=features, ok=ok, failures=[])
 
-    monkeypatch.setattr(amazon, "encode_images", fake_images)
-    monkeypatch.setattr(amazon, "image_encoder_info", lambda: {"name": "stand-in CNN"})
+    monkeypatch.setattr(feature_encoders, "encode_images", fake_images)
+    monkeypatch.setattr(feature_encoders, "image_encoder_info", lambda: {"name": "stand-in CNN"})
     assert cli.main(["prepare", "amazon", "--reviews", str(paths["reviews"]), "--meta", str(paths["meta"]),
                      "--images", str(folder), "--name", "toy", "--out", str(tmp_path / "out")]) == 0
     _, _, items = read_output(tmp_path / "out" / "toy")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recbole_ext.data import features as feature_encoders
 from recbole_ext.data.prepare import amazon_formats as formats
 from recbole_ext.data.prepare import mm_build
 from recbole_ext.errors import UserError
@@ -59,28 +60,6 @@ class AmazonOptions:
     image_duplicates: str = "mmrec"
     ratings_format: str = "auto"
     device: str = "cpu"
-
-
-# The encoders live in recbole_ext.data.features (torch and sentence-transformers load only when one runs); these
-# four doors are module attributes so that tests can put a cheap encoder in their place.
-def encode_texts(texts: list[str], *, device: str = "cpu"):
-    from recbole_ext.data.features import encode_texts as encode
-    return encode(texts, device=device)
-
-
-def text_encoder_info() -> dict:
-    from recbole_ext.data.features import text_encoder_info as info
-    return info()
-
-
-def encode_images(paths: list[Path | None], *, device: str = "cpu"):
-    from recbole_ext.data.features import encode_images as encode
-    return encode(paths, device=device)
-
-
-def image_encoder_info() -> dict:
-    from recbole_ext.data.features import image_encoder_info as info
-    return info()
 
 
 def _check_options(opts: AmazonOptions) -> None:
@@ -165,7 +144,7 @@ def image_matrix(opts: AmazonOptions, item_tokens, log: mm_build.PrepLog, say) -
     else:
         folder = Path(opts.images).expanduser()
         paths = formats.find_image_files(folder, item_tokens, IMAGE_EXTENSIONS)
-        encoded = encode_images(paths, device=opts.device)
+        encoded = feature_encoders.encode_images(paths, device=opts.device)
         found = np.asarray(encoded.ok, dtype=bool)
         if encoded.failures:
             row, bad_path, reason = encoded.failures[0]
@@ -176,7 +155,7 @@ def image_matrix(opts: AmazonOptions, item_tokens, log: mm_build.PrepLog, say) -
             raise UserError(f"{folder} holds no readable image of the {n_items} items",
                             fix="name the files <asin>.jpg (or .png, ...) after the items' ASINs")
         matrix, _ = mm_build.fill_missing_rows(encoded.features, found)
-        info = image_encoder_info()
+        info = feature_encoders.image_encoder_info()
         source = str(folder)
     log.count("items_without_image", int((~found).sum()))
     say(f"images: {int(found.sum()):,} of {n_items:,} items from {source} "
@@ -187,12 +166,12 @@ def image_matrix(opts: AmazonOptions, item_tokens, log: mm_build.PrepLog, say) -
 def text_matrix(opts: AmazonOptions, sentences: list[str], log: mm_build.PrepLog, say) -> tuple[np.ndarray, dict]:
     no_text = np.array([not s.strip() for s in sentences], dtype=bool)
     log.count("items_without_text", int(no_text.sum()))
-    vectors = np.asarray(encode_texts(sentences, device=opts.device), dtype=np.float32)
+    vectors = np.asarray(feature_encoders.encode_texts(sentences, device=opts.device), dtype=np.float32)
     if vectors.shape[0] != len(sentences):
         raise ValueError(f"the text encoder returned {vectors.shape[0]} rows for {len(sentences)} sentences")
     if opts.missing_text == "mean" and no_text.any():
         vectors, _ = mm_build.fill_missing_rows(vectors, ~no_text)
-    info = text_encoder_info()
+    info = feature_encoders.text_encoder_info()
     say(f"text: {len(sentences):,} item sentences encoded ({vectors.shape[1]}-d, {info.get('name', 'encoder')}); "
         f"{int(no_text.sum()):,} without text" + (" get the mean row" if opts.missing_text == "mean" else ""))
     return vectors, info
