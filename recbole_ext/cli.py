@@ -137,7 +137,11 @@ def _train(argv: list[str]) -> int:
         result = run(model, dataset, config_dict=config, config_files=files)
     except UnknownKeyError as exc:  # the config_dict keys were this command line's --options
         raise exc.for_command_line() from None
-    print_result(result)
+    from recbole_ext.utils.distributed import launch_from_environment
+
+    launch = launch_from_environment()
+    if launch is None or launch.rank == 0:  # a data-parallel run prints its result once
+        print_result(result)
     return 0
 
 

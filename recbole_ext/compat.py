@@ -461,6 +461,14 @@ def _plain_data_checkpoints():
 # with RUN_LOG_MARKER. Loggers without that marker (RecBole's own init_logger) keep RecBole's behaviour.
 
 RUN_LOG_MARKER = "recbole_ext_handler"
+NO_FILES_MARKER = "recbole_ext_no_files"  # on a handler of a process that writes no file (a data-parallel rank > 0)
+
+
+class _NoTensorboard:
+    """A SummaryWriter that writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 @shim(
@@ -479,6 +487,8 @@ def _tensorboard_beside_run_log():
     original = getattr(utils_module.get_tensorboard, "__ext_original__", utils_module.get_tensorboard)
 
     def get_tensorboard(logger):
+        if any(getattr(handler, NO_FILES_MARKER, False) for handler in logger.handlers):
+            return _NoTensorboard()
         for handler in logger.handlers:
             if getattr(handler, RUN_LOG_MARKER, False) and hasattr(handler, "baseFilename"):
                 from torch.utils.tensorboard import SummaryWriter

@@ -9,6 +9,10 @@ import sys
 class UserError(Exception):
     """A mistake the user can fix: bad input file, unknown name, wrong option value."""
 
+    # False for a failure reported in one line that no input caused (a peer process of a distributed run died):
+    # the run directory then stays, marked failed, instead of being removed as after a refused input
+    mistake = True
+
     def __init__(self, message: str, fix: str | None = None):
         self.message = " ".join(str(message).split())  # one line, always
         self.fix = " ".join(str(fix).split()) if fix else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from recbole_ext.compat import RUN_LOG_MARKER
+from recbole_ext.compat import NO_FILES_MARKER, RUN_LOG_MARKER
 from recbole_ext.errors import UserError
 from recbole_ext.utils.io import atomic_file, make_dirs, new_folders_removed_on
 from recbole_ext.utils.paths import shown_path
@@ -83,9 +83,10 @@ def _peak_rss_mb() -> float:
 _EXT_HANDLER = RUN_LOG_MARKER  # the shim tensorboard_beside_run_log writes log_tensorboard/ beside this file
 
 
-def _init_logging(config, run_dir: Path | None) -> None:
+def _init_logging(config, run_dir: Path | None, quiet: bool = False) -> None:
     """Log everything to ``run_dir/run.log``; the console gets the quiet view of utils/console.py (``verbose``: all
-    of it). Safe to call for many runs in one process."""
+    of it). Safe to call for many runs in one process. ``quiet``: warnings only, no file at all (not even RecBole's
+    tensorboard folder): a data-parallel rank other than 0."""
     from recbole.utils.logger import RemoveColorFilter
 
     from recbole_ext.options import config_flag
@@ -98,12 +99,13 @@ def _init_logging(config, run_dir: Path | None) -> None:
                 isinstance(h, logging.FileHandler):
             root.removeHandler(h)
             h.close()
-    level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
+    level = logging.WARNING if quiet else getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     root.setLevel(level)
     # before the file handler: its RemoveColorFilter rewrites the record, and a terminal keeps RecBole's colours
     sh = console_handler(sys.stderr, verbose=config_flag(config, "verbose", False))
     sh.setLevel(level)
     setattr(sh, _EXT_HANDLER + "_console", True)
+    setattr(sh, NO_FILES_MARKER, quiet)
     root.addHandler(sh)
     if run_dir is not None:
         fh = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
@@ -142,6 +144,12 @@ def _trainer_class(task, config, model_cls):
     elif str(config["retrieval"] or "dense").lower() != "dense":
         raise UserError(f"retrieval must be 'dense' or 'faiss', got {config['retrieval']!r}",
                         fix="set --retrieval=faiss or --retrieval=dense")
+    from recbole_ext.utils import distributed
+
+    if distributed.active():
+        from recbole_ext.training.distributed import with_distributed
+
+        cls = with_distributed(cls)
     return with_history(cls)  # outermost: it records what the whole trainer does in each epoch
 
 
@@ -153,33 +161,120 @@ def run(model: str, dataset: str, config_dict: dict | None = None, config_files:
     ``on_valid(epoch, score, bigger)``, if given, is called after each validation (``bigger``: the direction of
     ``valid_metric``); returning True stops training there
     (the result then carries ``stopped_at_epoch`` and the best validation score so far)."""
-    from recbole_ext.config import build_config, new_run_dir
+    from recbole_ext.config import build_config
     from recbole_ext.registry import model_class
     from recbole_ext.run_status import status_marked
 
+    from recbole_ext.utils import distributed as dist
+
     start = time.time()
-    config, task = build_config(model, dataset, config_dict, config_files)
+    config, task = build_config(model, dataset, _with_visible_gpus(config_dict), config_files)
+    launched = _join_process_group(config)
+    try:
+        run_dir = Path(_decided_by_rank0(lambda: _new_run_dir(config, model, dataset)))
+        if not dist.is_main():  # the other ranks train and evaluate; they write nothing
+            return _run_elsewhere(config, task, model_class(model), run_dir, saved, start, on_valid)
+        # a user mistake leaves nothing half-written, not even the runs/ folder this run created
+        with new_folders_removed_on(run_dir, UserError):
+            make_dirs(run_dir, "run directory")
+            config["run_dir"] = str(run_dir)
+            config["checkpoint_dir"] = str(run_dir)
+            try:
+                with status_marked(run_dir):  # status.json: running, then complete / interrupted / failed
+                    return _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
+            except UserError as exc:
+                if exc.mistake:
+                    shutil.rmtree(run_dir, ignore_errors=True)  # even when it existed (empty) before
+                raise
+    finally:
+        if launched:
+            dist.stop()
+
+
+def _new_run_dir(config, model: str, dataset: str) -> str:
+    from recbole_ext.config import new_run_dir
+
     run_dir = Path(config["run_dir"]) if config["run_dir"] else new_run_dir(model, dataset, config["runs_root"])
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         fix="choose another --run_dir or remove it")
-    # a user mistake leaves nothing half-written, not even the runs/ folder this run created
-    with new_folders_removed_on(run_dir, UserError):
-        make_dirs(run_dir, "run directory")
-        config["run_dir"] = str(run_dir)
-        config["checkpoint_dir"] = str(run_dir)
+    return str(run_dir)
+
+
+# ---- data-parallel runs (torchrun): training/distributed.py holds the trainer side ---------------------------
+
+
+def _with_visible_gpus(config_dict: dict | None) -> dict | None:
+    """Under torchrun, every GPU stays visible (RecBole's ``gpu_id``, default "0", would otherwise set
+    CUDA_VISIBLE_DEVICES=0 in every rank); each rank then takes ``cuda:LOCAL_RANK``."""
+    from recbole_ext.utils.distributed import launch_from_environment
+
+    if launch_from_environment() is None or "gpu_id" in (config_dict or {}):
+        return config_dict
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(str(i) for i in range(torch.cuda.device_count()))
+    return {**(config_dict or {}), "gpu_id": visible}
+
+
+def _join_process_group(config) -> bool:
+    """Join torchrun's process group when this process is one of several; True if it joined."""
+    import torch
+
+    from recbole_ext.options import POSITIVE, number_value
+    from recbole_ext.utils import distributed as dist
+
+    launch = dist.launch_from_environment()
+    if launch is None:
+        return False
+    timeout = number_value(config, "dist_timeout", 600.0, float, POSITIVE)
+    cuda = config["device"].type == "cuda"
+    if cuda:
+        torch.cuda.set_device(launch.local_rank)
+        config["device"] = torch.device("cuda", launch.local_rank)
+    dist.start(launch, "nccl" if cuda else "gloo", timeout)
+    # MMRecTrainer's Adam step inside backward would update a table before DDP has averaged its gradient; the
+    # plain step is the same update (it costs a full-size gradient of the table)
+    config["row_update_features"] = False
+    if launch.rank != 0:
+        config["show_progress"] = False
+    return True
+
+
+def _decided_by_rank0(decide):
+    """``decide()`` run by rank 0 alone, its value (or its UserError) on every rank."""
+    from recbole_ext.utils import distributed as dist
+
+    value, error = None, None
+    if dist.is_main():
         try:
-            with status_marked(run_dir):  # status.json: running, then complete / interrupted / failed
-                return _run_in(config, task, model_class(model), run_dir, saved, start, on_valid)
-        except UserError:
-            shutil.rmtree(run_dir, ignore_errors=True)  # even when it existed (empty) before
-            raise
+            value = decide()
+        except UserError as exc:
+            if not dist.active():
+                raise
+            error = (exc.message, exc.fix)
+    value, error = dist.broadcast_object((value, error), "agreeing on the run directory")
+    if error:
+        raise UserError(*error)
+    return value
+
+
+def _run_elsewhere(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid) -> RunResult:
+    """A rank other than 0: the same run, with RecBole's checkpoint folder in a temporary directory it removes and
+    no file of its own (rank 0 writes ``run_dir``)."""
+    import tempfile
+
+    config["run_dir"] = str(run_dir)
+    with tempfile.TemporaryDirectory(prefix="recbole-ext-rank") as scratch:
+        config["checkpoint_dir"] = scratch
+        return _run_in(config, task, model_cls, run_dir, saved, start, on_valid, writes=False)
 
 
 def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, on_valid=None,
-            resume_state: dict | None = None) -> RunResult:
+            resume_state: dict | None = None, writes: bool = True) -> RunResult:
     """The run itself; ``resume_state`` (a loaded ``last.pth``) continues an interrupted run after its last saved
-    epoch instead of starting at epoch 0 (:func:`resume`)."""
+    epoch instead of starting at epoch 0 (:func:`resume`). ``writes=False``: a data-parallel rank other than 0,
+    which logs warnings to the console only and writes no file."""
     from recbole.utils import init_seed
 
     from recbole_ext.checkpoint import id_maps_of, to_plain
@@ -188,7 +283,7 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     from recbole_ext.training.resume_state import EpochResumeState, resume_every
     from recbole_ext.utils.console import PROGRESS, is_terminal
 
-    _init_logging(config, run_dir)
+    _init_logging(config, run_dir if writes else None, quiet=not writes)
     logger = getLogger()
     epochs = config["epochs"]
     logger.info(f"{config['model']} on {config['dataset']} ({task.name}), up to {epochs} epoch"
@@ -206,13 +301,13 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
     model = model_cls(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = _trainer_class(task, config, model_cls)(config, model)
-    trainer.saved_model_file = str(run_dir / "model.pth")
+    trainer.saved_model_file = str(run_dir / "model.pth")  # written by rank 0 only in a data-parallel run
     trainer.ext_id_maps = id_maps_of(dataset)
     trainer.on_valid, trainer.valid_bigger = on_valid, bool(config["valid_metric_bigger"])
 
     # last.pth after validated epochs (with model.pth only: a resume tests the best weights that file holds)
     epoch_state = EpochResumeState(trainer, {"train": train_data, "valid": valid_data, "test": test_data}, run_dir,
-                                   start, every=resume_every(config) if saved else 0)
+                                   start, every=resume_every(config) if saved and writes else 0)
     if resume_state is not None:
         epoch_state.restore(resume_state)
         logger.info(f"resumed from {epoch_state.path} after epoch {trainer.start_epoch - 1}")
@@ -254,6 +349,9 @@ def _run_in(config, task, model_cls, run_dir: Path, saved: bool, start: float, o
         epochs_trained=len(trainer.history),
         versions={"recbole-ext": __version__, **library_versions()},
     )
+    if not writes:
+        getattr(trainer, "tensorboard", None) and trainer.tensorboard.close()
+        return result
     with atomic_file(run_dir / "config.yaml") as fh:
         yaml.safe_dump(result.config, fh, sort_keys=True)
     summary = result.to_dict()
@@ -290,6 +388,10 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> RunResult:
     from recbole_ext.run_status import check_resumable, status_marked
     from recbole_ext.training.resume_state import check_resume_state
 
+    from recbole_ext.utils.distributed import launch_from_environment
+
+    if launch_from_environment() is not None:
+        raise UserError("resume runs in one process", fix="run `python run.py resume RUN_DIR` without torchrun")
     run_dir = Path(run_dir)
     resume_file = check_resumable(run_dir)
     state = ckpt.load(resume_file)

@@ -137,9 +137,12 @@ def status_marked(run_dir: str | os.PathLike):
     mark_running(run_dir, **progress_of(previous or {}))
     try:
         yield
-    except UserError:
-        if previous is not None:
-            write_status(run_dir, previous.pop("state"), **previous)
+    except UserError as exc:
+        if exc.mistake:
+            if previous is not None:
+                write_status(run_dir, previous.pop("state"), **previous)
+            raise
+        write_status(run_dir, "failed", error=exc.message[:300], **progress_of(read_status(run_dir)))
         raise
     except KeyboardInterrupt:
         progress = progress_of(read_status(run_dir))

@@ -108,6 +108,12 @@ class MedRecDataset:
         lens = ptr[pats + 1] - ptr[pats]
         return concatenated_ranges(ptr[pats], lens)
 
+    def visit_count(self, phase: str, rows: np.ndarray) -> int:
+        """Visits of the patients ``split[phase][rows]``: the rows a visit-level loss averages over."""
+        pats = self.split[phase][np.asarray(rows, dtype=np.int64)]
+        ptr = self.data.patient_visit_ptr
+        return int((ptr[pats + 1] - ptr[pats]).sum())
+
     def train_visits(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Training visits as (diag, proc, med) lists of int64 arrays of 1-based code ids (one array per visit)."""
         rows = self.phase_visits("train")
@@ -186,7 +192,19 @@ class MedRecDataLoader:
     def __bool__(self) -> bool:
         return self.n_patients > 0
 
-    def __iter__(self):
+    def row_batches(self):
+        """The patient rows of each batch of one pass, in order (the shuffle, if any, draws here once per pass)."""
         order = self._rng.permutation(self.n_patients) if self.shuffle else np.arange(self.n_patients)
         for s in range(0, self.n_patients, self.batch_size):
-            yield self.dataset.collate(self.phase, order[s:s + self.batch_size])
+            yield order[s:s + self.batch_size]
+
+    def __iter__(self):
+        for rows in self.row_batches():
+            yield self.dataset.collate(self.phase, rows)
+
+    def batch_block(self, start: int, stop: int):
+        """Batches ``start`` to ``stop - 1`` of an unshuffled pass, collated (a data-parallel evaluation's share)."""
+        if self.shuffle:
+            raise RuntimeError("batch_block needs an unshuffled loader")
+        for s in range(start * self.batch_size, min(stop * self.batch_size, self.n_patients), self.batch_size):
+            yield self.dataset.collate(self.phase, np.arange(s, min(s + self.batch_size, self.n_patients)))

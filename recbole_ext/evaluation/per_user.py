@@ -25,6 +25,8 @@ from logging import getLogger
 
 import numpy as np
 
+from recbole_ext.utils import distributed
+
 _MISSING = object()
 
 
@@ -111,6 +113,8 @@ def _recbole(trainer, dataset, eval_data, kwargs) -> tuple:
         for metric in _per_user_metrics(trainer.evaluator).values():
             stack.enter_context(_wrapped(metric, "topk_result", keep(metric.topk)))
         result = trainer.evaluate(eval_data, **kwargs)
+    # a data-parallel evaluation scored a block of the batches here; the metrics saw every block, in rank order
+    rows = [r for part in distributed.all_gather_objects(rows, "gathering per-user rows") for r in part]
     if not seen or not rows or any(r is None for r in rows):
         return result, {}
     users = torch.cat(rows).numpy()

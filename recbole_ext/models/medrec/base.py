@@ -64,6 +64,9 @@ class MedRecModel(AbstractRecommender):
     required_task = "medrec"  # checked before any data is loaded (recbole_ext.config.build_config)
     # The medication task uses its own dataset and trainer; the registry/task use this flag to accept the model.
     medrec_model = True
+    # calculate_loss is a mean over the batch's visits: a data-parallel run shards patients and weights each
+    # rank's loss by its visits (recbole_ext/training/distributed.py)
+    distributed_loss = "row_mean"
     # checked before any data is loaded (recbole_ext.config.check_options, which adds COMMON_BOUNDS: embedding_size,
     # dropout_prob, ...); subclasses add their own keys
     option_bounds = {"loss_bce_weight": NON_NEGATIVE,

@@ -80,6 +80,8 @@ class MedContext(MedRecModel):
     paper = "RecBole context-aware model (option context_model) on visits"
 
     context_model: str | None = None
+    # the wrapped RecBole model's loss may not be a mean over visits: a data-parallel run replicates it
+    distributed_loss = "replicated"
 
     @classmethod
     def extra_config_keys_for(cls, values) -> list[str]:

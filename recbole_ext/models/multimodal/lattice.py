@@ -85,6 +85,9 @@ def blockwise_cosine_topk(x: torch.Tensor, k: int, block_elements: int | None = 
 
 class LATTICE(MultimodalRecommender):
     paper = "Zhang et al., LATTICE (ACM MM 2021)"
+    # the graph learner's projections get gradients only in the step that rebuilds the item graph (the first of
+    # each epoch by default): a data-parallel run must look for unused parameters after every forward
+    distributed_unused_parameters = True
     option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
                      "lambda_coeff": UNIT_INTERVAL}
 
