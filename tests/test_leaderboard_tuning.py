@@ -292,3 +292,46 @@ def test_the_test_split_does_not_change_a_real_boards_trials_or_choices(tmp_path
     assert len(shipped) == 2 and all(float(t["wall_time_s"]) > 1 for t in shipped)  # real training
     assert [(t["trial"], t["params"], t["best_valid_score"], t["chosen"]) for t in shipped] == \
         [(t["trial"], t["params"], t["best_valid_score"], t["chosen"]) for t in scrambled]
+
+
+# ------------------------------------------------------------------------------------------------- distinct trials
+SPACE_FOUR = {"source": "test", "space": {"embedding_size": {"type": "categorical", "choices": [8, 16, 32, 64]}}}
+
+
+def test_the_budget_counts_distinct_configurations_and_a_small_space_runs_out(tmp_path):
+    """TPE proposes configurations it has already run (4 draws from 4 points repeat with probability 0.9): a
+    repeat is answered from the record and not counted, so 4 trials are 4 different configurations; a budget above
+    the space's size stops when the space is exhausted, and the report says so."""
+    env = cli_env(tmp_path)
+    out = tmp_path / "out"
+    models = [{"name": "A", "search": SPACE_FOUR}]
+    run_cli(tuned_spec(tmp_path / "s.yaml", trials=4, models=models), out, env, "--workers", "2", "--tune-only")
+    runs = [r for r in db_rows(out) if r["phase"] == "tune"]
+    assert sorted(json.loads(r["config_dict"])["embedding_size"] for r in runs) == [8, 16, 32, 64]
+    repeats = [s for _, _, s in optuna_trials(out)][len(runs):]
+    assert len(optuna_trials(out)) > len(runs)  # the sampler did repeat itself; those were not run
+    assert set(repeats) <= {"COMPLETE"}
+    # a larger budget continues the same study: nothing is left to run, and the report says why
+    run_cli(tuned_spec(tmp_path / "s.yaml", trials=6, models=models), out, env, "--workers", "2", "--tune-only")
+    assert len([r for r in db_rows(out) if r["phase"] == "tune"]) == 4
+    text = (out / "leaderboard.md").read_text()
+    assert "4/6" in text and "space exhausted" in text
+
+
+def test_a_study_from_before_the_rule_stops_counting_its_repeated_trials():
+    """README boards tuned before the rule hold repeated trials that were run; they no longer count, so a rerun asks
+    for new configurations up to the budget (and the repeat's first trial keeps its place)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from recbole_ext.leaderboard.tuning import _first_of_each_configuration, _run_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = {"embedding_size": CategoricalDistribution([8, 16, 32])}
+    for size, value in [(16, 0.1), (8, 0.3), (16, 0.1), (16, 0.1), (32, 0.2)]:
+        study.add_trial(optuna.trial.create_trial(params={"embedding_size": size}, distributions=dist, value=value))
+    counted = _run_trials(study.get_trials())
+    assert [t.number for t in counted] == [0, 1, 4]
+    assert _first_of_each_configuration(study.get_trials()) == {
+        (("embedding_size", "16"),): 0, (("embedding_size", "8"),): 1, (("embedding_size", "32"),): 4}

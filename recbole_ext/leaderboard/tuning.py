@@ -19,6 +19,12 @@ A spec's ``tuning:`` block sets the budget once for all models::
   store (never repeated) and reruns only the trial that was in flight, with the parameters it had been given.
 * ``pruner: median | hyperband``: the worker reports each epoch's validation score to the study and stops a trial
   the pruner gives up on; a pruned trial counts against the budget like any other.
+* The budget counts distinct configurations. A sampler may propose a configuration the study has already run
+  (TPE does, over categorical and integer spaces): that trial is answered from the record (the same value or
+  state, marked ``repeat_of``), not run and not counted, and the study asks again. A study made before this rule
+  continues: its repeated trials stop counting, so it asks for new configurations up to the budget. A study that keeps proposing
+  known configurations (``MAX_REPEATED_ASKS`` asks in a row) has exhausted its space and stops below the budget;
+  the report says so.
 """
 from __future__ import annotations
 
@@ -33,6 +39,11 @@ from recbole_ext.leaderboard.tuning_spec import SearchSpace, Tuning, space_for
 # TPE's random start-up trials: Optuna's default is 10, which a 10-20-trial budget would spend mostly on; 4 leaves
 # the model-based part most of it. Fixed (not a share of the budget) so that raising the budget continues a study.
 TPE_STARTUP_TRIALS = 4
+# Asks in a row that only propose configurations the study has run before it counts as exhausted: a space of a few
+# points runs out long before the budget, while over a large space a sampler repeats itself only now and then.
+MAX_REPEATED_ASKS = 64
+REPEAT_ATTR = "repeat_of"         # on a trial answered from the record: the number of the trial it repeats
+EXHAUSTED_ATTR = "exhausted_after"  # on a study whose space ran out: how many distinct configurations it ran
 
 
 # ----------------------------------------------------------------------------------------------------- studies
@@ -104,11 +115,13 @@ class StudyOutcome:
     space: SearchSpace
     budget: int
     max_epochs: int
-    trials: list          # TrialRecord, by trial number
+    trials: list          # TrialRecord, by trial number (the configurations run; repeats are not runs)
     chosen: dict | None   # the best complete trial's params
     best_value: float | None
     study_name: str
     bigger: bool = True   # direction of the validation metric
+    repeats: int = 0      # proposals of an already-run configuration, answered from the record
+    exhausted: bool = False  # the space ran out before the budget
 
     @property
     def wall_time_s(self) -> float:
@@ -194,18 +207,21 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
             study = studies[plan.study_name]
             trials = study.get_trials(deepcopy=False)
             running = [t for t in trials if t.state == TrialState.RUNNING]
+            earlier = _first_of_each_configuration(trials) if running else {}
+            if running and _params_key(running[0].params) in earlier:  # a kill came before a repeat was told
+                _answer_from_record(study, running[0], earlier[_params_key(running[0].params)])
+                trials = study.get_trials(deepcopy=False)
+                running = []
             if running:  # left by a killed run: rerun it with the parameters it was given
                 t = running[0]
                 round_requests.append((plan, t.number, trial_request(spec, plan, dict(t.params), t.number, hashes,
                                                                      run_fn, store.path)))
-            elif len(trials) < plan.trials:
-                study.sampler = make_sampler(spec.tuning, plan.space,
-                                             trial_seed(spec.tuning.seed, plan.study_name.rsplit("/", 1)[0],
-                                                        len(trials)))
-                trial = study.ask()
-                params = {p.name: p.suggest(trial) for p in plan.space.params}
-                round_requests.append((plan, trial.number, trial_request(spec, plan, params, trial.number, hashes,
-                                                                         run_fn, store.path)))
+            elif len(_run_trials(trials)) < plan.trials and EXHAUSTED_ATTR not in study.user_attrs:
+                asked = _ask_new_configuration(study, spec, plan)
+                if asked is not None:
+                    trial, params = asked
+                    round_requests.append((plan, trial.number, trial_request(spec, plan, params, trial.number,
+                                                                             hashes, run_fn, store.path)))
         if not round_requests:
             break
         execute([r for _, _, r in round_requests])
@@ -225,8 +241,60 @@ def tune(spec, hashes, store, execute, run_fn: str, progress=None, execute_runs:
     return outcomes(plans, studies, store)
 
 
+def _first_of_each_configuration(trials) -> dict:
+    """``{configuration: number}`` of the first finished trial of each configuration."""
+    first = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state.is_finished():
+            first.setdefault(_params_key(t.params), t.number)
+    return first
+
+
+def _run_trials(trials) -> list:
+    """The trials that count against the budget: each configuration's first trial (finished or running). A later
+    trial of a configuration already run is a repeat, whether it was answered from the record or, in a study made
+    before this rule, run again."""
+    first = _first_of_each_configuration(trials)
+    return [t for t in trials if first.get(_params_key(t.params), t.number) == t.number]
+
+
 def _finished(study) -> int:
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    return sum(t.state.is_finished() for t in _run_trials(study.get_trials(deepcopy=False)))
+
+
+def _params_key(params: dict) -> tuple:
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def _answer_from_record(study, trial, repeat_of: int) -> None:
+    """Tell ``trial`` what trial ``repeat_of`` (the same configuration, already run) got."""
+    from optuna.trial import TrialState
+
+    prior = study.get_trials(deepcopy=False)[repeat_of]
+    if prior.state == TrialState.COMPLETE:
+        study.tell(trial, prior.value, skip_if_finished=True)
+    else:
+        study.tell(trial, state=prior.state, skip_if_finished=True)
+
+
+def _ask_new_configuration(study, spec, plan):
+    """``(trial, params)`` of a configuration the study has not run, answering every repeat from the record on the
+    way; None (and the study marked exhausted) after ``MAX_REPEATED_ASKS`` repeats in a row. Each ask gets the
+    seed of its trial number, so a resumed study proposes what an uninterrupted one proposes."""
+    known = _first_of_each_configuration(study.get_trials(deepcopy=False))
+    for _ in range(MAX_REPEATED_ASKS):
+        number = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(spec.tuning, plan.space,
+                                     trial_seed(spec.tuning.seed, plan.study_name.rsplit("/", 1)[0], number))
+        trial = study.ask()
+        params = {p.name: p.suggest(trial) for p in plan.space.params}
+        repeat_of = known.get(_params_key(params))
+        if repeat_of is None:
+            return trial, params
+        trial.set_user_attr(REPEAT_ATTR, repeat_of)
+        _answer_from_record(study, trial, repeat_of)
+    study.set_user_attr(EXHAUSTED_ATTR, len(known))
+    return None
 
 
 def outcomes(plans, studies, store) -> list[StudyOutcome]:
@@ -238,7 +306,8 @@ def outcomes(plans, studies, store) -> list[StudyOutcome]:
         records = []
         best = None
         study = studies.get(plan.study_name)
-        for t in sorted(study.get_trials(deepcopy=False) if study else [], key=lambda t: t.number):
+        all_trials = study.get_trials(deepcopy=False) if study else []
+        for t in sorted(_run_trials(all_trials), key=lambda t: t.number):
             if not t.state.is_finished():
                 continue
             row = rows.get((plan.study_name, t.number))
@@ -252,7 +321,8 @@ def outcomes(plans, studies, store) -> list[StudyOutcome]:
         out.append(StudyOutcome(plan.model_spec.name, plan.dataset, plan.space, plan.trials, plan.max_epochs,
                                 records, dict(best.params) if best else None,
                                 rows.get((plan.study_name, best.number), {}).get("best_valid_score") if best else None,
-                                plan.study_name, bigger))
+                                plan.study_name, bigger, repeats=len(all_trials) - len(_run_trials(all_trials)),
+                                exhausted=bool(study and EXHAUSTED_ATTR in study.user_attrs)))
     return out
 
 

@@ -28,6 +28,10 @@ def _counts(outcome) -> str:
     states = [t.state for t in outcome.trials]
     done = f"{len(states)}/{outcome.budget}"
     extra = [f"{states.count(s)} {s.lower()}" for s in ("PRUNED", "FAIL") if states.count(s)]
+    if outcome.exhausted:
+        extra.append("space exhausted")
+    if outcome.repeats:
+        extra.append(f"{outcome.repeats} repeated proposals not run")
     return done + (f" ({', '.join(extra)})" if extra else "")
 
 
