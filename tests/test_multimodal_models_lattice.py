@@ -1,12 +1,15 @@
 """LATTICE: the blockwise latent graph is MMRec's dense build (values and gradients), and the official schedule."""
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal import lattice as lattice_module
 from recbole_ext.models.multimodal.lattice import LATTICE, blockwise_cosine_topk
-from recbole_ext.testing.multimodal_toy import fit, planted_clusters, random_batch, recall_at_k, toy_config
+from recbole_ext.testing.multimodal_toy import (ITEM_FIELD, NEG_PREFIX, USER_FIELD, fit, planted_clusters, random_batch,
+                                                recall_at_k, toy_config)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,3 +146,69 @@ def test_backward_is_clean_under_anomaly_detection(tiny):
     with torch.autograd.detect_anomaly(check_nan=True):
         model.calculate_loss(random_batch(tiny)).backward()
     assert torch.isfinite(model.modal_weight.grad).all()
+
+
+def mmrec_user_item_adjacency(inter_coo, n_users: int, n_items: int) -> np.ndarray:
+    """MMRec's LATTICE ``get_adj_mat``, transcribed: the bipartite matrix filled block by block in a lil matrix, self
+    loops added, then ``D^-1 (A + I)`` with ``D`` the row sums (inf -> 0), returned dense in float64."""
+    n = n_users + n_items
+    adj = sp.lil_matrix((n, n), dtype=np.float64)
+    r = inter_coo.tolil()
+    adj[:n_users, n_users:] = r
+    adj[n_users:, :n_users] = r.T
+    adj = adj.todok() + sp.eye(n)
+    row_sum = np.asarray(adj.sum(1)).ravel()
+    with np.errstate(divide="ignore"):
+        d_inv = np.power(row_sum, -1.0)
+    d_inv[np.isinf(d_inv)] = 0.0
+    return np.asarray((sp.diags(d_inv) @ adj).todense())
+
+
+def mmrec_lightgcn_loss(model: LATTICE, item_graph: torch.Tensor, adj: torch.Tensor, batch: dict) -> torch.Tensor:
+    """MMRec LATTICE's ``forward`` (cf_model lightgcn) and ``bpr_loss``, on dense float64 matrices."""
+    h = model.item_id_embedding.weight
+    for _ in range(model.n_layers):
+        h = item_graph @ h
+    ego = torch.cat([model.user_embedding.weight, model.item_id_embedding.weight])
+    layers = [ego]
+    for _ in range(model.n_ui_layers):
+        ego = adj @ ego
+        layers.append(ego)
+    mean = torch.stack(layers, dim=1).mean(dim=1)
+    users, items = mean[:model.n_users], mean[model.n_users:] + F.normalize(h, p=2, dim=1)
+    u, p, n = users[batch[USER_FIELD]], items[batch[ITEM_FIELD]], items[batch[NEG_PREFIX + ITEM_FIELD]]
+    mf = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    reg = (0.5 * (u ** 2).sum() + 0.5 * (p ** 2).sum() + 0.5 * (n ** 2).sum()) / model.train_batch_size
+    return mf + model.reg_weight * reg
+
+
+def test_user_item_graph_is_mmrecs_row_normalised_adjacency_with_self_loops(tiny):
+    torch.manual_seed(0)
+    model = LATTICE(toy_config(embedding_size=8, knn_k=4, reg_weight=1e-2, train_batch_size=32), tiny).double()
+    want = mmrec_user_item_adjacency(tiny.inter_matrix(), tiny.n_users, tiny.n_items)
+    got = model.norm_adj.to_dense().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-7)
+
+    # the backbone propagates on it as MMRec's forward does: loss and gradients of the first (graph-building) batch
+    batch = random_batch(tiny, n=32, seed=3)
+    model.train()
+    model.pre_epoch_processing()
+    loss = model.calculate_loss(batch)
+    params = [model.user_embedding.weight, model.item_id_embedding.weight, model.modal_weight,
+              model.projection["image"].weight]
+    got_grads = torch.autograd.grad(loss, params)
+    reference = mmrec_lightgcn_loss(model, dense_reference_graph(model, tiny.mm_features).double(),
+                                    torch.from_numpy(want), batch)
+    want_grads = torch.autograd.grad(reference, params)
+    assert abs(loss.item() - reference.item()) < 1e-9
+    for g, w in zip(got_grads, want_grads):
+        assert torch.allclose(g, w, atol=1e-9), (g - w).abs().max()
+
+
+def test_symmetric_user_item_graph_is_the_option(tiny):
+    torch.manual_seed(0)
+    model = LATTICE(toy_config(embedding_size=8, ui_normalisation="sym"), tiny)
+    adj = model.norm_adj.to_dense()
+    assert torch.allclose(adj, adj.T, atol=1e-7) and not adj.diagonal().any()
+    with pytest.raises(UserError, match="ui_normalisation"):
+        LATTICE(toy_config(embedding_size=8, ui_normalisation="rw"), tiny)

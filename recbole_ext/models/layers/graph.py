@@ -41,6 +41,20 @@ def normalised_bipartite(r: sp.csr_matrix, degree_eps: float = 0.0) -> tuple[sp.
     return a_hat.astype(np.float32), r_hat.tocsr().astype(np.float32)
 
 
+def row_normalised_with_self_loops(r: sp.csr_matrix) -> sp.csr_matrix:
+    """``D^-1 (A + I)`` with ``A = [[0, R], [R^T, 0]]`` and ``D`` the row sums of ``A + I`` (LATTICE in MMRec).
+
+    Row-stochastic, not symmetric: a node averages itself and its neighbours. Every node has degree >= 1, so an
+    isolated node (RecBole's PAD user and item) keeps its own embedding and touches no other node.
+    """
+    n_users, n_items = r.shape
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float64)
+    a.resize((n_users + n_items, n_users + n_items))
+    a = (a + sp.identity(n_users + n_items, dtype=np.float64, format="csr")).tocsr()
+    inv_degree = 1.0 / np.asarray(a.sum(axis=1)).ravel()
+    return (sp.diags(inv_degree) @ a).tocsr().astype(np.float32)
+
+
 def lightgcn_mean(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     """``mean_{l=0..L} adj^l ego`` (LightGCN layer combination, layer 0 included)."""
     total = ego

@@ -12,7 +12,7 @@ feature tables: ``K_m`` = cosine top-``k`` of ``f_m`` (weighted, not normalised)
     O = sum_m w_m O_m                           # mixed AFTER (each O_m is already normalised)
     S = (1 - lambda_coeff) * L + lambda_coeff * O
     h = S^n_layers E_item                       # item ID embeddings on the latent item graph
-    users, items = LightGCN(A_hat, [E_user; E_item], n_ui_layers)
+    users, items = LightGCN(A_ui, [E_user; E_item], n_ui_layers)   # A_ui = D^-1 (A + I), MMRec's get_adj_mat
     items = items + l2_normalise(h)             # row-wise, as MMRec
     loss = BPR + reg_weight * (½‖u‖² + ½‖p‖² + ½‖n‖²) / train_batch_size  (final embeddings, Q3)
 
@@ -34,15 +34,17 @@ PAD: RecBole's item 0 (absent in MMRec) has no features; it gets neither neighbo
 ``cf_model``: MMRec's LATTICE offers ``ngcf``, ``lightgcn`` and ``mf`` backbones; ``lightgcn`` and ``mf`` are
 implemented, ``ngcf`` is refused with a UserError.
 
-[INFERRED] (not recorded in the spec, which gives only the yaml values of its Appendix A; taken from memory of MMRec
-and the original LATTICE code, unverified here): ``cf_model: lightgcn`` is the yaml default; ``n_ui_layers = 2``
-(``len(weight_size)`` with ``weight_size: [64, 64]``); the per-epoch graph schedule above; the learned graph mixes
-the unnormalised kNN matrices before one normalisation while the original graphs are mixed after theirs;
-``modal_weight`` starts at ``[0.5, 0.5]``; the L2 term uses the final (propagated) batch embeddings divided by
-``train_batch_size``. MMRec also projects the feature tables in every forward and discards them when the graph is
-not rebuilt; here they are projected only when used, which is the same function (with torch >= 2's
-``zero_grad(set_to_none=True)`` an unused parameter gets no Adam step; under torch < 2 the official run would also
-move those parameters by Adam momentum in the other batches; that is not reproduced).
+Checked against MMRec's ``lattice.py``, ``lattice.yaml`` and ``utils.py`` (read, not copied): ``cf_model:
+lightgcn`` is the yaml default; ``n_ui_layers = len(weight_size) = 2``; the per-epoch graph schedule above; the
+learned graph mixes the unnormalised kNN matrices before one normalisation while the original graphs are mixed after
+theirs; ``modal_weight`` starts at ``[0.5, 0.5]``; the L2 term uses the final (propagated) batch embeddings divided by
+``train_batch_size``; the user-item graph of the LightGCN backbone is MMRec's ``get_adj_mat``, ``D^-1 (A + I)``
+(self-loops, row-normalised; ``ui_normalisation: row_self_loops``, the default), not LightGCN's symmetric
+``D^-1/2 A D^-1/2`` (``ui_normalisation: sym``, which earlier versions of this file used). MMRec also projects the
+feature tables in every forward and discards them when the graph is not rebuilt; here they are projected only when
+used, which is the same function (with torch >= 2's ``zero_grad(set_to_none=True)`` an unused parameter gets no Adam
+step; under torch < 2 the official run would also move those parameters by Adam momentum in the other batches; that
+is not reproduced).
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import lightgcn_mean
+from recbole_ext.models.layers.graph import (interaction_csr, lightgcn_mean, row_normalised_with_self_loops,
+                                             to_torch_sparse)
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -61,6 +64,7 @@ from recbole_ext.options import config_value
 
 CF_MODELS = ("lightgcn", "mf")
 GRAPH_REBUILDS = ("epoch", "batch")
+UI_NORMALISATIONS = ("row_self_loops", "sym")
 _SIM_BLOCK_ELEMENTS = 1 << 24  # similarity floats alive at once while searching the learned neighbours (64 MB)
 
 
@@ -105,6 +109,10 @@ class LATTICE(MultimodalRecommender):
         self.reg_denominator = config_value(config, "reg_denominator", "train_batch_size")
         self.train_batch_size = int(config_value(config, "train_batch_size", 2048))
         self.freeze_features = bool(config_value(config, "freeze_features", False))
+        self.ui_normalisation = config_value(config, "ui_normalisation", "row_self_loops")
+        if self.ui_normalisation not in UI_NORMALISATIONS:
+            raise UserError(f"LATTICE ui_normalisation={self.ui_normalisation!r} is not supported",
+                            fix=f"use one of {UI_NORMALISATIONS}")
         if self.cf_model not in CF_MODELS:
             raise UserError(f"LATTICE cf_model={self.cf_model!r} is not supported", fix=f"use one of {CF_MODELS}")
         if self.graph_rebuild not in GRAPH_REBUILDS:
@@ -120,7 +128,11 @@ class LATTICE(MultimodalRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
 
-        _, norm_adj, _ = self.interaction_graphs(dataset)
+        if self.ui_normalisation == "row_self_loops":  # MMRec's get_adj_mat: D^-1 (A + I)
+            r = interaction_csr(dataset.inter_matrix(form="coo"), self.n_users, self.n_items)
+            norm_adj = to_torch_sparse(row_normalised_with_self_loops(r)).to(self.device)
+        else:  # LightGCN's D^-1/2 A D^-1/2, as MGCN and FREEDOM
+            _, norm_adj, _ = self.interaction_graphs(dataset)
         self.set_graph("norm_adj", norm_adj)
         self.set_graph("original_graphs",
                        {m: knn_graph(self.raw_feature(m), self.knn_k, "sym").to(self.device) for m in self.modalities})
