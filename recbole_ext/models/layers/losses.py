@@ -36,6 +36,27 @@ def info_nce(table1: torch.Tensor, table2: torch.Tensor, index: torch.Tensor, te
     return (counts * per_row).sum() / index.numel()
 
 
+def info_nce_all_rows(table1: torch.Tensor, table2: torch.Tensor, index: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """LGMRec's hypergraph contrast: ``Σ_b -log(exp(s(b, b)/τ) / Σ_j exp(s(b, j)/τ))`` summed over the batch rows,
+    with ``s(b, j) = <a_b, c_j>`` between the L2-normalised rows ``a_b = table1[index[b]]`` and ``c_j`` of the whole
+    ``table2`` (every row of ``table2`` a negative, the positive ``c_index[b]`` among them; a sum, not a mean).
+
+    Rows that repeat an id are identical, so the loss is computed once per distinct id times its count: a
+    ``distinct x len(table2)`` matrix instead of ``batch x len(table2)``; logsumexp avoids overflow.
+    """
+    rows, counts = _distinct(index, table1.dtype)
+    a = F.normalize(table1[rows], dim=1)
+    logits = a @ F.normalize(table2, dim=1).T / temperature
+    positive = logits.gather(1, rows[:, None]).squeeze(1)
+    return (counts * (torch.logsumexp(logits, dim=1) - positive)).sum()
+
+
+def summed_norms(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
+    """``sum_t ‖t‖_F / denominator`` (unsquared Frobenius norms: MMRec's EmbLoss, VBPR's and LGMRec's L2 term)."""
+    return sum(t.norm(p=2) for t in tensors) / denominator
+
+
 def gaussian_mmd(x_table: torch.Tensor, y_table: torch.Tensor, index: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """Biased MMD² (diagonals included) between the L2-normalised rows ``x_table[index]`` and ``y_table[index]``
     with kernel ``exp(-‖a-b‖²/(2σ²))``.

@@ -24,6 +24,14 @@ from recbole_ext.options import config_value
 _DEGREE_EPS = 1e-7
 
 
+def require_feature_width(model: str, config, reason: str) -> None:
+    """``feat_embed_dim`` (unset = ``embedding_size``) must equal ``embedding_size``; else one line naming why."""
+    width = config_value(config, "embedding_size", 64)
+    if config_value(config, "feat_embed_dim", width) != width:
+        raise UserError(f"{model} {reason}: feat_embed_dim must equal embedding_size",
+                        fix="leave feat_embed_dim unset or set it to embedding_size")
+
+
 class FREEDOM(MultimodalRecommender):
     paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
     option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
@@ -32,10 +40,7 @@ class FREEDOM(MultimodalRecommender):
 
     @classmethod
     def check_config(cls, config) -> None:
-        width = config_value(config, "embedding_size", 64)
-        if config_value(config, "feat_embed_dim", width) != width:
-            raise UserError("FREEDOM scores users against projected features: feat_embed_dim must equal embedding_size",
-                            fix="leave feat_embed_dim unset or set it to embedding_size")
+        require_feature_width("FREEDOM", config, "scores users against projected features")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
