@@ -158,8 +158,8 @@ class MultimodalTask(Task):
         if getattr(model_class, "type", None) != ModelType.GENERAL or name in _USER_BATCH_MODELS:
             raise UserError(f"model {name} cannot run under the MMRec protocol (it needs pairwise/pointwise "
                             f"interaction batches of a general recommender)",
-                            fix="use a general recommender such as BPR, LightGCN, VBPR, FREEDOM, LATTICE, MGCN "
-                                "or MambaRec")
+                            fix="use a general recommender such as BPR, LightGCN, VBPR, FREEDOM, LATTICE, LGMRec, "
+                                "MGCN or MambaRec")
 
     def check_data(self, config) -> None:
         from recbole_ext.data.multimodal import is_derived_on_first_use, missing_dataset_error, mmrec_source_folder
