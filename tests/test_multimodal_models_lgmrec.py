@@ -290,3 +290,14 @@ def test_lgmrec_runs_through_the_pipeline_and_reloads(quiet, tmp_path):
     users = torch.arange(1, 9)
     scores = model.full_sort_predict({model.USER_ID: users}).view(len(users), -1)
     assert torch.allclose(scores, model.user_vectors(users) @ model.item_vectors().T)
+
+
+def test_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    # the Gumbel noise and dropout masks of training come from torch's generator, which last.pth saves and resume
+    # restores: the resumed run draws what the uninterrupted one drew (history, test results, weights all ==)
+    from tests import test_resume as resume_tests
+
+    config = {"epochs": 3, "seed": 11, "state": "ERROR", "show_progress": False}
+    full = run("LGMRec", "synth-mm", {**config, "run_dir": str(tmp_path / "full")})
+    resumed = resume_tests.interrupted_then_resumed(monkeypatch, "LGMRec", "synth-mm", config, 0, tmp_path / "stopped")
+    resume_tests.assert_same_run(resumed, full)
