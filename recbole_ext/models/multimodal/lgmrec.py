@@ -64,15 +64,14 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator 
 
 def hypergraph_pass(item_memberships: torch.Tensor, user_memberships: torch.Tensor, item_embeddings: torch.Tensor,
                     n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(users, items)`` after ``n_layers`` rounds of item -> hyperedge -> item; users read the last round's
-    hyperedge embeddings through their own memberships."""
+    """``(users, items)`` after ``n_layers >= 1`` rounds of item -> hyperedge -> item; users read the last round's
+    hyperedge embeddings through their own memberships (the official code computes them in every round and keeps
+    the last)."""
     items = item_embeddings
-    users = None
     for _ in range(n_layers):
         hyperedges = item_memberships.T @ items
         items = item_memberships @ hyperedges
-        users = user_memberships @ hyperedges
-    return users, items
+    return user_memberships @ hyperedges, items
 
 
 class LGMRec(MultimodalRecommender):
