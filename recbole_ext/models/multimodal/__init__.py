@@ -6,4 +6,5 @@ MODELS = {
     "VBPR": "recbole_ext.models.multimodal.vbpr:VBPR",
     "FREEDOM": "recbole_ext.models.multimodal.freedom:FREEDOM",
     "LATTICE": "recbole_ext.models.multimodal.lattice:LATTICE",
+    "BM3": "recbole_ext.models.multimodal.bm3:BM3",
 }
