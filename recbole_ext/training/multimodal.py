@@ -6,7 +6,8 @@ What differs from RecBole's defaults, and where it is implemented (mambarec spec
 * full ranking over all items; ONLY TRAINING items masked, at validation AND test
   (RecBole masks train+valid at test) ............................................ ``MMRecEvalDataLoader``
 * one uniform negative per positive, drawn from items seen in training, rejecting the user's training items
-  (RecBole draws from all items) ................................................. ``TrainItemNegativeSampler``
+  (RecBole draws from all items); none for a pointwise model with ``train_neg_sample_args: None`` (BM3, MMRec's
+  ``use_neg_sampling: False``) ................................................... ``TrainItemNegativeSampler``
 * early stopping on valid Recall@20 with STRICT improvement (RecBole counts ties) ... ``MMRecTrainer.fit``
 * LambdaLR ``decay ** (epoch / every)`` stepped once per epoch
   (``learning_rate_scheduler: [decay, every]``; MMRec's default [1.0, 50] is constant) ``MMRecTrainer``
