@@ -145,6 +145,12 @@ def test_runs_through_the_pipeline_without_negatives_and_reloads(quiet, tmp_path
     assert torch.allclose(scores, model.user_vectors(users) @ model.item_vectors().T)
 
 
+def test_bm3_refuses_negatives(quiet, tmp_path):
+    with pytest.raises(UserError, match="positive pairs only"):
+        run("BM3", "synth-mm", {**quiet, "runs_root": str(tmp_path / "runs"),
+                                "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}})
+
+
 def test_pairwise_models_still_refuse_missing_negatives(quiet, tmp_path):
     with pytest.raises(UserError, match="train_neg_sample_args is None"):
         run("FREEDOM", "synth-mm", {**quiet, "runs_root": str(tmp_path / "runs"), "train_neg_sample_args": None})

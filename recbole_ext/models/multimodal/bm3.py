@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.utils import InputType
 
+from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import lightgcn_mean
 from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.options import DROPOUT, NON_NEGATIVE
@@ -53,6 +54,14 @@ class BM3(MultimodalRecommender):
     paper = "Zhou et al., BM3 (WWW 2023)"
     input_type = InputType.POINTWISE  # positive pairs only: no negative is sampled (MMRec use_neg_sampling: False)
     option_bounds = {"n_layers": NON_NEGATIVE, "dropout": DROPOUT, "cl_weight": NON_NEGATIVE}
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        # a pointwise model given negatives would get them as extra (user, item) rows: positives they are not
+        negatives = config_value(config, "train_neg_sample_args")
+        if isinstance(negatives, dict) and negatives.get("distribution") not in (None, "none"):
+            raise UserError("BM3 trains on positive pairs only, but train_neg_sample_args asks for negatives",
+                            fix="leave train_neg_sample_args unset (BM3.yaml sets it to None)")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
