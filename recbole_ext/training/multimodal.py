@@ -198,9 +198,10 @@ class MultimodalTask(Task):
                             fix="set --mmrec_test_mask=train")
         valid = MMRecEvalDataLoader(config, valid_ds, train_hist)
         test = MMRecEvalDataLoader(config, test_ds, test_hist)
+        negatives = f"negatives from {pool} items" if sampler is not None else "no negatives"
         getLogger().info(f"[MMRec protocol] train {len(train_ds)} / valid {len(valid_ds)} / test {len(test_ds)} "
                          f"interactions; {len(valid.uid_list)} valid and {len(test.uid_list)} test users; "
-                         f"test mask: {test_mask}; negatives from {pool} items")
+                         f"test mask: {test_mask}; {negatives}")
         return train, valid, test
 
     def trainer_class(self, config, model_class):
