@@ -6,7 +6,8 @@ What differs from RecBole's defaults, and where it is implemented (mambarec spec
 * full ranking over all items; ONLY TRAINING items masked, at validation AND test
   (RecBole masks train+valid at test) ............................................ ``MMRecEvalDataLoader``
 * one uniform negative per positive, drawn from items seen in training, rejecting the user's training items
-  (RecBole draws from all items) ................................................. ``TrainItemNegativeSampler``
+  (RecBole draws from all items); none for a pointwise model with ``train_neg_sample_args: None`` (BM3, MMRec's
+  ``use_neg_sampling: False``) ................................................... ``TrainItemNegativeSampler``
 * early stopping on valid Recall@20 with STRICT improvement (RecBole counts ties) ... ``MMRecTrainer.fit``
 * LambdaLR ``decay ** (epoch / every)`` stepped once per epoch
   (``learning_rate_scheduler: [decay, every]``; MMRec's default [1.0, 50] is constant) ``MMRecTrainer``
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
-from recbole.utils import ModelType
+from recbole.utils import InputType, ModelType
 
 from recbole_ext import checkpoint
 from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
@@ -179,11 +180,7 @@ class MultimodalTask(Task):
     def data_preparation(self, config, dataset):
         train_ds, valid_ds, test_ds = dataset.build()
         pool = str(config["neg_sampling_pool"] or "train")
-        neg = config["train_neg_sample_args"] or {}
-        if neg.get("distribution") not in ("uniform", None) or neg.get("dynamic"):
-            raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
-                            fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
-        sampler = TrainItemNegativeSampler(train_ds, pool=pool)
+        sampler = TrainItemNegativeSampler(train_ds, pool=pool) if _samples_negatives(config) else None
         train = TrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
 
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
@@ -201,9 +198,10 @@ class MultimodalTask(Task):
                             fix="set --mmrec_test_mask=train")
         valid = MMRecEvalDataLoader(config, valid_ds, train_hist)
         test = MMRecEvalDataLoader(config, test_ds, test_hist)
+        negatives = f"negatives from {pool} items" if sampler is not None else "no negatives"
         getLogger().info(f"[MMRec protocol] train {len(train_ds)} / valid {len(valid_ds)} / test {len(test_ds)} "
                          f"interactions; {len(valid.uid_list)} valid and {len(test.uid_list)} test users; "
-                         f"test mask: {test_mask}; negatives from {pool} items")
+                         f"test mask: {test_mask}; {negatives}")
         return train, valid, test
 
     def trainer_class(self, config, model_class):
@@ -224,11 +222,27 @@ class MultimodalTask(Task):
                                "ties": str(config["early_stop_ties"] or "no_improvement")},
             "learning_rate_scheduler": list(config["learning_rate_scheduler"] or [1.0, 50]),
             "negatives": f"{(config['train_neg_sample_args'] or {}).get('sample_num', 1)} uniform per positive from "
-                         f"{config['neg_sampling_pool'] or 'train'} items",
+                         f"{config['neg_sampling_pool'] or 'train'} items" if _samples_negatives(config)
+            else "none (positive pairs only)",
             # users per evaluation batch: eval_users_per_batch, or eval_batch_size score cells // items
             "eval_users_per_batch": config["eval_users_per_batch"],
             "eval_batch_size": config["eval_batch_size"],
         }
+
+
+def _samples_negatives(config) -> bool:
+    """Whether the training batches carry negatives: uniform ones (MMRec's sampler), or none for a pointwise model
+    that trains on positive pairs only (MMRec's ``use_neg_sampling: False``, BM3)."""
+    neg = config["train_neg_sample_args"] or {}
+    if neg.get("distribution") == "none":
+        if config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE:
+            raise UserError(f"{config['model']} trains on (user, positive, negative) triples, but "
+                            f"train_neg_sample_args is None", fix="leave train_neg_sample_args unset")
+        return False
+    if neg.get("distribution") not in ("uniform", None) or neg.get("dynamic"):
+        raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
+                        fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
+    return True
 
 
 def lr_at(epoch: int, base_lr: float, schedule=(1.0, 50)) -> float:

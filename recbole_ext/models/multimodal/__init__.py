@@ -7,4 +7,5 @@ MODELS = {
     "FREEDOM": "recbole_ext.models.multimodal.freedom:FREEDOM",
     "LATTICE": "recbole_ext.models.multimodal.lattice:LATTICE",
     "LGMRec": "recbole_ext.models.multimodal.lgmrec:LGMRec",
+    "BM3": "recbole_ext.models.multimodal.bm3:BM3",
 }

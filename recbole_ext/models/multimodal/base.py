@@ -78,6 +78,13 @@ class MultimodalRecommender(GeneralRecommender):
         for m in self.feature_tables:
             del self._buffers[f"raw_{m}"]
 
+    def add_id_embeddings(self, dim: int) -> None:
+        """``user_embedding`` and ``item_id_embedding`` tables of width ``dim``, Xavier-uniform (the MMRec models)."""
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_id_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+
     # ---- optimiser steps inside backward for big tables (recbole_ext.models.layers.row_update) --------------
     def row_update_tables(self) -> dict[str, nn.Parameter]:
         """Trainable tables that enter the forward through exactly one :meth:`table_linear` call each."""
