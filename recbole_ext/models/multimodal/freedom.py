@@ -93,7 +93,8 @@ class FREEDOM(MultimodalRecommender):
         rows = torch.cat([keep[0], keep[1] + self.n_users])
         cols = torch.cat([keep[1] + self.n_users, keep[0]])
         n = self.n_users + self.n_items
-        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n))
+        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n),
+                                        device=values.device)
         self.masked_adj = graph.coalesce().to_sparse_csr().to(self.norm_adj.dtype)
 
     def train(self, mode: bool = True):

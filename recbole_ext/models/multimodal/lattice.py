@@ -164,7 +164,8 @@ class LATTICE(MultimodalRecommender):
 
     def build_item_graph(self) -> torch.Tensor:
         indices, values = self.item_graph_entries()
-        return torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), check_invariants=False)
+        return torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), check_invariants=False,
+                                       device=values.device)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def encode(self, item_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
