@@ -32,6 +32,17 @@ def med_data():
     return make_synthetic(n_patients=24, n_diag=30, n_proc=8, n_med=40, effects_per_diag=1, seed=5)
 
 
+def tensors_off_device(model, device: str) -> list[str]:
+    """Tensors the model's modules hold (directly or in a dict attribute) that are not on ``device``."""
+    off = []
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            for sub, tensor in (value.items() if isinstance(value, dict) else [("", value)]):
+                if isinstance(tensor, torch.Tensor) and tensor.device.type != device:
+                    off.append(f"{prefix}.{key}{f'[{sub}]' if sub else ''}")
+    return off
+
+
 def audited_training_step(model, batch) -> None:
     """calculate_loss and backward under the strict device, with no host read-back."""
     with strict_device(no_host_sync=True):
@@ -95,3 +106,15 @@ def test_medrec_model_is_device_clean(name, med_data):
     with torch.no_grad(), strict_device():
         prob = model.predict_visits(test_batch)
     assert prob.device.type == "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(MM_MODELS) + sorted(MEDREC_MODELS))
+def test_every_tensor_a_model_holds_follows_to_device(name, mm_data, med_data):
+    """quick_start builds a model, then moves it with ``.to(config['device'])``: a plain tensor attribute (not a
+    parameter, buffer or graph registered with ``set_graph``) would stay behind on the CPU."""
+    if name in MM_MODELS:
+        model = registry.model_class(name)(toy_config(embedding_size=8), mm_data)
+    else:
+        model = registry.model_class(name)(dict(MEDREC_CONFIG.get(name, {})), med_data)
+    assert tensors_off_device(model, "meta")  # the walk sees the parameters (in _parameters) on the CPU
+    assert tensors_off_device(model.to("meta"), "meta") == []

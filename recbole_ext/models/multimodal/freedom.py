@@ -58,8 +58,10 @@ class FREEDOM(MultimodalRecommender):
         r, norm_adj, _ = self.interaction_graphs(dataset, binary=True, degree_eps=_DEGREE_EPS)
         self.set_graph("norm_adj", norm_adj)
         coo = r.tocoo()
-        self.edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)).to(self.device)
-        self.edge_weight = self._degree_weights(self.edge_index)
+        # derived from the data at init, so not in the state dict; buffers, so model.to(device) moves them
+        edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)).to(self.device)
+        self.register_buffer("edge_index", edge_index, persistent=False)
+        self.register_buffer("edge_weight", self._degree_weights(edge_index), persistent=False)
         self.set_graph("masked_adj", None)
         self._needs_resample = True
 
