@@ -24,12 +24,12 @@ from time import time
 
 import numpy as np
 import torch
-from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
 from recbole_ext import checkpoint
-from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
+from recbole_ext.data.multimodal_loaders import (MMRecEvalDataLoader, MMRecTrainDataLoader, TrainItemNegativeSampler,
+                                                pairs_csr)
 from recbole_ext.errors import UserError
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
@@ -184,7 +184,7 @@ class MultimodalTask(Task):
             raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
                             fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
         sampler = TrainItemNegativeSampler(train_ds, pool=pool)
-        train = TrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
+        train = MMRecTrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
 
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
         items = train_ds.inter_feat[train_ds.iid_field].numpy()
