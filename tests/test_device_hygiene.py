@@ -32,6 +32,15 @@ def med_data():
     return make_synthetic(n_patients=24, n_diag=30, n_proc=8, n_med=40, effects_per_diag=1, seed=5)
 
 
+def model_and_batch(name: str, mm_data, med_data):
+    """The model ``name`` of either track on its tiny data (seed 0) and a training batch for it."""
+    torch.manual_seed(0)
+    if name in MM_MODELS:
+        return registry.model_class(name)(toy_config(embedding_size=8), mm_data), random_batch(mm_data, n=16)
+    return (registry.model_class(name)(dict(MEDREC_CONFIG.get(name, {})), med_data),
+            med_data.batches("train", 4)[0])
+
+
 def tensors_off_device(model, device: str) -> list[str]:
     """Tensors the model's modules hold (directly or in a dict attribute) that are not on ``device``."""
     off = []
@@ -77,10 +86,8 @@ def test_strict_device_catches_a_tensor_created_without_device():
 
 
 @pytest.mark.parametrize("name", sorted(MM_MODELS))
-def test_multimodal_model_is_device_clean(name, mm_data):
-    torch.manual_seed(0)
-    model = registry.model_class(name)(toy_config(embedding_size=8), mm_data)
-    batch = random_batch(mm_data, n=16)
+def test_multimodal_model_is_device_clean(name, mm_data, med_data):
+    model, batch = model_and_batch(name, mm_data, med_data)
     model.train()
     if hasattr(model, "pre_epoch_processing"):
         with strict_device():
@@ -95,10 +102,8 @@ def test_multimodal_model_is_device_clean(name, mm_data):
 
 
 @pytest.mark.parametrize("name", sorted(MEDREC_MODELS))
-def test_medrec_model_is_device_clean(name, med_data):
-    torch.manual_seed(0)
-    model = registry.model_class(name)(dict(MEDREC_CONFIG.get(name, {})), med_data)
-    batch = med_data.batches("train", 4)[0]
+def test_medrec_model_is_device_clean(name, mm_data, med_data):
+    model, batch = model_and_batch(name, mm_data, med_data)
     model.train()
     audited_training_step(model, batch)
     model.eval()
@@ -112,9 +117,20 @@ def test_medrec_model_is_device_clean(name, med_data):
 def test_every_tensor_a_model_holds_follows_to_device(name, mm_data, med_data):
     """quick_start builds a model, then moves it with ``.to(config['device'])``: a plain tensor attribute (not a
     parameter, buffer or graph registered with ``set_graph``) would stay behind on the CPU."""
-    if name in MM_MODELS:
-        model = registry.model_class(name)(toy_config(embedding_size=8), mm_data)
-    else:
-        model = registry.model_class(name)(dict(MEDREC_CONFIG.get(name, {})), med_data)
+    model, _ = model_and_batch(name, mm_data, med_data)
     assert tensors_off_device(model, "meta")  # the walk sees the parameters (in _parameters) on the CPU
     assert tensors_off_device(model.to("meta"), "meta") == []
+
+
+@pytest.mark.parametrize("name", sorted(MM_MODELS) + sorted(MEDREC_MODELS))
+def test_every_model_trains_under_bf16_autocast(name, mm_data, med_data):
+    """``precision: bf16`` runs calculate_loss under CPU/CUDA autocast; sparse graph products stay float32
+    (``layers.graph.graph_product``: no bfloat16 sparse kernels on the CPU)."""
+    model, batch = model_and_batch(name, mm_data, med_data)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.calculate_loss(batch)
+    loss = sum(loss) if isinstance(loss, tuple) else loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)

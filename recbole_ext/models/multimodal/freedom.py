@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import lightgcn_mean
+from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -107,7 +107,7 @@ class FREEDOM(MultimodalRecommender):
     def encode(self, adj: torch.Tensor):
         h = self.item_id_embedding.weight
         for _ in range(self.n_mm_layers):
-            h = self.mm_adj @ h
+            h = graph_product(self.mm_adj, h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
         out = lightgcn_mean(adj, ego, self.n_ui_layers)
         return out[:self.n_users], out[self.n_users:] + h

@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import lightgcn_mean
+from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -171,7 +171,7 @@ class LATTICE(MultimodalRecommender):
     def encode(self, item_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_id_embedding.weight
         for _ in range(self.n_layers):
-            h = torch.sparse.mm(item_graph, h)
+            h = graph_product(item_graph, h, torch.sparse.mm)
         if self.cf_model == "lightgcn":
             ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
             out = lightgcn_mean(self.norm_adj, ego, self.n_ui_layers)
