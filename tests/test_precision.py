@@ -10,6 +10,7 @@ import torch
 from recbole_ext import quick_start, registry
 from recbole_ext.config import build_config
 from recbole_ext.errors import UserError
+from recbole_ext.models.layers.row_update import linear_with_row_update
 from recbole_ext.training.precision import autocast_dtype, with_precision
 from tests import test_multimodal_protocol
 
@@ -65,6 +66,18 @@ def test_fp32_passes_the_step_through_and_bf16_autocasts_it():
     assert model.layer.weight.dtype == torch.float32  # the parameters stay float32
     with torch.no_grad():
         assert model.layer(torch.ones(1, 4)).dtype == torch.float32  # no autocast outside the step
+
+
+def test_row_updated_table_trains_under_bf16_autocast():
+    """MGCN, MambaRec and FREEDOM step their feature tables inside backward (the trainer's row updates)."""
+    torch.manual_seed(0)
+    table, layer, rows = torch.randn(6, 5, requires_grad=True), torch.nn.Linear(5, 3), []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear_with_row_update(table, layer.weight, layer.bias, lambda grad_rows: rows.append(grad_rows(0, 6)))
+    assert out.dtype == torch.bfloat16
+    out.float().pow(2).sum().backward()
+    assert rows[0].dtype == torch.float32 and rows[0].shape == (6, 5) and torch.isfinite(rows[0]).all()
+    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
 
 
 @pytest.fixture

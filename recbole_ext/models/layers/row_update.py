@@ -37,6 +37,9 @@ class _LinearWithRowUpdate(torch.autograd.Function):
     def backward(ctx, grad_out):
         (weight,) = ctx.saved_tensors
         table = ctx.table
+        # under bfloat16 autocast (precision: bf16) the forward product, and so grad_out, is bfloat16: the
+        # gradients are taken in the table's float32 (a no-op otherwise)
+        grad_out = grad_out.to(table.dtype)
         # The same products, in the same layouts, as autograd's addmm backward (so the numbers match it).
         grad_weight = table.t().mm(grad_out).t() if ctx.needs_input_grad[1] else None
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
