@@ -69,15 +69,18 @@ def test_fp32_passes_the_step_through_and_bf16_autocasts_it():
 
 
 def test_row_updated_table_trains_under_bf16_autocast():
-    """MGCN, MambaRec and FREEDOM step their feature tables inside backward (the trainer's row updates)."""
+    """MGCN, MambaRec and FREEDOM step their feature tables inside backward (the trainer's row updates); MambaRec
+    maps its image table with a weight computed in the forward pass, which autocast makes bfloat16."""
     torch.manual_seed(0)
-    table, layer, rows = torch.randn(6, 5, requires_grad=True), torch.nn.Linear(5, 3), []
+    table, inner, outer = torch.randn(6, 5, requires_grad=True), torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)
+    rows = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = linear_with_row_update(table, layer.weight, layer.bias, lambda grad_rows: rows.append(grad_rows(0, 6)))
-    assert out.dtype == torch.bfloat16
+        weight = outer.weight @ inner.weight  # bfloat16 under autocast, as MambaRec's fused projection
+        out = linear_with_row_update(table, weight, outer.bias, lambda grad_rows: rows.append(grad_rows(0, 6)))
+    assert out.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
     out.float().pow(2).sum().backward()
     assert rows[0].dtype == torch.float32 and rows[0].shape == (6, 5) and torch.isfinite(rows[0]).all()
-    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
+    assert inner.weight.grad.dtype == torch.float32 and outer.bias.grad.dtype == torch.float32
 
 
 @pytest.fixture
