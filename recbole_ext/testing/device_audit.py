@@ -8,7 +8,10 @@ model's CPU tensors raises ``Tensor on device meta is not on the expected device
 
 ``no_host_sync=True`` also makes ``Tensor.numpy``, ``Tensor.tolist`` and ``Tensor.item`` raise: a training step
 that converts to numpy or reads a value back waits for the GPU on every batch. The one read-back allowed is
-``recbole_ext.utils.device.host_ints`` (step sizes of a loop over time steps; see its docstring).
+``recbole_ext.utils.device.host_ints`` (step sizes of a loop over time steps; see its docstring). Operations whose
+output size depends on the data (``nonzero``, boolean-mask indexing, ``unique``, ``int(t)``) also wait for a GPU and
+are not refused: the medication models' ragged code lists (CafeMed's visit nodes, MedContext's visit rows) and
+VBPR's distinct batch items are built that way, one such wait per batch.
 
 ``torch.sparse_coo_tensor`` counts as a factory for the default device even when its indices and values are given,
 so a model builds sparse tensors with ``device=values.device``: harmless on every device, and needed here.
