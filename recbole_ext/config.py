@@ -131,6 +131,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
 
     from recbole_ext import registry
     from recbole_ext.config_keys import CONFIG_DICT, KeyOrigin, check_keys
+    from recbole_ext.training.precision import autocast_dtype
 
     if not model or not isinstance(model, str):
         raise UserError("no model given", fix="pass --model=NAME, e.g. --model=BPR")
@@ -166,6 +167,7 @@ def build_config(model: str, dataset: str, config_dict: dict | None = None,
     words = {key: b.words for key, b in effective_bounds(config.model_class).items() if b.words}
     check_types(config.internal_config_dict, config.external_config_dict, sources, words)
     check_options(config.model_class, config)
+    autocast_dtype(config)  # precision: fp32 | bf16, refused here before any data is read
     config["data_path"] = os.path.abspath(config["data_path"])
 
     valid_metric = str(config["valid_metric"]).lower()

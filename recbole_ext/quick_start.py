@@ -134,6 +134,7 @@ def precedence_lines(config) -> list[str]:
 def _trainer_class(task, config, model_cls):
     from recbole_ext.registry import load_object
     from recbole_ext.training.history import with_history
+    from recbole_ext.training.precision import with_precision
 
     cls = load_object(model_cls.ext_trainer) if getattr(model_cls, "ext_trainer", None) else \
         task.trainer_class(config, model_cls)
@@ -150,6 +151,7 @@ def _trainer_class(task, config, model_cls):
         from recbole_ext.training.distributed import with_distributed
 
         cls = with_distributed(cls)
+    cls = with_precision(cls)  # precision: bf16 runs each batch's loss under autocast; fp32 changes nothing
     return with_history(cls)  # outermost: it records what the whole trainer does in each epoch
 
 

@@ -18,6 +18,7 @@ from recbole_ext.data.medrec import CSRCodes, MedRecData, load_medrec, split_pat
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.options import SEED, config_value, number_value
+from recbole_ext.utils.device import wants_pinned_memory
 from recbole_ext.utils.paths import bundled_elsewhere, dataset_root
 from recbole_ext.utils.segments import concatenated_ranges, positions_in_segments
 
@@ -185,6 +186,11 @@ class MedRecDataLoader:
         self.bootstrap = phase == "test"
         self._rng = np.random.RandomState(int(config_value(config, "seed", 0)))
         self.n_patients = len(dataset.split_patients(phase))
+        self.pin_memory = wants_pinned_memory(config_value(config, "device", None))  # page-locked for CUDA only
+
+    def _collate(self, rows) -> VisitBatch:
+        batch = self.dataset.collate(self.phase, rows)
+        return batch.pin_memory() if self.pin_memory else batch
 
     def __len__(self) -> int:
         return (self.n_patients + self.batch_size - 1) // self.batch_size
@@ -200,11 +206,11 @@ class MedRecDataLoader:
 
     def __iter__(self):
         for rows in self.row_batches():
-            yield self.dataset.collate(self.phase, rows)
+            yield self._collate(rows)
 
     def batch_block(self, start: int, stop: int):
         """Batches ``start`` to ``stop - 1`` of an unshuffled pass, collated (a data-parallel evaluation's share)."""
         if self.shuffle:
             raise RuntimeError("batch_block needs an unshuffled loader")
         for s in range(start * self.batch_size, min(stop * self.batch_size, self.n_patients), self.batch_size):
-            yield self.dataset.collate(self.phase, np.arange(s, min(s + self.batch_size, self.n_patients)))
+            yield self._collate(np.arange(s, min(s + self.batch_size, self.n_patients)))

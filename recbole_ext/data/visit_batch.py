@@ -33,8 +33,12 @@ class VisitBatch:
     target: torch.FloatTensor     # [P, T, n_med] multi-hot of ``med`` (column j = medication id j+1)
     patient_ids: torch.LongTensor  # [P] internal patient index (row of the split's patient list)
 
-    def to(self, device) -> "VisitBatch":
-        return VisitBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+    def to(self, device, non_blocking: bool = False) -> "VisitBatch":
+        return VisitBatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.__dict__.items()})
+
+    def pin_memory(self) -> "VisitBatch":
+        """The same batch in page-locked host memory (for a faster, asynchronous copy to a CUDA device)."""
+        return VisitBatch(**{k: v.pin_memory() for k, v in self.__dict__.items()})
 
     @property
     def n_visits(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recbole_ext.options import config_value
-from recbole_ext.retrieval.index import DEFAULT_FACTORY, ItemIndex
+from recbole_ext.retrieval.index import DEFAULT_FACTORY, ItemIndex, choose_faiss_device
 from recbole_ext.retrieval.vectors import final_vectors
 
 
@@ -50,6 +50,7 @@ class FaissEvalMixin:
             nprobe=config_value(config, "faiss_nprobe"),
             ef_search=config_value(config, "faiss_ef_search"),
             seed=int(config_value(config, "seed", 0)),
+            device=choose_faiss_device(config_value(config, "faiss_device", "auto"), self.device),
         )
         return vectors, index
 

@@ -4,6 +4,12 @@ Every index uses ``METRIC_INNER_PRODUCT`` (the coarse quantizer of IVF indexes i
 serves score ``user_vector . item_vector``. The PAD item (internal id 0) is never indexed; FAISS row ``r`` holds
 the item whose internal id is ``item_ids[r]``, and every result is reported by item id, so masking a user's
 history works on ids, not on rank positions.
+
+Where the index lives (``faiss_device: auto | cpu | gpu``, :func:`choose_faiss_device`): ``auto`` puts it on the
+GPU only when the installed faiss has GPU support (``faiss-gpu``: ``StandardGpuResources`` and
+``get_num_gpus() > 0``) and the run's device is CUDA; ``gpu`` asks for the GPU whatever the run's device; anything
+else, an index type FAISS cannot place on a GPU included, stays on the CPU. The choice is logged. A GPU index is
+built and searched on the GPU and copied back to the CPU to be saved.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from recbole_ext.errors import UserError
+from recbole_ext.options import check_choice
 from recbole_ext.utils.hashing import file_sha256
 from recbole_ext.utils.io import atomic_dir
 from recbole_ext.utils.segments import indptr_from_segment_ids
@@ -31,10 +38,55 @@ ITEM_IDS_FILE = "item_ids.npy"
 FORMAT_VERSION = 1
 
 
+FAISS_DEVICES = ("auto", "cpu", "gpu")
+GPU_MAX_K = 2048  # FAISS's GPU indexes return at most this many results per query
+
+
 def _faiss():
     import faiss  # imported lazily: `import recbole_ext` must not pay for it
 
     return faiss
+
+
+def faiss_gpu_missing(faiss) -> str | None:
+    """None when this faiss module can put an index on a GPU, else why it cannot."""
+    if not (hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu")):
+        return "the installed faiss has no GPU support (faiss-cpu; install faiss-gpu)"
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() < 1:
+        return "faiss sees no GPU"
+    return None
+
+
+def choose_faiss_device(setting, run_device) -> str:
+    """``"gpu"`` or ``"cpu"``: where the index of a run on ``run_device`` goes under ``faiss_device: setting``
+    (module docstring); logs the choice and its reason."""
+    setting = check_choice("faiss_device", str(setting or "auto").strip().lower(), FAISS_DEVICES)
+    log = getLogger()
+    if setting == "cpu":
+        log.info("retrieval: FAISS index on the CPU (faiss_device: cpu)")
+        return "cpu"
+    cuda_run = str(run_device or "cpu").startswith("cuda")
+    if setting == "auto" and not cuda_run:
+        log.info("retrieval: FAISS index on the CPU (the run's device is %s)", run_device or "cpu")
+        return "cpu"
+    missing = faiss_gpu_missing(_faiss())
+    if missing:
+        (log.warning if setting == "gpu" else log.info)("retrieval: FAISS index on the CPU: %s", missing)
+        return "cpu"
+    log.info("retrieval: FAISS index on the GPU (faiss_device: %s, run on %s)", setting, run_device)
+    return "gpu"
+
+
+def _to_gpu(faiss, index, factory: str):
+    """``(index on GPU 0, its resources)``, or ``(index, None)`` when FAISS has no GPU version of this index."""
+    resources = faiss.StandardGpuResources()
+    try:
+        return faiss.index_cpu_to_gpu(resources, 0, index), resources
+    except (RuntimeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        getLogger().warning("retrieval: faiss_index %r has no GPU version (%s); the index stays on the CPU",
+                            factory, first)
+        return index, None
 
 
 @dataclass(frozen=True)
@@ -126,8 +178,10 @@ class ItemIndex:
     """A FAISS index over items ``item_ids`` (internal ids, PAD excluded) with its search settings."""
 
     def __init__(self, index, item_ids: np.ndarray, factory: str, nprobe: int | None = None,
-                 ef_search: int | None = None):
+                 ef_search: int | None = None, gpu_resources=None):
         self.index = index
+        self.gpu_resources = gpu_resources  # kept alive with a GPU index; None: the index is on the CPU
+        self._cpu_copy = None
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
         self.factory = factory
         self.nprobe = nprobe
@@ -138,11 +192,12 @@ class ItemIndex:
     @classmethod
     def build(cls, item_vectors, factory: str | None = DEFAULT_FACTORY, nprobe: int | None = None,
               ef_search: int | None = None, item_ids=None, train_size: int | None = None,
-              ef_construction: int | None = None, seed: int = 0) -> "ItemIndex":
+              ef_construction: int | None = None, seed: int = 0, device: str = "cpu") -> "ItemIndex":
         """Index ``item_vectors`` ([n_items, d], row 0 = PAD unless ``item_ids`` names the rows).
 
         ``factory`` is "Flat" (exact, ``IndexFlatIP``) or any FAISS ``index_factory`` string; IVF/PQ indexes are
-        trained on (a seeded sample of ``train_size``) item vectors.
+        trained on (a seeded sample of ``train_size``) item vectors. ``device="gpu"`` (see
+        :func:`choose_faiss_device`) trains, fills and searches the index on GPU 0 where FAISS can.
         """
         faiss = _faiss()
         factory = (factory or DEFAULT_FACTORY).strip()
@@ -179,6 +234,9 @@ class ItemIndex:
             for sub in _sub_indexes(index):
                 if hasattr(sub, "hnsw"):
                     sub.hnsw.efConstruction = int(ef_construction)
+        resources = None
+        if device == "gpu":
+            index, resources = _to_gpu(faiss, index, factory)
         if not index.is_trained:
             sample = vectors
             if train_size is not None and train_size < len(vectors):
@@ -196,7 +254,25 @@ class ItemIndex:
                              "faiss_index: %s and faiss_nprobe: %d (see docs/retrieval.md)", len(vectors),
                              LARGE_CATALOGUE_SUGGESTION["faiss_index"], LARGE_CATALOGUE_SUGGESTION["faiss_nprobe"])
         index.add(vectors)
-        return cls(index, item_ids, factory, nprobe=nprobe, ef_search=ef_search)
+        return cls(index, item_ids, factory, nprobe=nprobe, ef_search=ef_search, gpu_resources=resources)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_resources is not None
+
+    def cpu_index(self):
+        """The index on the CPU (a copy, made once, of a GPU index): to save, or to fetch more than GPU_MAX_K."""
+        if not self.on_gpu:
+            return self.index
+        if self._cpu_copy is None:
+            self._cpu_copy = _faiss().index_gpu_to_cpu(self.index)
+        return self._cpu_copy
+
+    def _searcher(self, fetch: int):
+        """The index to search for ``fetch`` results per query: a GPU index answers at most GPU_MAX_K."""
+        if self.on_gpu and fetch > GPU_MAX_K:
+            return self.cpu_index()
+        return self.index
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None):
         self.nprobe, self.ef_search = nprobe, ef_search
@@ -207,7 +283,14 @@ class ItemIndex:
         for name, value in (("faiss_nprobe", self.nprobe), ("faiss_ef_search", self.ef_search)):
             if value is not None and int(value) < 1:  # FAISS raises inside search (nprobe) or returns 1 item (ef)
                 raise UserError(f"{name} must be >= 1, got {value}", fix=f"set {name} >= 1 or leave it unset")
-        if self.nprobe is not None:
+        self._cpu_copy = None  # a CPU copy would keep the old settings
+        if self.nprobe is not None and self.on_gpu:
+            try:
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", int(self.nprobe))
+            except RuntimeError:
+                raise UserError(f"faiss_nprobe is set but faiss_index {self.factory!r} is not an IVF index",
+                                fix="remove faiss_nprobe or use an IVF index") from None
+        elif self.nprobe is not None:
             try:
                 faiss.extract_index_ivf(self.index).nprobe = int(self.nprobe)
             except RuntimeError:
@@ -249,7 +332,7 @@ class ItemIndex:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             fetch = min(k + int(lengths[start:stop].max(initial=0)), self.n_indexed)
-            scores, rows = self.index.search(queries[start:stop], fetch)
+            scores, rows = self._searcher(fetch).search(queries[start:stop], fetch)
             ids = np.where(rows >= 0, self.item_ids[np.maximum(rows, 0)], -1)
             sub_history = None
             if history is not None:
@@ -260,7 +343,8 @@ class ItemIndex:
 
     def search_raw(self, queries, fetch: int):
         """Top-``fetch`` (scores, internal item ids) without any masking (-1 where FAISS found fewer)."""
-        scores, rows = self.index.search(_as_float32_matrix(queries, "user vectors"), min(fetch, self.n_indexed))
+        fetch = min(fetch, self.n_indexed)
+        scores, rows = self._searcher(fetch).search(_as_float32_matrix(queries, "user vectors"), fetch)
         return scores, np.where(rows >= 0, self.item_ids[np.maximum(rows, 0)], -1)
 
     # ------------------------------------------------------------ persistence
@@ -282,7 +366,7 @@ class ItemIndex:
             **(extra or {}),
         }
         with atomic_dir(folder, overwrite=overwrite) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            faiss.write_index(self.cpu_index(), str(tmp / INDEX_FILE))
             np.save(tmp / ITEM_IDS_FILE, self.item_ids, allow_pickle=False)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
             for name, text in (files or {}).items():

@@ -72,7 +72,7 @@ class MedRecTrainer(Trainer):
         it = tqdm(train_data, total=len(train_data), ncols=100, desc=f"Train {epoch_idx:>4}") if show_progress \
             else train_data
         for batch in it:
-            batch = batch.to(self.device)
+            batch = batch.to(self.device, non_blocking=True)  # asynchronous from the page-locked batches on CUDA
             self.optimizer.zero_grad()
             losses = loss_func(batch)
             if isinstance(losses, tuple):
@@ -100,7 +100,7 @@ class MedRecTrainer(Trainer):
         probs, targets, patients = [], [], []
         it = tqdm(eval_data, total=len(eval_data), ncols=100, desc="Evaluate") if show_progress else eval_data
         for batch in it:
-            batch = batch.to(self.device)
+            batch = batch.to(self.device, non_blocking=True)  # asynchronous from the page-locked batches on CUDA
             prob = _model_probabilities(self.model, batch)
             n_med = batch.target.shape[-1]
             if prob.shape != batch.target.shape:

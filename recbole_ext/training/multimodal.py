@@ -25,12 +25,12 @@ from time import time
 
 import numpy as np
 import torch
-from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import InputType, ModelType
 
 from recbole_ext import checkpoint
-from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
+from recbole_ext.data.multimodal_loaders import (MMRecEvalDataLoader, MMRecTrainDataLoader, TrainItemNegativeSampler,
+                                                pairs_csr)
 from recbole_ext.errors import UserError
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
@@ -181,7 +181,7 @@ class MultimodalTask(Task):
         train_ds, valid_ds, test_ds = dataset.build()
         pool = str(config["neg_sampling_pool"] or "train")
         sampler = TrainItemNegativeSampler(train_ds, pool=pool) if _samples_negatives(config) else None
-        train = TrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
+        train = MMRecTrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
 
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
         items = train_ds.inter_feat[train_ds.iid_field].numpy()

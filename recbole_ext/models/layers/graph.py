@@ -55,11 +55,22 @@ def row_normalised_with_self_loops(r: sp.csr_matrix) -> sp.csr_matrix:
     return (sp.diags(inv_degree) @ a).tocsr().astype(np.float32)
 
 
+def graph_product(adj: torch.Tensor, dense: torch.Tensor, product=torch.matmul) -> torch.Tensor:
+    """``product(adj, dense)`` of a sparse graph and a dense matrix. Outside autocast it is that product, bit for
+    bit; inside a bfloat16 autocast region (``precision: bf16``) it runs in the graph's float32 with autocast off:
+    sparse kernels have no bfloat16 on the CPU, and the propagation keeps its normalised weights exact."""
+    device_type = dense.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return product(adj, dense)
+    with torch.autocast(device_type, enabled=False):
+        return product(adj, dense.to(adj.dtype))
+
+
 def lightgcn_mean(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     """``mean_{l=0..L} adj^l ego`` (LightGCN layer combination, layer 0 included)."""
     total = ego
     h = ego
     for _ in range(n_layers):
-        h = adj @ h
+        h = graph_product(adj, h)
         total = total + h
     return total / (n_layers + 1)

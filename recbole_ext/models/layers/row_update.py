@@ -31,15 +31,20 @@ class _LinearWithRowUpdate(torch.autograd.Function):
         # after its last use there.
         ctx.save_for_backward(weight)
         ctx.table, ctx.update, ctx.has_bias = table, update, bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return F.linear(table, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         (weight,) = ctx.saved_tensors
         table = ctx.table
+        # under bfloat16 autocast (precision: bf16) grad_out, and a weight computed in the forward pass (MambaRec's
+        # fused projection), are bfloat16: the gradients are taken in the table's float32 and returned in each
+        # input's own dtype (all no-ops in float32)
+        grad_out, weight_dtype, weight = grad_out.to(table.dtype), weight.dtype, weight.to(table.dtype)
         # The same products, in the same layouts, as autograd's addmm backward (so the numbers match it).
-        grad_weight = table.t().mm(grad_out).t() if ctx.needs_input_grad[1] else None
-        grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_weight = table.t().mm(grad_out).t().to(weight_dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_out.sum(0).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         with torch.no_grad():
             ctx.update(lambda start, stop: grad_out[start:stop].mm(weight))
         ctx.table = ctx.update = None

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_ext.data.visit_batch import VisitBatch
 from recbole_ext.errors import UserError
 from recbole_ext.models.medrec.base import DiagProcHistory, MedRecModel
+from recbole_ext.models.layers.graph import graph_product
 from recbole_ext.options import AT_LEAST_ONE
 from recbole_ext.options import config_value
 from recbole_ext.utils.cache import cache_dir
@@ -159,7 +159,7 @@ class MolecularEncoder(nn.Module):
         h = self.fingerprint_emb(self.atom_fp)
         for layer in self.layers:
             h = torch.relu(layer(h))
-            h = h + torch.sparse.mm(self.adj, h)
+            h = h + graph_product(self.adj, h, torch.sparse.mm)
         mol = h.new_zeros(self.average.shape[1], h.shape[1]).index_add_(0, self.atom_mol, h)
         return self.average @ mol                                              # [n_med, d]
 

@@ -20,11 +20,13 @@ so checkpoints are unchanged. Equations (PyTorch's GRU, gate order r, z, n; h_0 
 """
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from recbole_ext.utils.device import host_ints
 from recbole_ext.utils.segments import segment_starts
 
 
@@ -41,7 +43,7 @@ class PackedVisits:
         rank = torch.empty_like(lengths)
         rank[torch.argsort(lengths, descending=True, stable=True)] = torch.arange(len(lengths), device=lengths.device)
         sizes = (lengths.unsqueeze(0) > torch.arange(visit_mask.shape[1], device=lengths.device).unsqueeze(1)).sum(1)
-        self.batch_sizes = [int(s) for s in sizes.tolist() if s > 0]
+        self.batch_sizes = [int(s) for s in host_ints(sizes) if s > 0]  # the loop over steps runs on the host
         start = segment_starts(sizes)
         patient, step = visit_mask.nonzero(as_tuple=True)
         self.packed_of_visit = start[step] + rank[patient]
@@ -87,8 +89,7 @@ class _StackedGRU(torch.autograd.Function):
         d_gi = x.new_empty(n_g, n_rows, 3 * hid)       # d loss / d (W_i x + b_i), per gate
         d_gh = x.new_empty(n_g, n_rows, 3 * hid)       # d loss / d (W_h h + b_h), per gate
         dh = out.new_zeros(n_g, batch_sizes[0] if batch_sizes else 0, hid)
-        sizes = torch.tensor(batch_sizes, dtype=torch.long)
-        starts = segment_starts(sizes).tolist()
+        starts = [0, *accumulate(batch_sizes)][:-1]  # host integers: no tensor, no device round trip
         for step in reversed(range(len(batch_sizes))):
             size, start = batch_sizes[step], starts[step]
             rows = slice(start, start + size)
@@ -109,10 +110,14 @@ class _StackedGRU(torch.autograd.Function):
             d_w_ih = torch.bmm(d_gi.transpose(1, 2), x)
         if ctx.needs_input_grad[3] and len(batch_sizes) > 1:
             # the state entering row i of step t >= 1 is output row i of step t - 1 (step 0 starts from zero)
-            step = torch.repeat_interleave(torch.arange(len(sizes)), sizes)[batch_sizes[0]:]
-            first = torch.tensor(starts, dtype=torch.long)
-            prev_row = first[step - 1] + torch.arange(batch_sizes[0], n_rows) - first[step]
-            d_w_hh = torch.bmm(d_gh[:, batch_sizes[0]:].transpose(1, 2), out.index_select(1, prev_row.to(out.device)))
+            # built on the device (output_size: no read-back of the repeat counts on a GPU)
+            dev = out.device
+            sizes = torch.tensor(batch_sizes, dtype=torch.long, device=dev)
+            first = torch.tensor(starts, dtype=torch.long, device=dev)
+            step = torch.repeat_interleave(torch.arange(len(batch_sizes), device=dev), sizes,
+                                           output_size=n_rows)[batch_sizes[0]:]
+            prev_row = first[step - 1] + torch.arange(batch_sizes[0], n_rows, device=dev) - first[step]
+            d_w_hh = torch.bmm(d_gh[:, batch_sizes[0]:].transpose(1, 2), out.index_select(1, prev_row))
         elif ctx.needs_input_grad[3]:
             d_w_hh = w_hh.new_zeros(w_hh.shape)
         if ctx.needs_input_grad[4]:

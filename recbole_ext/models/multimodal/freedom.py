@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import lightgcn_mean
+from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -63,8 +63,10 @@ class FREEDOM(MultimodalRecommender):
         r, norm_adj, _ = self.interaction_graphs(dataset, binary=True, degree_eps=_DEGREE_EPS)
         self.set_graph("norm_adj", norm_adj)
         coo = r.tocoo()
-        self.edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)).to(self.device)
-        self.edge_weight = self._degree_weights(self.edge_index)
+        # derived from the data at init, so not in the state dict; buffers, so model.to(device) moves them
+        edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)).to(self.device)
+        self.register_buffer("edge_index", edge_index, persistent=False)
+        self.register_buffer("edge_weight", self._degree_weights(edge_index), persistent=False)
         self.set_graph("masked_adj", None)
         self._needs_resample = True
 
@@ -98,7 +100,8 @@ class FREEDOM(MultimodalRecommender):
         rows = torch.cat([keep[0], keep[1] + self.n_users])
         cols = torch.cat([keep[1] + self.n_users, keep[0]])
         n = self.n_users + self.n_items
-        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n))
+        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n),
+                                        device=values.device)
         self.masked_adj = graph.coalesce().to_sparse_csr().to(self.norm_adj.dtype)
 
     def train(self, mode: bool = True):
@@ -109,7 +112,7 @@ class FREEDOM(MultimodalRecommender):
     def encode(self, adj: torch.Tensor):
         h = self.item_id_embedding.weight
         for _ in range(self.n_mm_layers):
-            h = self.mm_adj @ h
+            h = graph_product(self.mm_adj, h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
         out = lightgcn_mean(adj, ego, self.n_ui_layers)
         return out[:self.n_users], out[self.n_users:] + h

@@ -53,8 +53,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import (interaction_csr, lightgcn_mean, row_normalised_with_self_loops,
-                                             to_torch_sparse)
+from recbole_ext.models.layers.graph import (graph_product, interaction_csr, lightgcn_mean,
+                                             row_normalised_with_self_loops, to_torch_sparse)
 from recbole_ext.models.layers.knn import knn_graph
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -176,13 +176,14 @@ class LATTICE(MultimodalRecommender):
 
     def build_item_graph(self) -> torch.Tensor:
         indices, values = self.item_graph_entries()
-        return torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), check_invariants=False)
+        return torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), check_invariants=False,
+                                       device=values.device)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def encode(self, item_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_id_embedding.weight
         for _ in range(self.n_layers):
-            h = torch.sparse.mm(item_graph, h)
+            h = graph_product(item_graph, h, torch.sparse.mm)
         if self.cf_model == "lightgcn":
             ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
             out = lightgcn_mean(self.norm_adj, ego, self.n_ui_layers)

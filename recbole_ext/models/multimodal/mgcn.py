@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import lightgcn_mean
+from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2, info_nce
 from recbole_ext.models.layers.recompute import recomputed
 from recbole_ext.models.multimodal.base import MultimodalRecommender
@@ -86,8 +86,8 @@ class MGCN(MultimodalRecommender):
         for m in self.modalities:
             h = item_ids * torch.sigmoid(self.purifier_gate[m](feats[m]))
             for _ in range(self.n_layers):
-                h = self.item_graphs[m] @ h
-            views[m] = torch.cat([self.r_hat @ h, h])
+                h = graph_product(self.item_graphs[m], h)
+            views[m] = torch.cat([graph_product(self.r_hat, h), h])
         if len(views) == 1:
             side = next(iter(views.values()))
         else:
