@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
-from recbole_ext.models.layers.graph import interaction_csr, lightgcn_mean, normalised_bipartite, to_torch_sparse
+from recbole_ext.models.layers.graph import (graph_product, interaction_csr, lightgcn_mean, normalised_bipartite,
+                                             to_torch_sparse)
 from recbole_ext.models.layers.losses import bpr_logsigmoid, info_nce_all_rows, summed_norms
 from recbole_ext.models.multimodal.base import MODALITIES, MultimodalRecommender
 from recbole_ext.models.multimodal.freedom import require_feature_width
@@ -130,9 +131,9 @@ class LGMRec(MultimodalRecommender):
 
     def modality_view(self, modality: str) -> torch.Tensor:
         items = self.raw_feature(modality) @ self.feature_projection[modality]
-        h = torch.cat([self.user_mean @ items, items])
+        h = torch.cat([graph_product(self.user_mean, items), items])
         for _ in range(self.n_mm_layers):
-            h = self.norm_adj @ h
+            h = graph_product(self.norm_adj, h)
         return h
 
     # ---- global embeddings ----------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class LGMRec(MultimodalRecommender):
         out = {}
         for m in self.modalities:  # official draw order: items then users, image then text
             item_logits = self.raw_feature(m)[1:] @ self.hyper_projection[m]
-            logits = [item_logits, self.real_inter @ item_logits]
+            logits = [item_logits, graph_product(self.real_inter, item_logits)]
             if self.training or self.eval_gumbel_noise:
                 out[m] = [gumbel_softmax(z, TAU, generator) for z in logits]
             else:
