@@ -14,10 +14,11 @@ from recbole_ext.models.medrec.cafemed import (CHARM, CafeMed, CausalMed, Causal
 from recbole_ext.models.medrec.context_adapter import MedDeepFM, MedFM, MedWideDeep
 from recbole_ext.models.medrec.gamenet import GAMENet
 from recbole_ext.models.medrec.retain import RETAIN
+from recbole_ext.models.medrec.molerec import MoleRec
 from recbole_ext.models.medrec.safedrug import SafeDrug
 from recbole_ext.testing.medrec_synthetic import evaluate, fit, make_synthetic
 
-ALL_MODELS = [CafeMed, CausalMed, RETAIN, GAMENet, SafeDrug, MedFM, MedDeepFM, MedWideDeep]
+ALL_MODELS = [CafeMed, CausalMed, RETAIN, GAMENet, SafeDrug, MoleRec, MedFM, MedDeepFM, MedWideDeep]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,6 +8,7 @@ MODELS = {
     "RETAIN": "recbole_ext.models.medrec.retain:RETAIN",
     "GAMENet": "recbole_ext.models.medrec.gamenet:GAMENet",
     "SafeDrug": "recbole_ext.models.medrec.safedrug:SafeDrug",
+    "MoleRec": "recbole_ext.models.medrec.molerec:MoleRec",
     "MedContext": "recbole_ext.models.medrec.context_adapter:MedContext",
     "MedFM": "recbole_ext.models.medrec.context_adapter:MedFM",
     "MedDeepFM": "recbole_ext.models.medrec.context_adapter:MedDeepFM",

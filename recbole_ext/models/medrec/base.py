@@ -123,7 +123,7 @@ class MedRecModel(AbstractRecommender):
             return task
         ddi_term = self.ddi_loss_scale * ((prob @ self.ddi_adj) * prob).sum(-1)
         with torch.no_grad():
-            rate = set_ddi_rate((prob >= 0.5).float(), self.ddi_adj)
+            rate = set_ddi_rate((prob >= 0.5).to(prob.dtype), self.ddi_adj)
             if self.ddi_beta == "exp":
                 beta = torch.exp(self.ddi_anneal_coef * (1 - rate / self.target_ddi)).clamp(max=1.0)
             else:
@@ -149,10 +149,14 @@ def embedding_bag_sum(table: torch.nn.Embedding, codes: torch.Tensor) -> torch.T
 
 class DiagProcHistory(torch.nn.Module):
     """GAMENet/SafeDrug patient encoder: per-visit diagnosis and procedure embedding sums, one GRU each over the
-    visits; returns ``[o_d; o_p]`` at every visit, ``[P, T, 2 * hidden]`` (the prefix encoding of each visit)."""
+    visits; returns ``[o_d; o_p]`` at every visit, ``[P, T, 2 * hidden]`` (the prefix encoding of each visit).
 
-    def __init__(self, n_diag: int, n_proc: int, dim: int, hidden: int, dropout: float):
+    Dropout acts on the visit sums, or with ``code_dropout`` on every code embedding before the sum (MoleRec's
+    ``rnn_dropout(embeddings(codes))`` then ``sum``)."""
+
+    def __init__(self, n_diag: int, n_proc: int, dim: int, hidden: int, dropout: float, code_dropout: bool = False):
         super().__init__()
+        self.code_dropout = code_dropout
         self.diag_emb = torch.nn.Embedding(n_diag + 1, dim, padding_idx=0)
         self.proc_emb = torch.nn.Embedding(n_proc + 1, dim, padding_idx=0)
         for emb in (self.diag_emb, self.proc_emb):
@@ -161,7 +165,12 @@ class DiagProcHistory(torch.nn.Module):
         self.diag_gru = torch.nn.GRU(dim, hidden, batch_first=True)
         self.proc_gru = torch.nn.GRU(dim, hidden, batch_first=True)
 
+    def visit_sum(self, table: torch.nn.Embedding, codes: torch.Tensor) -> torch.Tensor:
+        if self.code_dropout:
+            return (self.dropout(table(codes)) * (codes > 0).unsqueeze(-1)).sum(-2)
+        return self.dropout(embedding_bag_sum(table, codes))
+
     def forward(self, batch: VisitBatch) -> torch.Tensor:
-        o_d, _ = self.diag_gru(self.dropout(embedding_bag_sum(self.diag_emb, batch.diag)))
-        o_p, _ = self.proc_gru(self.dropout(embedding_bag_sum(self.proc_emb, batch.proc)))
+        o_d, _ = self.diag_gru(self.visit_sum(self.diag_emb, batch.diag))
+        o_p, _ = self.proc_gru(self.visit_sum(self.proc_emb, batch.proc))
         return torch.cat([o_d, o_p], -1)

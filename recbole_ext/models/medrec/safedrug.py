@@ -49,7 +49,7 @@ def load_drug_resources(folder: Path = MOLEREC_DIR) -> tuple[dict[str, list[str]
         atc_smiles = json.loads(smiles_path.read_text())
         subs = json.loads(sub_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read SafeDrug drug resources in {folder}: {exc}",
+        raise UserError(f"cannot read the bundled drug resources (MoleRec SMILES) in {folder}: {exc}",
                         fix="reinstall recbole-ext or restore recbole_ext/resources/drug_maps/molerec/") from exc
     if not isinstance(atc_smiles, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
                                                    for v in atc_smiles.values()):
@@ -59,16 +59,41 @@ def load_drug_resources(folder: Path = MOLEREC_DIR) -> tuple[dict[str, list[str]
     return atc_smiles, subs
 
 
-def medication_tokens(dataset, n_med: int) -> list[str]:
+def medication_tokens(dataset, n_med: int, model: str = "SafeDrug") -> list[str]:
     tokens = getattr(dataset, "med_tokens", None)
     if tokens is None:
-        raise UserError("SafeDrug needs the dataset's medication codes (med_tokens)", fix="use a medrec dataset")
+        raise UserError(f"{model} needs the dataset's medication codes (med_tokens)", fix="use a medrec dataset")
     tokens = [str(t) for t in tokens]
     if len(tokens) == n_med + 1:  # RecBole style: row 0 is [PAD]
         tokens = tokens[1:]
     if len(tokens) != n_med:
         raise UserError(f"med_tokens has {len(tokens)} entries for {n_med} medications", fix="re-prepare the dataset")
     return tokens
+
+
+def require_rdkit(model: str) -> None:
+    """RDKit is an optional extra: say how to get it, no traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("rdkit") is None:
+        raise UserError(f"{model} needs RDKit for its molecular encoder, and it is not installed",
+                        fix='pip install -e ".[mol]"  (or pip install rdkit)')
+
+
+def medication_smiles(dataset, n_med: int, model: str) -> tuple[list[list[str]], list[str]]:
+    """``(SMILES list of each medication in id order, BRICS substructure SMILES)`` from the bundled MoleRec map;
+    a medication without SMILES gets ``[]`` (warning), a dataset without any is a ``UserError``."""
+    atc_smiles, substructures = load_drug_resources()
+    tokens = medication_tokens(dataset, n_med, model)
+    smiles_lists = [atc_smiles.get(t, []) for t in tokens]
+    missing = [t for t, s in zip(tokens, smiles_lists) if not s]
+    if len(missing) == len(tokens):
+        raise UserError("no medication of this dataset has SMILES in the bundled MoleRec map",
+                        fix=f"{model} needs ATC level-3 medication codes (e.g. N02B)")
+    if missing:
+        warnings.warn(f"{model}: {len(missing)} medications have no SMILES (zero molecular embedding): "
+                      f"{', '.join(missing[:5])}")
+    return smiles_lists, substructures
 
 
 def molecule_graphs(smiles_lists: list[list[str]]):
@@ -169,23 +194,10 @@ class SafeDrug(MedRecModel):
     option_bounds = {"mpnn_layers": AT_LEAST_ONE}
 
     def __init__(self, config, dataset):
-        import importlib.util
-
-        if importlib.util.find_spec("rdkit") is None:  # an optional extra: say how to get it, no traceback
-            raise UserError("SafeDrug needs RDKit for its molecular encoder, and it is not installed",
-                            fix='pip install -e ".[mol]"  (or pip install rdkit)')
+        require_rdkit("SafeDrug")
         super().__init__(config, dataset)
         d = self.embedding_size
-        atc_smiles, substructures = load_drug_resources()
-        tokens = medication_tokens(dataset, self.n_med)
-        smiles_lists = [atc_smiles.get(t, []) for t in tokens]
-        missing = [t for t, s in zip(tokens, smiles_lists) if not s]
-        if len(missing) == len(tokens):
-            raise UserError("no medication of this dataset has SMILES in the bundled MoleRec map",
-                            fix="SafeDrug needs ATC level-3 medication codes (e.g. N02B)")
-        if missing:
-            warnings.warn(f"SafeDrug: {len(missing)} medications have no SMILES (zero molecular embedding): "
-                          f"{', '.join(missing[:5])}")
+        smiles_lists, substructures = medication_smiles(dataset, self.n_med, "SafeDrug")
         self.history = DiagProcHistory(self.n_diag, self.n_proc, d, d, float(config_value(config, "dropout_prob", 0.5)))
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(2 * d, d))
         self.molecules = MolecularEncoder(*molecule_graphs(smiles_lists), d,
