@@ -148,3 +148,19 @@ def test_ivf_graph_is_cached_apart_from_flat(feats, tmp_path):
 def test_bad_index_settings_are_one_line_errors(feats, settings, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         knn_graph(feats, 5, index=KnnIndex(**settings))
+
+
+@pytest.mark.parametrize("model_name", ["MGCN", "MambaRec", "FREEDOM", "LATTICE"])
+def test_models_pass_their_knn_keys_to_the_search(model_name, tmp_path, monkeypatch):
+    from recbole_ext import registry
+    from recbole_ext.testing.multimodal_toy import planted_clusters, toy_config
+
+    monkeypatch.setenv("RECBOLE_EXT_CACHE", str(tmp_path / "cache"))
+    data = planted_clusters(20, 25, 200, n_clusters=3, image_dim=12, text_dim=8, seed=0)
+    search, seen = knn_module.knn_neighbours, []
+    monkeypatch.setattr(knn_module, "knn_neighbours", lambda f, k, s=knn_module.FLAT: seen.append(s) or search(f, k, s))
+    cls = registry.model_class(model_name)
+    cls(toy_config(embedding_size=8, knn_k=3, knn_index="ivf", knn_nlist=4, knn_nprobe=2, knn_seed=3), data)
+    assert seen and set(seen) == {KnnIndex("ivf", 4, 2, 3)}
+    with pytest.raises(UserError, match="knn_index='hnsw' is not one of"):
+        cls(toy_config(embedding_size=8, knn_index="hnsw"), data)
