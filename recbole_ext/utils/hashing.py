@@ -43,7 +43,11 @@ def array_sha256(*arrays) -> str:
         a = np.ascontiguousarray(a)
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())
-        h.update(a.tobytes())
+        try:  # the bytes of a.tobytes() without copying them (a feature table can be gigabytes)
+            data = memoryview(a).cast("B") if a.size else b""
+        except (TypeError, ValueError):  # dtypes without a buffer format (datetime64)
+            data = a.tobytes()
+        h.update(data)
     return h.hexdigest()
 
 

@@ -8,12 +8,11 @@ from recbole.utils import InputType
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import interaction_csr, normalised_bipartite, to_torch_sparse
-from recbole_ext.models.layers.knn import knn_graph
+from recbole_ext.models.layers.knn import KnnIndex, knn_graph
 from recbole_ext.models.layers.row_update import RowUpdate, linear_with_row_update
 from recbole_ext.options import NON_NEGATIVE, check_options
 
 MODALITIES = ("image", "text")
-
 
 class MultimodalRecommender(GeneralRecommender):
     """Base of the inner-product multimodal models.
@@ -124,8 +123,8 @@ class MultimodalRecommender(GeneralRecommender):
         a_hat, r_hat = normalised_bipartite(r, degree_eps)
         return r, to_torch_sparse(a_hat).to(self.device), to_torch_sparse(r_hat).to(self.device)
 
-    def item_knn_graph(self, modality: str, k: int, normalisation: str) -> torch.Tensor:
-        return knn_graph(self.raw_feature(modality), k, normalisation).to_sparse_csr().to(self.device)
+    def item_knn_graph(self, modality: str, k: int, normalisation: str, index: KnnIndex) -> torch.Tensor:
+        return knn_graph(self.raw_feature(modality), k, normalisation, index=index).to_sparse_csr().to(self.device)
 
     # ---- retrieval contract ---------------------------------------------------------------------------------
     def compute_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,10 @@ import torch.nn as nn
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
-from recbole_ext.models.layers.knn import knn_graph
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_graph, knn_index_from_config
 from recbole_ext.models.layers.losses import bpr_logsigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
-from recbole_ext.options import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
+from recbole_ext.options import DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
 from recbole_ext.options import config_value
 
 _DEGREE_EPS = 1e-7
@@ -34,7 +34,7 @@ def require_feature_width(model: str, config, reason: str) -> None:
 
 class FREEDOM(MultimodalRecommender):
     paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
-    option_bounds = {"knn_k": AT_LEAST_ONE, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
+    option_bounds = {**KNN_BOUNDS, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
     extra_config_keys = ("feat_embed_dim",)  # MMRec's own key; check_config refuses any value but embedding_size
 
@@ -47,6 +47,7 @@ class FREEDOM(MultimodalRecommender):
         self.embedding_size = int(config_value(config, "embedding_size", 64))
         self.feat_embed_dim = int(config_value(config, "feat_embed_dim", self.embedding_size))
         self.knn_k = int(config_value(config, "knn_k", 10))
+        self.knn_index = knn_index_from_config(config)
         self.n_mm_layers = int(config_value(config, "n_mm_layers", 1))
         self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
         self.reg_weight = float(config_value(config, "reg_weight", 1e-4))
@@ -70,7 +71,7 @@ class FREEDOM(MultimodalRecommender):
         self.set_graph("masked_adj", None)
         self._needs_resample = True
 
-        graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym") for m in self.modalities}
+        graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym", index=self.knn_index) for m in self.modalities}
         if len(graphs) == 2:
             w = self.mm_image_weight
             mixed = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import (graph_product, interaction_csr, lightgcn_mean,
                                              row_normalised_with_self_loops, to_torch_sparse)
-from recbole_ext.models.layers.knn import knn_graph
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_graph, knn_index_from_config
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2
 from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.models.multimodal.mgcn import REG_DENOMINATORS
@@ -92,7 +92,7 @@ class LATTICE(MultimodalRecommender):
     # the graph learner's projections get gradients only in the step that rebuilds the item graph (the first of
     # each epoch by default): a data-parallel run must look for unused parameters after every forward
     distributed_unused_parameters = True
-    option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
+    option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, **KNN_BOUNDS,
                      "lambda_coeff": UNIT_INTERVAL}
 
     def __init__(self, config, dataset):
@@ -102,6 +102,7 @@ class LATTICE(MultimodalRecommender):
         self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
         self.n_layers = int(config_value(config, "n_layers", 1))
         self.knn_k = int(config_value(config, "knn_k", 10))
+        self.knn_index = knn_index_from_config(config)
         self.lambda_coeff = float(config_value(config, "lambda_coeff", 0.9))
         self.reg_weight = float(config_value(config, "reg_weight", 1e-4))
         self.cf_model = config_value(config, "cf_model", "lightgcn")
@@ -135,7 +136,7 @@ class LATTICE(MultimodalRecommender):
             _, norm_adj, _ = self.interaction_graphs(dataset)
         self.set_graph("norm_adj", norm_adj)
         self.set_graph("original_graphs",
-                       {m: knn_graph(self.raw_feature(m), self.knn_k, "sym").to(self.device) for m in self.modalities})
+                       {m: knn_graph(self.raw_feature(m), self.knn_k, "sym", index=self.knn_index).to(self.device) for m in self.modalities})
         self.train_feature_tables(not self.freeze_features)
         self.projection = nn.ModuleDict(
             {m: nn.Linear(self.table(m).shape[1], self.feat_embed_dim) for m in self.modalities})

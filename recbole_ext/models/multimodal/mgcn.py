@@ -14,10 +14,11 @@ import torch.nn as nn
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_index_from_config
 from recbole_ext.models.layers.losses import bpr_logsigmoid, half_squared_l2, info_nce
 from recbole_ext.models.layers.recompute import recomputed
 from recbole_ext.models.multimodal.base import MultimodalRecommender
-from recbole_ext.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
+from recbole_ext.options import NON_NEGATIVE, POSITIVE
 from recbole_ext.options import config_value
 
 REG_DENOMINATORS = ("train_batch_size", "batch")
@@ -26,7 +27,7 @@ REG_DENOMINATORS = ("train_batch_size", "batch")
 class MGCN(MultimodalRecommender):
     paper = "Yu et al., MGCN (ACM MM 2023)"
     default_n_ui_layers = 2
-    option_bounds = {"n_ui_layers": NON_NEGATIVE, "knn_k": AT_LEAST_ONE,
+    option_bounds = {"n_ui_layers": NON_NEGATIVE, **KNN_BOUNDS,
                      "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}
 
     def __init__(self, config, dataset):
@@ -35,6 +36,7 @@ class MGCN(MultimodalRecommender):
         self.n_ui_layers = int(config_value(config, "n_ui_layers", self.default_n_ui_layers))
         self.n_layers = int(config_value(config, "n_layers", 1))
         self.knn_k = int(config_value(config, "knn_k", 10))
+        self.knn_index = knn_index_from_config(config)
         self.reg_weight = float(config_value(config, "reg_weight", 1e-4))
         self.cl_weight = float(config_value(config, "cl_loss", 0.01))
         self.cl_temperature = float(config_value(config, "cl_temperature", 0.2))
@@ -56,7 +58,7 @@ class MGCN(MultimodalRecommender):
         _, norm_adj, r_hat = self.interaction_graphs(dataset)
         self.set_graph("norm_adj", norm_adj)
         self.set_graph("r_hat", r_hat)
-        self.set_graph("item_graphs", {m: self.item_knn_graph(m, self.knn_k, "sym") for m in self.modalities})
+        self.set_graph("item_graphs", {m: self.item_knn_graph(m, self.knn_k, "sym", self.knn_index) for m in self.modalities})
         self.train_feature_tables(not self.freeze_features)
         self.build_projections()
         self.purifier_gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
