@@ -134,7 +134,8 @@ class GINLayer(nn.Module):
 
     def forward(self, h, edge_index, edge_attr):
         message = torch.relu(h[edge_index[0]] + self.bond_emb(edge_attr))
-        incoming = torch.zeros_like(h).index_add_(0, edge_index[1], message)
+        # in the message dtype: under bf16 autocast h comes out of the MLP in bfloat16, the bond embedding in float32
+        incoming = message.new_zeros(h.shape).index_add_(0, edge_index[1], message)
         return self.mlp((1 + self.eps) * h + incoming)
 
 
