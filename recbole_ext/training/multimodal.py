@@ -24,20 +24,18 @@ from time import time
 
 import numpy as np
 import torch
-from recbole.data.dataloader import TrainDataLoader
 from recbole.trainer import Trainer
-from recbole.utils import ModelType
 
 from recbole_ext import checkpoint
 from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
 from recbole_ext.errors import UserError
+from recbole_ext.training import mmrec_zoo
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
 from recbole_ext.utils.memory import release_freed_memory
 
-# RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
-_USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
+__all__ = ["MMRecTrainer", "MultimodalTask", "TrainItemNegativeSampler", "lr_at"]  # the sampler: re-exported
 
 
 class _NanLoss(Exception):
@@ -154,12 +152,7 @@ class MultimodalTask(Task):
     name = "mmrec"
 
     def check_model(self, model_class) -> None:
-        name = model_class.__name__
-        if getattr(model_class, "type", None) != ModelType.GENERAL or name in _USER_BATCH_MODELS:
-            raise UserError(f"model {name} cannot run under the MMRec protocol (it needs pairwise/pointwise "
-                            f"interaction batches of a general recommender)",
-                            fix="use a general recommender such as BPR, LightGCN, VBPR, FREEDOM, LATTICE, MGCN "
-                                "or MambaRec")
+        mmrec_zoo.check_model(model_class)  # each general recommender's loader and trainer: training/mmrec_zoo.py
 
     def check_data(self, config) -> None:
         from recbole_ext.data.multimodal import is_derived_on_first_use, missing_dataset_error, mmrec_source_folder
@@ -179,13 +172,7 @@ class MultimodalTask(Task):
     def data_preparation(self, config, dataset):
         train_ds, valid_ds, test_ds = dataset.build()
         pool = str(config["neg_sampling_pool"] or "train")
-        neg = config["train_neg_sample_args"] or {}
-        if neg.get("distribution") not in ("uniform", None) or neg.get("dynamic"):
-            raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
-                            fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
-        sampler = TrainItemNegativeSampler(train_ds, pool=pool)
-        train = TrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
-
+        train = mmrec_zoo.train_loader(config, train_ds, pool)
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
         items = train_ds.inter_feat[train_ds.iid_field].numpy()
         train_hist = pairs_csr(users, items, dataset.user_num, dataset.item_num)[:2]
@@ -207,7 +194,7 @@ class MultimodalTask(Task):
         return train, valid, test
 
     def trainer_class(self, config, model_class):
-        return MMRecTrainer
+        return mmrec_zoo.trainer_class(config, model_class, MMRecTrainer)
 
     def protocol(self, config) -> dict:
         return {
