@@ -129,7 +129,7 @@ def test_special_trainers_are_refused_under_torchrun(monkeypatch, name):
         mmrec_zoo.trainer_class({}, ALL[name], MMRecTrainer)
     assert "\n" not in str(err.value)
     assert mmrec_zoo.trainer_class({}, ALL["BPR"], MMRecTrainer) is MMRecTrainer
-    assert mmrec_zoo.trainer_class({}, ALL["NeuMF"], MMRecTrainer) is MMRecTrainer
+    assert issubclass(mmrec_zoo.trainer_class({}, ALL["NeuMF"], MMRecTrainer), MMRecTrainer)
 
 
 def test_recbole_trainers_keep_their_own_steps():
@@ -169,6 +169,25 @@ def test_ncl_runs_its_e_step_and_recvae_decays_both_optimisers(zoo, monkeypatch)
     trainer.tensorboard.close()
     for opt in (trainer.optimizer_encoder, trainer.optimizer_decoder):
         assert opt.param_groups[0]["lr"] == pytest.approx(config["learning_rate"] * 0.25)
+
+
+def test_pair_scored_models_are_evaluated_in_training_sized_chunks(zoo):
+    """NeuMF has no full_sort_predict: its evaluation batch of users x items pairs goes through predict in chunks
+    of train_batch_size pairs (not eval_batch_size score cells at once), with the same metrics."""
+    from recbole_ext.training.multimodal import MMRecTrainer
+
+    config, task, train, valid, test = _prepared(zoo, "NeuMF")
+    model = ALL["NeuMF"](config, train._dataset)
+    chunked = mmrec_zoo.trainer_class(config, ALL["NeuMF"], MMRecTrainer)(config, model)
+    whole = MMRecTrainer(config, model)
+    calls = []
+    original = model.predict
+    model.predict = lambda inter: calls.append(len(inter)) or original(inter)
+    got = chunked.evaluate(test, load_best_model=False)
+    assert calls and max(calls) <= config["train_batch_size"] < len(test.uid_list) * train._dataset.item_num
+    assert got == whole.evaluate(test, load_best_model=False)
+    for trainer in (chunked, whole):
+        trainer.tensorboard.close()
 
 
 # ---- Pop, exactly -------------------------------------------------------------------------------------------

@@ -164,6 +164,25 @@ class _AlternatingSchedules:
                                         for opt in (self.optimizer_encoder, self.optimizer_decoder))
 
 
+class _PairScoringInChunks:
+    """A model without ``full_sort_predict`` (NeuMF, ConvNCF, NNCF) is scored by RecBole on every (user, item) pair
+    of an evaluation batch through ``predict``, in chunks of ``eval_batch_size`` pairs: the MMRec batch of
+    ``eval_batch_size`` score cells then went through the model in one call (ConvNCF on synth-mm: 1.5 M pairs of
+    64 x 64 maps, over 23 GB). Chunks of ``train_batch_size`` pairs hold what a training step holds, without
+    gradients; the scores are the same."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.test_batch_size = min(int(self.test_batch_size), int(config["train_batch_size"]))
+
+
+def scores_pairs(model_class) -> bool:
+    """True if the model has no ``full_sort_predict`` of its own (RecBole then calls ``predict`` on pairs)."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    return model_class.full_sort_predict is AbstractRecommender.full_sort_predict
+
+
 # What each RecBole trainer needs in front of the MMRec epoch loop (``base.fit`` comes first in the method order, so
 # RecBole's ``_train_epoch`` and ``__init__`` of the trainer are kept). TraditionalTrainer's one change, a single
 # epoch, is its ``__init__``. RaCTTrainer runs its two pretraining stages without validation: here every
@@ -191,6 +210,9 @@ def trainer_class(config, model_class, base: type) -> type:
     if special and distributed.active():
         raise UserError(distributed_refusal(model_class, recbole_trainer),
                         fix="run it in one process (python run.py ...), or use a pairwise/pointwise model")
+    if scores_pairs(model_class):
+        base = type(f"PairScoring{base.__name__}", (_PairScoringInChunks, base),
+                    {"__module__": __name__, "__doc__": _PairScoringInChunks.__doc__})
     if recbole_trainer is Trainer:
         return base
     if recbole_trainer.__name__ not in _ADAPTERS:
