@@ -143,6 +143,15 @@ class _Schedulers:
             s.load_state_dict(st)
 
 
+class _OnePass:
+    """TraditionalTrainer's change, one epoch (its ``__init__``), said in the run's log."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.logger.info(f"{type(model).__name__} learns nothing by gradient: one pass over the training "
+                            f"interactions, then validation and test (epochs={config['epochs']} is not used)")
+
+
 class _EStepEveryMSteps:
     """NCLTrainer's only change to RecBole's epoch loop: ``model.e_step()`` (k-means prototypes) before every
     ``m_step``-th epoch, here in front of the MMRec epoch loop."""
@@ -185,10 +194,10 @@ def scores_pairs(model_class) -> bool:
 
 # What each RecBole trainer needs in front of the MMRec epoch loop (``base.fit`` comes first in the method order, so
 # RecBole's ``_train_epoch`` and ``__init__`` of the trainer are kept). TraditionalTrainer's one change, a single
-# epoch, is its ``__init__``. RaCTTrainer runs its two pretraining stages without validation: here every
-# ``train_stage`` runs the MMRec loop, validated and early-stopped on valid Recall@20.
-_ADAPTERS = {"TraditionalTrainer": (), "NCLTrainer": (_EStepEveryMSteps,), "RecVAETrainer": (_AlternatingSchedules,),
-             "RaCTTrainer": ()}
+# epoch, is its ``__init__`` (logged by _OnePass). RaCTTrainer runs its two pretraining stages without validation:
+# here every ``train_stage`` runs the MMRec loop, validated and early-stopped on valid Recall@20.
+_ADAPTERS = {"TraditionalTrainer": (_OnePass,), "NCLTrainer": (_EStepEveryMSteps,),
+             "RecVAETrainer": (_AlternatingSchedules,), "RaCTTrainer": ()}
 
 
 def trainer_class(config, model_class, base: type) -> type:
