@@ -41,9 +41,6 @@ from recbole_ext.utils import distributed
 # for Pop, counts gathered from the training batches). NCEPLRec is typed GENERAL in RecBole but is one of them.
 _NON_GRADIENT_GENERAL = frozenset({"NCEPLRec"})
 
-# The models the protocol cannot run, with the reason (one line each).
-REFUSED: dict[str, str] = {}
-
 _NO_NEGATIVES = {"distribution": "none", "sample_num": "none", "alpha": "none", "dynamic": False,
                  "candidate_num": 0}
 
@@ -88,8 +85,6 @@ def refusal(model_class) -> str | None:
     if getattr(model_class, "type", None) not in (ModelType.GENERAL, ModelType.TRADITIONAL):
         return (f"model {name} cannot run under the MMRec protocol (it is not a general recommender: the protocol "
                 f"ranks all items for a user from user-item interactions alone)")
-    if is_recbole_general(model_class) and name in REFUSED:
-        return f"model {name} cannot run under the MMRec protocol: {REFUSED[name]}"
     return None
 
 
