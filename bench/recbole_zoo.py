@@ -2,7 +2,8 @@
 kind of training batches, seconds per training epoch and test Recall@20 after a few epochs with RecBole's default
 hyper-parameters (non-gradient models train once whatever --epochs says).
 
-    PYTHONPATH=. python bench/recbole_zoo.py [--epochs 3] [--threads 1] [--models Pop,BPR,...] [--json out.json]
+    PYTHONPATH=. python bench/recbole_zoo.py [--epochs 3] [--threads 1] [--models Pop,BPR,...] [--skip ConvNCF]
+                                          [--json out.json]
 
 Prints a Markdown table (the one in docs/multimodal-models.md): "s / training epoch" is the epochs' training time,
 "s in all" the whole run (dataset, model construction: where ItemKNN, EASE, SLIMElastic, ADMMSLIM and NCEPLRec do
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model (MMRec protocol otherwise)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--models", default="", help="comma-separated subset (default: the whole package)")
+    parser.add_argument("--skip", default="", help="comma-separated models to leave out")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     import torch
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from recbole_ext.training import mmrec_zoo  # imports recbole_ext first: its compat shims
 
     torch.set_num_threads(args.threads)
-    names = [n for n in args.models.split(",") if n] or list(mmrec_zoo.general_recommenders())
+    skip = set(args.skip.split(","))
+    names = [n for n in ([n for n in args.models.split(",") if n] or mmrec_zoo.general_recommenders()) if n not in skip]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("RECBOLE_EXT_CACHE", os.path.join(tmp, "cache"))
