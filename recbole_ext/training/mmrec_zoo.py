@@ -228,7 +228,7 @@ def trainer_class(config, model_class, base: type) -> type:
 
 def distributed_refusal(model_class, recbole_trainer) -> str:
     kind = kind_of(model_class)
-    why = {"non_gradient": "it trains no parameters (one pass that every process would repeat on its share)",
+    why = {"non_gradient": "it learns nothing by gradient (Pop would count only each process's share of the rows)",
            "user_batch": "its batches are users, not the interaction rows the data-parallel loss splits"}.get(
         kind, f"it needs RecBole's {recbole_trainer.__name__}, which the data-parallel trainer does not wrap")
     return f"model {model_class.__name__} cannot run under torchrun: {why}"
