@@ -67,6 +67,44 @@ def id_maps_of(dataset) -> dict[str, list[str]]:
     return maps
 
 
+def plain_other_parameter(params: dict | None) -> dict | None:
+    """RecBole's ``other_parameter`` (tensors, and for ItemKNN / EASE / SLIMElastic / AsymKNN scipy sparse
+    matrices and numpy arrays) as tensors and plain data, so that a ``weights_only`` load can read it."""
+    if params is None:
+        return None
+    import scipy.sparse as sp
+
+    plain = {}
+    for key, value in params.items():
+        if sp.issparse(value):
+            csr = sp.csr_matrix(value)
+            value = {"__sparse__": value.format, "shape": [int(n) for n in csr.shape],
+                     **{part: torch.from_numpy(np.ascontiguousarray(getattr(csr, part)))
+                        for part in ("data", "indices", "indptr")}}
+        elif isinstance(value, np.ndarray):
+            value = {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+        plain[key] = value
+    return plain
+
+
+def other_parameter_of(state: dict) -> dict | None:
+    """A checkpoint's ``other_parameter`` as the model stored it (inverse of :func:`plain_other_parameter`)."""
+    params = state.get("other_parameter")
+    if params is None:
+        return None
+    import scipy.sparse as sp
+
+    restored = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and "__sparse__" in value:
+            parts = [value[part].numpy() for part in ("data", "indices", "indptr")]
+            value = sp.csr_matrix(tuple(parts), shape=tuple(value["shape"])).asformat(value["__sparse__"])
+        elif isinstance(value, dict) and "__ndarray__" in value:
+            value = value["__ndarray__"].numpy()
+        restored[key] = value
+    return restored
+
+
 def save_trainer_state(trainer, path: str | os.PathLike, epoch: int, extra: dict | None = None) -> None:
     """The trainer's model and optimizer with the run's config and id maps; ``extra``: more entries (tensors and
     plain data), such as the resume state of ``last.pth``."""
@@ -81,7 +119,7 @@ def save_trainer_state(trainer, path: str | os.PathLike, epoch: int, extra: dict
         "cur_step": int(getattr(trainer, "cur_step", 0)),
         "best_valid_score": float(trainer.best_valid_score),
         "state_dict": trainer.model.state_dict(),
-        "other_parameter": trainer.model.other_parameter(),
+        "other_parameter": plain_other_parameter(trainer.model.other_parameter()),
         "optimizer": trainer.optimizer.state_dict() if getattr(trainer, "optimizer", None) else None,
         "id_maps": getattr(trainer, "ext_id_maps", None),
         "recbole_ext_version": _version(),
@@ -140,4 +178,4 @@ def load_weights(model, path: str | os.PathLike, map_location: str | torch.devic
     """Load only the weights (``state_dict`` and RecBole's ``other_parameter``) of a checkpoint into ``model``."""
     state = load(path, map_location=map_location, mmap=True)
     model.load_state_dict(state["state_dict"])
-    model.load_other_parameter(state.get("other_parameter"))
+    model.load_other_parameter(other_parameter_of(state))

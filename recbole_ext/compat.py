@@ -239,6 +239,27 @@ def _collector_cpu():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Pop counts an item once per training batch however often it occurs in it: `cnt[item] = cnt[item] + 1` with a
+# repeated index writes the same incremented value several times. Popular items repeat within a batch, so their
+# counts (and the ranking) come out wrong.
+
+
+@shim(
+    "pop_repeated_items",
+    "RecBole 1.2.1 Pop.calculate_loss counts an item once per batch however many of the batch's rows hold it "
+    "(indexed assignment with repeated indices); its popularity ranking then depends on the batch size",
+    gate=lambda: _installed("recbole") == _version_tuple(RECBOLE_VERSION),
+)
+def _pop_repeated_items():
+    from recbole.model.general_recommender import pop
+
+    source_patch(pop.Pop, "calculate_loss", [(
+        "self.item_cnt[item, :] = self.item_cnt[item, :] + 1",
+        "self.item_cnt.index_add_(0, item, torch.ones_like(self.item_cnt[item, :]))",  # every row counts
+    )])
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Interaction.sort calls np.argsort on a torch tensor: numpy falls back to converting it and wrapping the result
 # with the tensor's old-style __array_wrap__, deprecated in numpy 2.0 (a DeprecationWarning in every dataloader).
 

@@ -431,7 +431,7 @@ def load_run(checkpoint_path: str | os.PathLike, config_overrides: dict | None =
         raise UserError(f"checkpoint weights do not fit model {state['model']}: {detail[:300]}",
                         fix="the model's configuration or the dataset's item features (their width) changed since "
                             "training") from None
-    model.load_other_parameter(state.get("other_parameter"))
+    model.load_other_parameter(ckpt.other_parameter_of(state))
     model.eval()
     return config, model, dataset, train_data, valid_data, test_data
 

@@ -25,11 +25,11 @@ def test_models_name_their_tasks_vectors_and_paper(capsys):
     assert models["MambaRec"] == {"name": "MambaRec", "tasks": ["mmrec"], "source": "recbole-ext", "type": "general",
                                   "paper": "MambaRec (CIKM 2025, arXiv 2509.09114)", "vectors": True}
     assert models["CafeMed"]["tasks"] == ["medrec"] and not models["CafeMed"]["vectors"]
-    # RecBole's general recommenders run under the MMRec protocol too, unless they need user batches (MultiVAE)
-    # or are not trained by batches at all (Pop); only BPR and LightGCN have a vector adapter
+    # RecBole's general recommenders all run under the MMRec protocol too (user-batch and non-gradient ones
+    # included: training/mmrec_zoo.py); only BPR and LightGCN have a vector adapter
     assert models["BPR"]["tasks"] == ["general", "mmrec"] and models["BPR"]["vectors"]
     assert models["LightGCN"]["vectors"] and not models["NeuMF"]["vectors"]
-    assert models["MultiVAE"]["tasks"] == ["general"] and models["Pop"]["tasks"] == ["general"]
+    assert models["MultiVAE"]["tasks"] == ["general", "mmrec"] and models["Pop"]["tasks"] == ["general", "mmrec"]
     assert models["BPR"]["source"] == "RecBole built-in" and models["BPR"]["paper"] == "RecBole built-in (general)"
 
 
@@ -110,7 +110,7 @@ def test_metrics_name_their_task_direction_and_cutoff(capsys):
 
 @pytest.mark.parametrize("what,task,present,absent", [
     ("models", "medrec", "CafeMed", "BPR"),
-    ("models", "mmrec", "BPR", "MultiVAE"),
+    ("models", "mmrec", "MultiVAE", "CafeMed"),
     ("datasets", "mmrec", "synth-mm", "mimic3-demo"),
     ("metrics", "mmrec", "NDCG", "AUC"),
     ("metrics", "medrec", "DDI_Rate", "Recall"),

@@ -121,6 +121,18 @@ def test_collector_handles_int_and_counter_entries():
     assert struct.get("data.num_items") == 10
 
 
+def test_pop_counts_every_row_of_a_batch(tiny):
+    from recbole.data.interaction import Interaction
+    from recbole.model.general_recommender import Pop
+
+    from recbole_ext.config import build_config
+
+    config, task = build_config("Pop", "tiny", tiny)
+    pop = Pop(config, task.create_dataset(config))
+    pop.calculate_loss(Interaction({"item_id": torch.tensor([3, 3, 3, 5])}))  # RecBole 1.2.1 counts item 3 once
+    assert pop.item_cnt[3, 0] == 3 and pop.item_cnt[5, 0] == 1 and int(pop.item_cnt.sum()) == 4
+
+
 def test_config_strings_are_never_evaluated(tmp_path):
     from recbole.config import Config
 

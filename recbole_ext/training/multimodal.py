@@ -26,19 +26,18 @@ from time import time
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import InputType, ModelType
 
 from recbole_ext import checkpoint
-from recbole_ext.data.multimodal_loaders import (MMRecEvalDataLoader, MMRecTrainDataLoader, TrainItemNegativeSampler,
+from recbole_ext.data.multimodal_loaders import (MMRecEvalDataLoader, TrainItemNegativeSampler,
                                                 pairs_csr)
 from recbole_ext.errors import UserError
+from recbole_ext.training import mmrec_zoo
 from recbole_ext.training.optim import fuse_adam_on_cpu
 from recbole_ext.training.row_adam import attach_row_adam
 from recbole_ext.training.tasks import Task
 from recbole_ext.utils.memory import release_freed_memory
 
-# RecBole routes these through its user-batch (autoencoder) loaders, which the MMRec protocol does not build.
-_USER_BATCH_MODELS = {"MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec"}
+__all__ = ["MMRecTrainer", "MultimodalTask", "TrainItemNegativeSampler", "lr_at"]  # the sampler: re-exported
 
 
 class _NanLoss(Exception):
@@ -155,12 +154,7 @@ class MultimodalTask(Task):
     name = "mmrec"
 
     def check_model(self, model_class) -> None:
-        name = model_class.__name__
-        if getattr(model_class, "type", None) != ModelType.GENERAL or name in _USER_BATCH_MODELS:
-            raise UserError(f"model {name} cannot run under the MMRec protocol (it needs pairwise/pointwise "
-                            f"interaction batches of a general recommender)",
-                            fix="use a general recommender such as BPR, LightGCN, VBPR, FREEDOM, LATTICE, LGMRec, "
-                                "MGCN or MambaRec")
+        mmrec_zoo.check_model(model_class)  # each general recommender's loader and trainer: training/mmrec_zoo.py
 
     def check_data(self, config) -> None:
         from recbole_ext.data.multimodal import is_derived_on_first_use, missing_dataset_error, mmrec_source_folder
@@ -180,9 +174,7 @@ class MultimodalTask(Task):
     def data_preparation(self, config, dataset):
         train_ds, valid_ds, test_ds = dataset.build()
         pool = str(config["neg_sampling_pool"] or "train")
-        sampler = TrainItemNegativeSampler(train_ds, pool=pool) if _samples_negatives(config) else None
-        train = MMRecTrainDataLoader(config, train_ds, sampler, shuffle=config["shuffle"] is not False)
-
+        train = mmrec_zoo.train_loader(config, train_ds, pool)
         users = train_ds.inter_feat[train_ds.uid_field].numpy()
         items = train_ds.inter_feat[train_ds.iid_field].numpy()
         train_hist = pairs_csr(users, items, dataset.user_num, dataset.item_num)[:2]
@@ -198,14 +190,14 @@ class MultimodalTask(Task):
                             fix="set --mmrec_test_mask=train")
         valid = MMRecEvalDataLoader(config, valid_ds, train_hist)
         test = MMRecEvalDataLoader(config, test_ds, test_hist)
-        negatives = f"negatives from {pool} items" if sampler is not None else "no negatives"
+        negatives = f"negatives from {pool} items" if mmrec_zoo.samples_negatives(config) else "no negatives"
         getLogger().info(f"[MMRec protocol] train {len(train_ds)} / valid {len(valid_ds)} / test {len(test_ds)} "
                          f"interactions; {len(valid.uid_list)} valid and {len(test.uid_list)} test users; "
                          f"test mask: {test_mask}; {negatives}")
         return train, valid, test
 
     def trainer_class(self, config, model_class):
-        return MMRecTrainer
+        return mmrec_zoo.trainer_class(config, model_class, MMRecTrainer)
 
     def protocol(self, config) -> dict:
         return {
@@ -222,27 +214,12 @@ class MultimodalTask(Task):
                                "ties": str(config["early_stop_ties"] or "no_improvement")},
             "learning_rate_scheduler": list(config["learning_rate_scheduler"] or [1.0, 50]),
             "negatives": f"{(config['train_neg_sample_args'] or {}).get('sample_num', 1)} uniform per positive from "
-                         f"{config['neg_sampling_pool'] or 'train'} items" if _samples_negatives(config)
+                         f"{config['neg_sampling_pool'] or 'train'} items" if mmrec_zoo.samples_negatives(config)
             else "none (positive pairs only)",
             # users per evaluation batch: eval_users_per_batch, or eval_batch_size score cells // items
             "eval_users_per_batch": config["eval_users_per_batch"],
             "eval_batch_size": config["eval_batch_size"],
         }
-
-
-def _samples_negatives(config) -> bool:
-    """Whether the training batches carry negatives: uniform ones (MMRec's sampler), or none for a pointwise model
-    that trains on positive pairs only (MMRec's ``use_neg_sampling: False``, BM3)."""
-    neg = config["train_neg_sample_args"] or {}
-    if neg.get("distribution") == "none":
-        if config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE:
-            raise UserError(f"{config['model']} trains on (user, positive, negative) triples, but "
-                            f"train_neg_sample_args is None", fix="leave train_neg_sample_args unset")
-        return False
-    if neg.get("distribution") not in ("uniform", None) or neg.get("dynamic"):
-        raise UserError(f"the MMRec protocol samples uniform negatives, got train_neg_sample_args={neg}",
-                        fix="set train_neg_sample_args to {distribution: uniform, sample_num: 1}")
-    return True
 
 
 def lr_at(epoch: int, base_lr: float, schedule=(1.0, 50)) -> float:

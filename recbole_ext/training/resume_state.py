@@ -162,7 +162,7 @@ class EpochResumeState:
         trainer, resume = self.trainer, state["resume"]
         checkpoint.check_id_maps(state, getattr(trainer, "ext_id_maps", None) or {})
         trainer.model.load_state_dict(state["state_dict"])
-        trainer.model.load_other_parameter(state.get("other_parameter"))
+        trainer.model.load_other_parameter(checkpoint.other_parameter_of(state))
         trainer.optimizer.load_state_dict(state["optimizer"])  # before the scheduler, which reads its groups
         scheduler = getattr(trainer, "lr_scheduler", None)
         if (scheduler is None) != (resume["lr_scheduler"] is None):
