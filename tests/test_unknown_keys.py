@@ -209,6 +209,7 @@ def _runs_of_each_model() -> dict[str, tuple[type, str]]:
         for name in __import__(package, fromlist=["MODELS"]).MODELS:
             out[name] = (registry.model_class(name), dataset)
     out["BPR"] = (registry.model_class("BPR"), "ml-100k")
+    out["NCL"] = (registry.model_class("NCL"), "synth-mm")  # training/mmrec_zoo.py checks NCL's num_clusters
     return out
 
 
