@@ -76,9 +76,11 @@ def test_shipped_specs_are_valid():
     assert {"multimodal", "medrec", "quick"} <= set(specs)
     mm, med = specs["multimodal"], specs["medrec"]
     assert set(mm.datasets) == {"baby", "sports", "clothing"} and len(mm.seeds) == 5
-    assert {m.name for m in mm.models} == {"BPR", "LightGCN", "VBPR", "FREEDOM", "LATTICE", "MGCN", "MambaRec"}
+    assert {m.name for m in mm.models} == {"BPR", "LightGCN", "VBPR", "FREEDOM", "LATTICE", "MGCN", "LGMRec", "BM3",
+                                          "MambaRec"}
     assert set(med.datasets) == {"mimic3", "mimic4"} and len(med.seeds) == 5
-    assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MedFM", "MedDeepFM", "MedWideDeep"}
+    assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MoleRec", "MedFM", "MedDeepFM",
+                                           "MedWideDeep"}
 
 
 def test_grid_points_follow_the_key_names_not_the_spec_order():
