@@ -105,3 +105,29 @@ def test_first_run_builds_it_into_the_cache_with_the_real_encoder(tmp_path, monk
     assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-3)  # a real sentence embedding, unit-norm
     monkeypatch.setattr(ml100k_mm, "build", lambda *a, **k: pytest.fail("rebuilt although the cache holds it"))
     assert ml100k_mm.cached_build() == entries[0]
+
+
+def test_processes_that_need_it_at_once_build_it_once(tmp_path, monkeypatch):
+    """A leaderboard's workers reach `--dataset=ml-100k-mm` together: one builds the cache entry, the others wait for
+    it and read it (before the lock, the second builder failed with 'already exists' and its trial was lost)."""
+    import threading
+    import time
+
+    monkeypatch.setenv("RECBOLE_EXT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ml100k_mm, "cache_key", lambda: "0" * 64)
+    calls = []
+
+    def slow_build(target, *args, **kwargs):
+        calls.append(target)
+        time.sleep(0.3)  # both callers are past the first manifest check before either finishes
+        target.mkdir(parents=True)
+        (target / ml100k_mm.MANIFEST_NAME).write_text("{}")
+
+    monkeypatch.setattr(ml100k_mm, "build", slow_build)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(ml100k_mm.cached_build())) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(calls) == 1 and len(got) == 3 and len(set(got)) == 1

@@ -73,6 +73,22 @@ def refuse_existing(target: str | os.PathLike, overwrite: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block: processes that build
+    the same cache entry at once (a leaderboard's workers on first use) take turns instead of racing."""
+    import fcntl
+
+    path = Path(path)
+    make_dirs(path.parent, "cache folder")
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
 

@@ -29,7 +29,7 @@ from recbole_ext.data.prepare import mm_build as mb
 from recbole_ext.errors import UserError
 from recbole_ext.utils.argparsing import CommandParser
 from recbole_ext.utils.hashing import file_sha256, json_sha256
-from recbole_ext.utils.io import refuse_existing
+from recbole_ext.utils.io import exclusive_lock, refuse_existing
 from recbole_ext.utils.paths import check_dataset_name, dataset_root
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def build(target: Path, name: str = NAME, *, seed: int = SPLIT_SEED, overwrite: 
                "build_version": BUILD_VERSION, "image_slot": "genre indicators (not an image)",
                "text": "'<title> (<year>). Genres: <g1>, <g2>.' through all-MiniLM-L6-v2"}
     return mb.write_prepared(Path(target), name, table, x_label, {"image": genres, "text": text}, log=log,
-                             options=options, inputs={"interactions": folder / "ml-100k.inter",
+                             options=options, overwrite=overwrite,
+                             inputs={"interactions": folder / "ml-100k.inter",
                                                       "items": folder / "ml-100k.item"},
                              source="MovieLens-100K as shipped in RecBole's wheel (recbole/dataset_example/ml-100k)",
                              encoders={"text": text_encoder_info(), "image": {"name": "genre indicators",
@@ -158,8 +159,13 @@ def cached_build() -> Path:
     if (entry / MANIFEST_NAME).is_file():
         logger.info(f"{NAME} is read from {entry} (built earlier from RecBole's ml-100k)")
         return entry
-    logger.info(f"building {NAME} from RecBole's ml-100k into {entry} (once; about a minute on a CPU)")
-    build(entry, overwrite=True)  # an entry without a manifest is damaged: replace it
+    # several processes may need it at once (a leaderboard's workers): one builds, the others wait and read it
+    with exclusive_lock(cache_dir("locks") / f"{entry.name}.lock"):
+        if (entry / MANIFEST_NAME).is_file():
+            logger.info(f"{NAME} is read from {entry} (built by another process meanwhile)")
+            return entry
+        logger.info(f"building {NAME} from RecBole's ml-100k into {entry} (once; about a minute on a CPU)")
+        build(entry, overwrite=True)  # an entry without a manifest is damaged: replace it
     return entry
 
 
