@@ -28,8 +28,7 @@ import torch
 from recbole.trainer import Trainer
 
 from recbole_ext import checkpoint
-from recbole_ext.data.multimodal_loaders import (MMRecEvalDataLoader, TrainItemNegativeSampler,
-                                                pairs_csr)
+from recbole_ext.data.multimodal_loaders import MMRecEvalDataLoader, TrainItemNegativeSampler, pairs_csr
 from recbole_ext.errors import UserError
 from recbole_ext.training import mmrec_zoo
 from recbole_ext.training.optim import fuse_adam_on_cpu

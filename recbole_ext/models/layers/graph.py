@@ -29,16 +29,21 @@ def normalised_bipartite(r: sp.csr_matrix, degree_eps: float = 0.0) -> tuple[sp.
 
     ``degree_eps = 0`` gives isolated nodes weight 0 (MGCN/LightGCN); FREEDOM adds ``1e-7`` to every degree.
     """
-    n_users, n_items = r.shape
     du = np.asarray(r.sum(axis=1)).ravel() + degree_eps
     di = np.asarray(r.sum(axis=0)).ravel() + degree_eps
     with np.errstate(divide="ignore"):
         iu = np.where(du > 0, du ** -0.5, 0.0)
         ii = np.where(di > 0, di ** -0.5, 0.0)
     r_hat = sp.diags(iu) @ r @ sp.diags(ii)
-    a_hat = sp.bmat([[None, r_hat], [r_hat.T, None]], format="csr", dtype=np.float64)
-    a_hat.resize((n_users + n_items, n_users + n_items))
-    return a_hat.astype(np.float32), r_hat.tocsr().astype(np.float32)
+    return bipartite(r_hat).astype(np.float32), r_hat.tocsr().astype(np.float32)
+
+
+def bipartite(block: sp.spmatrix) -> sp.csr_matrix:
+    """``[[0, B], [B^T, 0]]`` over users then items, float64 CSR (an empty ``B`` still gives the full shape)."""
+    n_users, n_items = block.shape
+    a = sp.bmat([[None, block], [block.T, None]], format="csr", dtype=np.float64)
+    a.resize((n_users + n_items, n_users + n_items))
+    return a
 
 
 def row_normalised_with_self_loops(r: sp.csr_matrix) -> sp.csr_matrix:
@@ -47,10 +52,8 @@ def row_normalised_with_self_loops(r: sp.csr_matrix) -> sp.csr_matrix:
     Row-stochastic, not symmetric: a node averages itself and its neighbours. Every node has degree >= 1, so an
     isolated node (RecBole's PAD user and item) keeps its own embedding and touches no other node.
     """
-    n_users, n_items = r.shape
-    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float64)
-    a.resize((n_users + n_items, n_users + n_items))
-    a = (a + sp.identity(n_users + n_items, dtype=np.float64, format="csr")).tocsr()
+    a = bipartite(r)
+    a = (a + sp.identity(a.shape[0], dtype=np.float64, format="csr")).tocsr()
     inv_degree = 1.0 / np.asarray(a.sum(axis=1)).ravel()
     return (sp.diags(inv_degree) @ a).tocsr().astype(np.float32)
 
