@@ -56,6 +56,9 @@ class GraphMemory(nn.Module):
 
 class GAMENet(MedRecModel):
     paper = "Shang et al., GAMENet (AAAI 2019)"
+    year = 2019
+    uses = "diagnoses, procedures, past medications, EHR + DDI graphs"
+    parity = "none yet"
     option_bounds = {"gcn_dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):

@@ -24,6 +24,9 @@ from recbole_ext.options import config_value
 
 class RETAIN(MedRecModel):
     paper = "Choi et al., RETAIN (NeurIPS 2016)"
+    year = 2016
+    uses = "diagnoses, procedures, past medications"
+    parity = "none yet"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

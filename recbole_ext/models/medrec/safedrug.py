@@ -191,6 +191,9 @@ class MolecularEncoder(nn.Module):
 
 class SafeDrug(MedRecModel):
     paper = "Yang et al., SafeDrug (IJCAI 2021)"
+    year = 2021
+    uses = "diagnoses, procedures, past medications, molecules (RDKit), DDI graph"
+    parity = "none yet"
     option_bounds = {"mpnn_layers": AT_LEAST_ONE}
 
     def __init__(self, config, dataset):
