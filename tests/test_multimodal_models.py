@@ -6,6 +6,7 @@ import torch
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.multimodal.bm3 import BM3
+from recbole_ext.models.multimodal.dragon import DRAGON
 from recbole_ext.models.multimodal.freedom import FREEDOM
 from recbole_ext.models.multimodal.lattice import LATTICE
 from recbole_ext.models.multimodal.mambarec import MambaRec
@@ -14,7 +15,7 @@ from recbole_ext.testing.multimodal_toy import (ITEM_FIELD, USER_FIELD, fit, pla
                                                 recall_at_k, toy_config)
 from recbole_ext.models.multimodal.vbpr import VBPR
 
-MODELS = [MambaRec, MGCN, VBPR, FREEDOM, LATTICE, BM3]
+MODELS = [MambaRec, MGCN, VBPR, FREEDOM, LATTICE, BM3, DRAGON]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -328,3 +328,14 @@ def test_dragon_runs_through_the_pipeline_and_reloads(quiet, tmp_path):
     assert result.task == "mmrec"
     assert result.config["user_knn_k"] == 40 and result.config["knn_k"] == 10
     assert_reloaded_run_scores_with_its_vectors(result)  # the evaluation graph is the same after the reload
+
+
+def test_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    # the padding of the user-user graph comes from torch's generator, which last.pth saves and resume restores:
+    # the resumed run pads as the uninterrupted one did (history, test results, weights all ==)
+    from tests import test_resume as resume_tests
+
+    config = {"epochs": 3, "seed": 11, "state": "ERROR", "show_progress": False}
+    full = run("DRAGON", "synth-mm", {**config, "run_dir": str(tmp_path / "full")})
+    resumed = resume_tests.interrupted_then_resumed(monkeypatch, "DRAGON", "synth-mm", config, 0, tmp_path / "stopped")
+    resume_tests.assert_same_run(resumed, full)
