@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
-from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_graph, knn_index_from_config
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_index_from_config
 from recbole_ext.models.layers.losses import bpr_logsigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.options import DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
@@ -74,13 +74,7 @@ class FREEDOM(MultimodalRecommender):
         self.set_graph("masked_adj", None)
         self._needs_resample = True
 
-        graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym", index=self.knn_index) for m in self.modalities}
-        if len(graphs) == 2:
-            w = self.mm_image_weight
-            mixed = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()
-        else:
-            mixed = next(iter(graphs.values()))
-        self.set_graph("mm_adj", mixed.to_sparse_csr().to(self.device))
+        self.set_graph("mm_adj", self.mixed_knn_graph(self.knn_k, "binary_sym", self.mm_image_weight, self.knn_index))
         self.train_feature_tables(not self.freeze_features)
         self.projection = nn.ModuleDict(
             {m: nn.Linear(self.table(m).shape[1], self.feat_embed_dim) for m in self.modalities})
@@ -107,11 +101,6 @@ class FREEDOM(MultimodalRecommender):
         graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n),
                                         device=values.device)
         self.masked_adj = graph.coalesce().to_sparse_csr().to(self.norm_adj.dtype)
-
-    def train(self, mode: bool = True):
-        if mode and not self.training:
-            self._needs_resample = True  # RecBole's trainer calls train() at the start of every epoch
-        return super().train(mode)
 
     def encode(self, adj: torch.Tensor):
         h = self.item_id_embedding.weight
