@@ -127,6 +127,10 @@ def sample_user_graph(ids: torch.Tensor, counts: torch.Tensor, lengths: torch.Te
 
 class DRAGON(MultimodalRecommender):
     paper = "Zhou et al., DRAGON (ECAI 2023)"
+    year = 2023
+    uses = "interactions, image + text features (user-user and kNN item graphs)"
+    parity = ("loss + every gradient, user-user graph = float64 transcription of MMRec's code "
+              "(`test_multimodal_models_dragon.py`)")
     option_bounds = {**KNN_BOUNDS, "n_mm_layers": NON_NEGATIVE, "mm_image_weight": UNIT_INTERVAL,
                      "user_knn_k": AT_LEAST_ONE}
 
