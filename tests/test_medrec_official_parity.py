@@ -261,9 +261,10 @@ def test_safedrug_equals_the_official_computation(cohort, monkeypatch, ddi_beta)
     medication has. Loss: ``0.95 * BCE + 0.05 * margin(sigmoid)`` within the target DDI rate 0.06, else
     ``beta * task + (1 - beta) * 0.0005 * sum(p p^T * A)`` with the released script's
     ``beta = min(0, 1 + (0.06 - rate) / 0.05)`` (``linear_min``, the shipped default) or the paper's ``max(0, ...)``
-    (``linear``); both sides of the target are exercised. Not compared: the fingerprint labels (radius 1 here,
-    radius 2 in the script; the transcription gets the model's ids) and the script's fixed ``MPNN_emb`` (here
-    trained; the ``molecules.*`` gradients are those of the same formula, the official code has none)."""
+    (``linear``); both sides of the target are exercised. The transcription gets the model's fingerprint ids
+    (radius 1 here, radius 2 in the script; that they are the released radius-1 labels is the next test). Not
+    compared: the script's fixed ``MPNN_emb`` (here trained; the ``molecules.*`` gradients are those of the same
+    formula, the official code has none)."""
     substructures = sorted(set().union(*(brics(s) for meds in TINY_SMILES for s in meds))) + ["C1CC1"]
     pytest.importorskip("rdkit")
     monkeypatch.setattr(safedrug, "medication_smiles", lambda *a: (TINY_SMILES, substructures))
@@ -295,6 +296,45 @@ def test_safedrug_equals_the_official_computation(cohort, monkeypatch, ddi_beta)
             rates.append(rate)
     assert min(rates) <= 0.06 < max(rates), rates
     assert_parity(model, batch, model.calculate_loss(batch), torch.stack(losses).mean(), torch.stack(logits))
+
+
+def official_fingerprints(smiles, atom_dict, bond_dict, fingerprint_dict):
+    """``util.create_atoms``, ``create_ijbonddict`` and ``extract_fingerprints`` with radius 1, for one SMILES."""
+    from rdkit import Chem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    atoms = [a.GetSymbol() for a in mol.GetAtoms()]
+    for a in mol.GetAromaticAtoms():
+        atoms[a.GetIdx()] = (atoms[a.GetIdx()], "aromatic")
+    atoms = [atom_dict.setdefault(a, len(atom_dict)) for a in atoms]
+    i_jbond_dict = {}
+    for b in mol.GetBonds():
+        i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
+        bond = bond_dict.setdefault(str(b.GetBondType()), len(bond_dict))
+        i_jbond_dict.setdefault(i, []).append((j, bond))
+        i_jbond_dict.setdefault(j, []).append((i, bond))
+    if len(atoms) == 1:
+        return [fingerprint_dict.setdefault(a, len(fingerprint_dict)) for a in atoms]
+    nodes = []
+    for i, j_edge in i_jbond_dict.items():
+        fingerprint = (atoms[i], tuple(sorted((atoms[j], edge) for j, edge in j_edge)))
+        nodes.append(fingerprint_dict.setdefault(fingerprint, len(fingerprint_dict)))
+    return nodes
+
+
+def test_safedrug_fingerprints_are_the_official_radius_1_labels():
+    """The atom labels of SafeDrug's molecular graphs are the released ``buildMPNN``'s with ``radius=1``, up to
+    renaming: the same atoms share a label (a one-to-one map between the two id sets), atom by atom in RDKit order,
+    for the tiny molecules and a one-atom molecule (the released code's single-atom branch)."""
+    pytest.importorskip("rdkit")
+    smiles_lists = TINY_SMILES + [["[Na+]"], ["CC(C)=O"]]
+    ours = safedrug.molecule_graphs(smiles_lists)[0].tolist()
+    dicts = ({}, {}, {})
+    official = [fp for meds in smiles_lists for s in meds for fp in official_fingerprints(s, *dicts)]
+    assert len(official) == len(ours)
+    pairs = set(zip(official, ours))
+    assert len(pairs) == len(set(official)) == len(set(ours)), "the labels do not map one to one"
+    assert len(set(ours)) > 10
 
 
 # -- dropout --------------------------------------------------------------------------------------------------
