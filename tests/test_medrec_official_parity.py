@@ -176,11 +176,9 @@ def test_gamenet_equals_the_official_computation(cohort):
     ``target_ddi: 1`` every predicted set is within the target, so ``GAMENet.py`` takes its deterministic branch
     ``0.9 * BCE + 0.1 * margin(sigmoid)`` (the shipped weights) and the package its task loss. Not compared: the
     DDI branch (the script's simulated-annealing draw of ``loss_ddi`` = mean of ``p p^T * A``, replaced here by
-    the documented DDI-controlled loss). ``lambda`` (``ddi_weight``, initialised at 0) is set to 0.37 so that the
-    DDI-graph memory matters."""
+    the documented DDI-controlled loss)."""
     model = shipped_model(GAMENet, cohort, target_ddi=1.0)
-    with torch.no_grad():
-        model.ddi_weight.fill_(0.37)
+    assert model.ddi_weight.abs() > 0.01  # the DDI-graph memory matters
     batch = train_batch(cohort)
     n_med = cohort.n_med
     ehr = torch.zeros(n_med, n_med, dtype=torch.float64)
@@ -335,6 +333,23 @@ def test_safedrug_fingerprints_are_the_official_radius_1_labels():
     pairs = set(zip(official, ours))
     assert len(pairs) == len(set(official)) == len(set(ours)), "the labels do not map one to one"
     assert len(set(ours)) > 10
+
+
+def test_gamenet_and_safedrug_initialise_as_published(cohort, monkeypatch):
+    """GAMENet's ``GraphConvolution`` weights and biases from +-1/sqrt(out_features), ``inter`` (lambda) from
+    +-0.1; SafeDrug's ``MaskLinear`` weight from +-1/sqrt(n_med) (its ``weight.size(1)``)."""
+    model = shipped_model(GAMENet, cohort, embedding_size=64)
+    for gcn in (model.ehr_gcn, model.ddi_gcn):
+        for tensor in (gcn.w1.weight, gcn.w1.bias, gcn.w2.weight, gcn.w2.bias):
+            assert 0.9 / 8 < tensor.abs().max() <= 1 / 8
+    assert 0 < model.ddi_weight.abs() <= 0.1
+    pytest.importorskip("rdkit")
+    # 200 substructures no medication has, so that the weight has many entries and the old 1/sqrt(n_sub) shows
+    subs = ["CCO"] + [f"[{i}*]C" for i in range(200)]
+    monkeypatch.setattr(safedrug, "medication_smiles", lambda *a: (TINY_SMILES, subs))
+    weight = shipped_model(safedrug.SafeDrug, cohort).bipartite_weight
+    assert weight.shape == (len(subs), cohort.n_med)
+    assert 0.9 / cohort.n_med ** 0.5 < weight.abs().max() <= 1 / cohort.n_med ** 0.5
 
 
 # -- dropout --------------------------------------------------------------------------------------------------

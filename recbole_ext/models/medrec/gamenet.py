@@ -46,6 +46,10 @@ class GraphMemory(nn.Module):
         self.register_buffer("adj01", adj + torch.eye(adj.shape[0]), persistent=False)
         self.w1 = nn.Linear(adj.shape[0], dim)
         self.w2 = nn.Linear(dim, dim)
+        bound = 1.0 / dim ** 0.5  # GraphConvolution's init: weights and biases from +-1/sqrt(out_features)
+        for layer in (self.w1, self.w2):
+            nn.init.uniform_(layer.weight, -bound, bound)
+            nn.init.uniform_(layer.bias, -bound, bound)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self) -> torch.Tensor:
@@ -71,7 +75,7 @@ class GAMENet(MedRecModel):
         self.use_ddi_graph = config_flag(config, "use_ddi_graph", True)
         if self.use_ddi_graph:
             self.ddi_gcn = GraphMemory(self.ddi_adj.cpu(), d, gcn_dropout)
-            self.ddi_weight = nn.Parameter(torch.zeros(1))  # lambda, learned as in GAMENet
+            self.ddi_weight = nn.Parameter(torch.empty(1).uniform_(-0.1, 0.1))  # lambda, learned; GAMENet's init
         self.output = nn.Sequential(nn.ReLU(), nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.n_med))
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
