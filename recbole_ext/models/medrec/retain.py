@@ -10,8 +10,8 @@ mapped to medication logits. Every target visit t is scored in one pass with a c
 GRUs run forward in time as in the baselines' medication-recommendation code, so the prefix outputs are exact.
 
 ``visit_attention``: ``published`` (default) is the GAMENet/SafeDrug baseline code, whose softmax runs over the
-size-1 last axis of ``alpha_li(g)`` ``[visits, 1]``, so every ``alpha_tk`` is 1 (``alpha_li`` gets no gradient);
-``softmax`` is the paper's softmax over visits 1..t.
+size-1 last axis of ``alpha_li(g)`` ``[visits, 1]``, so every ``alpha_tk`` is 1 and ``alpha_gru``/``alpha_li``
+never learn (they are not built here); ``softmax`` is the paper's softmax over visits 1..t.
 
 Deviation: the baseline scripts score visit t from the complete visits before it (their diagnoses, procedures and
 medications; not visit t's own diagnoses and procedures, and patients with one visit are skipped); here visit t's
@@ -35,13 +35,14 @@ class RETAIN(MedRecModel):
         d = self.embedding_size
         self.code_emb = nn.Embedding(self.n_diag + self.n_proc + self.n_med + 1, d, padding_idx=0)
         self.dropout = nn.Dropout(float(config_value(config, "dropout_prob", 0.5)))
-        self.alpha_gru = nn.GRU(d, d, batch_first=True)
-        self.beta_gru = nn.GRU(d, d, batch_first=True)
-        self.alpha_li = nn.Linear(d, 1)
-        self.beta_li = nn.Linear(d, d)
-        self.output = nn.Linear(d, self.n_med)
         self.visit_attention = check_choice("visit_attention", config_value(config, "visit_attention", "published"),
                                             ("published", "softmax"))
+        if self.visit_attention == "softmax":  # published: the visit weights do not depend on alpha_gru/alpha_li,
+            self.alpha_gru = nn.GRU(d, d, batch_first=True)  # which would never learn (and idle parameters
+            self.alpha_li = nn.Linear(d, 1)                   # would stall a data-parallel run)
+        self.beta_gru = nn.GRU(d, d, batch_first=True)
+        self.beta_li = nn.Linear(d, d)
+        self.output = nn.Linear(d, self.n_med)
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
         prev = previous_visit(batch.med)
