@@ -62,7 +62,8 @@ class GAMENet(MedRecModel):
     paper = "Shang et al., GAMENet (AAAI 2019)"
     year = 2019
     uses = "diagnoses, procedures, past medications, EHR + DDI graphs"
-    parity = "none yet"
+    parity = ("logits, loss + every gradient = float64 transcription of the official code, annealing branch "
+              "aside (`test_medrec_official_parity.py`)")
     option_bounds = {"gcn_dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):

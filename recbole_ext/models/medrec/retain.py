@@ -31,7 +31,8 @@ class RETAIN(MedRecModel):
     paper = "Choi et al., RETAIN (NeurIPS 2016)"
     year = 2016
     uses = "diagnoses, procedures, past medications"
-    parity = "none yet"
+    parity = ("logits, loss + every gradient = float64 transcription of the SafeDrug repository's RETAIN "
+              "(`test_medrec_official_parity.py`)")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
