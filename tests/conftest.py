@@ -108,3 +108,14 @@ def assert_reloaded_run_scores_with_its_vectors(result) -> None:
     users = torch.arange(1, 9)
     scores = model.full_sort_predict({model.USER_ID: users}).view(len(users), -1)
     assert torch.allclose(scores, model.user_vectors(users) @ model.item_vectors().T)
+
+
+def assert_same_loss_and_gradients(loss, reference, params: dict, rtol: float = 1e-9) -> None:
+    """``loss`` and ``reference`` agree to 1e-10, and so does the gradient of each of ``params`` (name -> tensor)."""
+    import torch
+    got = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(reference, list(params.values()), retain_graph=True, allow_unused=True)
+    assert abs(loss.item() - reference.item()) < 1e-10, (loss.item(), reference.item())
+    for name, g, w in zip(params, got, want):
+        assert g is not None and w is not None, name
+        assert torch.allclose(g, w, rtol=rtol, atol=1e-12), (name, (g - w).abs().max())

@@ -36,7 +36,8 @@ class FREEDOM(MultimodalRecommender):
     paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
     year = 2023
     uses = "interactions, image + text features (frozen kNN item graph)"
-    parity = "kNN item graph = MMRec's build (`test_multimodal_models_knn.py`)"
+    parity = ("loss + every gradient, user-item, kNN item and pruned graphs (same draws) = float64 transcription of "
+              "MMRec's code (`test_multimodal_models_freedom_official.py`)")
     option_bounds = {**KNN_BOUNDS, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
     extra_config_keys = ("feat_embed_dim",)  # MMRec's own key; check_config refuses any value but embedding_size

@@ -28,7 +28,8 @@ class MGCN(MultimodalRecommender):
     paper = "Yu et al., MGCN (ACM MM 2023)"
     year = 2023
     uses = "interactions, image + text features (trained feature tables)"
-    parity = "kNN item graphs = MMRec's build (`test_multimodal_models_knn.py`)"
+    parity = ("loss + every gradient, user-item graphs = float64 transcription of MMRec's code, kNN graphs to float32 "
+              "precision (`test_multimodal_models_mgcn_official.py`)")
     default_n_ui_layers = 2
     option_bounds = {"n_ui_layers": NON_NEGATIVE, **KNN_BOUNDS,
                      "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}

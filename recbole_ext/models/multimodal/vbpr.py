@@ -20,7 +20,8 @@ class VBPR(MultimodalRecommender):
     paper = "He & McAuley, VBPR (AAAI 2016)"
     year = 2016
     uses = "interactions, image + text features"
-    parity = "none yet"
+    parity = ("loss + every gradient, scores, init = float64 transcription of MMRec's code "
+              "(`test_multimodal_models_vbpr_official.py`)")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
