@@ -18,14 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recbole_ext.models.multimodal.bm3 import BM3  # noqa: E402  (importing recbole_ext applies its shims)
-from recbole_ext.testing.multimodal_toy import fit, planted_clusters, recall_at_k, toy_config  # noqa: E402
-
-
-def recall(cls, dataset, epochs: int, **cfg) -> float:
-    torch.manual_seed(0)
-    model = cls(toy_config(embedding_size=32, **cfg), dataset)
-    fit(model, dataset, epochs, learning_rate=1e-2, batch_size=1024, seed=0)
-    return recall_at_k(model, dataset, "test", 20)
+from recbole_ext.testing.multimodal_toy import planted_benchmark, recall_at_k  # noqa: E402
+from recbole_ext.testing.multimodal_toy import trained_recall as recall  # noqa: E402
 
 
 class Popularity:
@@ -52,8 +46,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     print("seed epochs n_layers | LightGCN | BM3 aligned | BM3 shuffled | BM3 cl_weight=0")
     for seed in args.seeds:
-        data = planted_clusters(500, 1000, 2000, n_clusters=10, image_dim=64, text_dim=32, clusters_per_user=1,
-                                seed=seed)
+        data = planted_benchmark(seed)
         shuffled = data.shuffled_features(seed=0)
         print(f"{seed} popularity ranking: {recall_at_k(Popularity(data), data, 'test', 20):.3f}")
         for epochs in args.epochs:

@@ -66,7 +66,8 @@ def _recbole_general_models() -> list[type]:
 
 
 def list_models() -> list[dict]:
-    """One dict per model: name, tasks, source, type, paper, vectors."""
+    """One dict per model: name, tasks, source, type, paper, vectors, year, uses, parity (what shows that it computes
+    what its official code computes; recbole-ext's models state it as class attributes, like ``paper``)."""
     from recbole_ext.registry import ext_models, resolve_ext_model
     from recbole_ext.retrieval.vectors import class_supports_vectors
 
@@ -75,15 +76,65 @@ def list_models() -> list[dict]:
     for name in ext_names:
         cls = resolve_ext_model(name)
         paper = vars(cls).get("paper") or _first_line(cls.__doc__)  # a model's own, never its base class's
+        own = vars(cls)
         rows.append({"name": name, "tasks": _tasks_of(cls), "source": "recbole-ext",
-                     "type": cls.type.name.lower(), "paper": paper, "vectors": class_supports_vectors(cls)})
+                     "type": cls.type.name.lower(), "paper": paper, "vectors": class_supports_vectors(cls),
+                     "year": own.get("year"), "uses": own.get("uses"), "parity": own.get("parity")})
     for cls in _recbole_general_models():
         if cls.__name__ in ext_names:
             continue
         kind = cls.type.name.lower()
         rows.append({"name": cls.__name__, "tasks": _tasks_of(cls), "source": RECBOLE_BUILT_IN, "type": kind,
-                     "paper": f"{RECBOLE_BUILT_IN} ({kind})", "vectors": class_supports_vectors(cls)})
+                     "paper": f"{RECBOLE_BUILT_IN} ({kind})", "vectors": class_supports_vectors(cls),
+                     "year": None, "uses": "interactions", "parity": "RecBole's own class"})
     return rows
+
+
+# What a model's row shows with ``--results``: the headline test metric on its task's bundled dataset.
+BUNDLED_RESULT = {"mmrec": ("synth-mm", "recall@20", "R@20"), "medrec": ("synth-ehr-small", "jaccard", "Jaccard")}
+BOARD_COLUMNS = ("dataset", "model", "metric", "mean", "std")
+
+
+def board_results(folder: str | Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """``(dataset, model, metric) -> (mean, std)`` from every ``FOLDER/*/leaderboard.csv`` (leaderboard outputs)."""
+    import csv
+    import math
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*/leaderboard.csv"))
+    if not files:
+        raise UserError(f"no leaderboard output under {folder}",
+                        fix="pass the folder that holds the boards' output folders (each with a leaderboard.csv)")
+    found: dict[tuple[str, str, str], tuple[float, float]] = {}
+    for path in files:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in BOARD_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} is not a leaderboard table: no column {', '.join(missing)}",
+                                fix="regenerate it with python run.py leaderboard SPEC --report-only")
+            for row in reader:
+                try:
+                    value = (float(row["mean"]), float(row["std"] or "nan"))
+                except ValueError:
+                    raise UserError(f"{path}: {row['model']} {row['metric']} has a non-numeric mean or std",
+                                    fix="regenerate it with python run.py leaderboard SPEC --report-only") from None
+                key = (row["dataset"], row["model"], row["metric"])
+                if key in found and found[key] != value and not all(map(math.isnan, found[key] + value)):
+                    raise UserError(f"two boards under {folder} disagree on {' '.join(key)}",
+                                    fix="keep one board per dataset in that folder")
+                found[key] = value
+    return found
+
+
+def _result_cell(row: dict, results: dict) -> str:
+    for task in row["tasks"]:
+        if task in BUNDLED_RESULT:
+            dataset, metric, label = BUNDLED_RESULT[task]
+            if (dataset, row["name"], metric) in results:
+                mean, std = results[(dataset, row["name"], metric)]
+                return f"{dataset} {label} {mean:.4f} ± {std:.4f}"
+    return "-"
 
 
 # ----------------------------------------------------------------------------------------------------- datasets
@@ -230,6 +281,16 @@ COLUMNS = {  # (heading, key) of the text table of each kind
     "metrics": [("metric", "name"), ("tasks", "tasks"), ("better", "better"), ("top-K", "topk"),
                 ("kind", "kind"), ("source", "source")],
 }
+# the markdown model table is the README's zoo table: the facts a reader compares models by
+MARKDOWN_COLUMNS = {**COLUMNS, "models": [("model", "name"), ("tasks", "tasks"), ("paper", "paper"), ("year", "year"),
+                                          ("uses", "uses"), ("vectors", "vectors"),
+                                          ("parity with the official code", "parity")]}
+RESULT_COLUMN = ("bundled data, tuned: test mean ± std", "result")
+
+
+def _columns(kind: str, markdown: bool, rows: list[dict]) -> list[tuple[str, str]]:
+    columns = (MARKDOWN_COLUMNS if markdown else COLUMNS)[kind]
+    return columns + [RESULT_COLUMN] if rows and "result" in rows[0] else columns
 
 
 def _cell(value) -> str:
@@ -242,7 +303,7 @@ def _cell(value) -> str:
 
 def text_table(kind: str, rows: list[dict]) -> str:
     """The rows as an aligned table under a heading line (the last column is not padded)."""
-    columns = COLUMNS[kind]
+    columns = _columns(kind, False, rows)
     cells = [[heading for heading, _ in columns]]
     cells += [[_cell(row.get(key)) for _, key in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
@@ -251,7 +312,7 @@ def text_table(kind: str, rows: list[dict]) -> str:
 
 def markdown_table(kind: str, rows: list[dict]) -> str:
     """The rows as a GitHub markdown table (the README's model and dataset tables are this output)."""
-    columns = COLUMNS[kind]
+    columns = _columns(kind, True, rows)
 
     def cell(key: str, value) -> str:
         text = _cell(value).replace("|", "\\|")  # a pipe inside a cell would split it
@@ -284,14 +345,19 @@ def build_parser() -> CommandParser:
                              "protocol) or medrec (medication sets)")
     parser.add_argument("--source", choices=tuple(SOURCES),
                         help="models and metrics: only recbole-ext's own or only RecBole's built-in ones")
+    parser.add_argument("--results", metavar="DIR",
+                        help="models: add each model's test result on its task's bundled dataset (synth-mm "
+                             "Recall@20, synth-ehr-small Jaccard) from the leaderboard outputs under DIR "
+                             "(e.g. docs/results)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
     output.add_argument("--markdown", action="store_true", help="print a markdown table (as in the README)")
     return parser
 
 
-def catalog(what: str, task: str | None = None, source: str | None = None) -> list[dict]:
-    """The rows of ``run.py list WHAT [--task TASK] [--source SOURCE]``."""
+def catalog(what: str, task: str | None = None, source: str | None = None,
+            results: str | Path | None = None) -> list[dict]:
+    """The rows of ``run.py list WHAT [--task TASK] [--source SOURCE] [--results DIR]``."""
     if what not in LISTERS:
         raise UserError(f"cannot list '{what}'", fix=f"use one of: {', '.join(KINDS)}")
     if task is not None and task not in TASK_ORDER:
@@ -304,12 +370,17 @@ def catalog(what: str, task: str | None = None, source: str | None = None) -> li
         rows = [r for r in rows if task in (r["tasks"] if "tasks" in r else [r["task"]])]
     if source is not None:
         rows = [r for r in rows if r["source"] == SOURCES[source]]
+    if results is not None:
+        if what != "models":
+            raise UserError(f"--results does not apply to {what}", fix="list models with --results DIR")
+        scores = board_results(results)
+        rows = [{**r, "result": _result_cell(r, scores)} for r in rows]
     return rows
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    rows = catalog(args.what, args.task, args.source)
+    rows = catalog(args.what, args.task, args.source, args.results)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

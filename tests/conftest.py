@@ -92,3 +92,19 @@ def assert_same_metrics(got: dict, want: dict) -> None:
     assert set(got) == set(want)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def assert_reloaded_run_scores_with_its_vectors(result) -> None:
+    """A finished run of an inner-product model: its checkpoint reloads to the same test metrics, and the reloaded
+    model's ``full_sort_predict`` equals ``user_vectors @ item_vectors.T``."""
+    import torch
+
+    from recbole_ext.quick_start import load_run
+
+    assert result.checkpoint
+    assert_same_metrics(reevaluated_test_result(result), result.test_result)
+    _, model, _, _, _, _ = load_run(result.checkpoint)
+    model.eval()
+    users = torch.arange(1, 9)
+    scores = model.full_sort_predict({model.USER_ID: users}).view(len(users), -1)
+    assert torch.allclose(scores, model.user_vectors(users) @ model.item_vectors().T)

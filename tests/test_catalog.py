@@ -22,8 +22,9 @@ def _by_name(rows: list[dict]) -> dict:
 
 def test_models_name_their_tasks_vectors_and_paper(capsys):
     models = _by_name(_json_rows(capsys, "models"))
-    assert models["MambaRec"] == {"name": "MambaRec", "tasks": ["mmrec"], "source": "recbole-ext", "type": "general",
-                                  "paper": "MambaRec (CIKM 2025, arXiv 2509.09114)", "vectors": True}
+    mambarec = {k: models["MambaRec"][k] for k in ("name", "tasks", "source", "type", "paper", "vectors", "year")}
+    assert mambarec == {"name": "MambaRec", "tasks": ["mmrec"], "source": "recbole-ext", "type": "general",
+                        "paper": "MambaRec (CIKM 2025, arXiv 2509.09114)", "vectors": True, "year": 2025}
     assert models["CafeMed"]["tasks"] == ["medrec"] and not models["CafeMed"]["vectors"]
     # RecBole's general recommenders all run under the MMRec protocol too (user-batch and non-gradient ones
     # included: training/mmrec_zoo.py); only BPR and LightGCN have a vector adapter
@@ -43,6 +44,63 @@ def test_every_recbole_ext_model_names_its_own_paper(monkeypatch):
     for name in ext_models():
         own = vars(resolve_ext_model(name)).get("paper")
         assert own and rows[name]["paper"] == own, name
+
+
+def test_every_recbole_ext_model_states_its_year_inputs_and_parity_evidence(monkeypatch):
+    """The README's zoo table shows these; a parity claim that names a test must name one that exists."""
+    from pathlib import Path
+
+    from recbole_ext import registry
+    from recbole_ext.registry import ext_models, resolve_ext_model
+
+    monkeypatch.setattr(registry, "_extra_models", {})
+    tests = Path(__file__).parent
+    for name in ext_models():
+        own = vars(resolve_ext_model(name))
+        assert own.get("uses") and own.get("parity"), name
+        assert own.get("year") is None and name == "MedContext" or 2000 < own["year"] <= 2026, name
+        assert str(own["year"] or "") in own["paper"] or "ablation" in own["paper"] or name == "MedContext", name
+        for test_file in re.findall(r"`(test_\w+\.py)`", own["parity"]):
+            assert (tests / test_file).is_file(), f"{name} cites {test_file}, which does not exist"
+
+
+def _board(folder, name: str, rows: list[tuple]) -> None:
+    (folder / name).mkdir(parents=True)
+    lines = ["dataset,model,metric,mean,std,n"] + [",".join(map(str, row)) for row in rows]
+    (folder / name / "leaderboard.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_results_column_reads_each_tasks_bundled_metric_from_the_boards(tmp_path, capsys):
+    _board(tmp_path, "mm", [("synth-mm", "MambaRec", "recall@20", 0.15583, 0.0054), ("synth-mm", "MambaRec",
+            "ndcg@20", 0.07, 0.001), ("baby", "MGCN", "recall@20", 0.09, 0.0), ("synth-mm", "VBPR", "recall@10", 0.1, 0)])
+    _board(tmp_path, "med", [("synth-ehr-small", "CafeMed", "jaccard", 0.2167, 0.0004),
+                             ("synth-ehr-small", "CafeMed", "f1", 0.34, 0.001)])
+    rows = _by_name(catalog("models", source="recbole-ext", results=tmp_path))
+    assert rows["MambaRec"]["result"] == "synth-mm R@20 0.1558 ± 0.0054"
+    assert rows["CafeMed"]["result"] == "synth-ehr-small Jaccard 0.2167 ± 0.0004"
+    assert rows["MGCN"]["result"] == "-" and rows["VBPR"]["result"] == "-"  # another dataset / metric only
+    assert main(["list", "models", "--task", "mmrec", "--source", "recbole-ext", "--markdown",
+                 "--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| bundled data, tuned: test mean ± std |")
+    assert next(line for line in lines if line.startswith("| MambaRec |")).endswith("| synth-mm R@20 0.1558 ± 0.0054 |")
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda d: None, "no leaderboard output under"),
+    (lambda d: (d / "b").mkdir() or (d / "b" / "leaderboard.csv").write_text("model,mean\nX,1\n"),
+     "is not a leaderboard table: no column dataset, metric, std"),
+    (lambda d: _board(d, "b", [("synth-mm", "BPR", "recall@20", "n/a", 0.1)]), "has a non-numeric mean or std"),
+    (lambda d: (_board(d, "a", [("synth-mm", "BPR", "recall@20", 0.1, 0.1)]),
+                _board(d, "b", [("synth-mm", "BPR", "recall@20", 0.2, 0.1)])), "disagree on synth-mm BPR recall@20"),
+])
+def test_results_folder_errors_are_one_line(setup, needle, tmp_path, capsys):
+    setup(tmp_path)
+    assert main(["list", "models", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert main(["list", "datasets", "--results", str(tmp_path)]) == 2
+    assert "--results does not apply to datasets" in capsys.readouterr().err
 
 
 def test_models_table_is_aligned(capsys):
@@ -142,7 +200,8 @@ def test_catalog_api_errors_name_the_choices():
 def test_source_filter_and_markdown(capsys):
     assert main(["list", "models", "--source", "recbole-ext", "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| model | tasks | vectors | paper |" and lines[1] == "|---|---|---|---|"
+    assert lines[0] == ("| model | tasks | paper | year | uses | vectors | parity with the official code |"
+                        ) and lines[1] == "|---|" * 1 + "---|" * 6
     names = [line.split(" | ")[0].lstrip("| ") for line in lines[2:]]
     assert "MambaRec" in names and "BPR" not in names  # only recbole-ext's own
     assert main(["list", "models", "--source", "recbole", "--json"]) == 0

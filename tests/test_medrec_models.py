@@ -282,6 +282,10 @@ def test_ddi_controlled_loss_schedule(tiny):
     model.ddi_beta = "linear"
     model.use_ddi_loss = True
     assert float(model.visit_losses(logits, target)[0]) == pytest.approx(float(ddi), rel=1e-5)  # beta clamps at 0
+    model.ddi_beta = "linear_min"  # SafeDrug's released script: min(0, 1 + (0.06 - 1/3) / 0.05) = -4.47
+    beta = 1 + (0.06 - 1 / 3) / 0.05
+    assert float(model.visit_losses(logits, target)[0]) == pytest.approx(
+        beta * float(task[0]) + (1 - beta) * float(ddi), rel=1e-5)
 
 
 def test_task_loss_gradient_matches_finite_differences(tiny):
@@ -376,8 +380,9 @@ def test_gamenet_co_prescription_graph_from_training(tiny):
     diag, proc, med = patients[held_out][0]
     patients[held_out] = [(diag, proc, np.union1d(med, [a + 1, b + 1]))] + patients[held_out][1:]
     data = dataclasses.replace(tiny, patients=patients)
-    adj = build(GAMENet, data).ehr_gcn.adj
-    assert adj.shape == (data.n_med, data.n_med) and torch.allclose(adj.sum(-1), torch.ones(data.n_med))
+    adj = build(GAMENet, data).ehr_gcn.adj01  # the 0/1 graph with self-loops, row-normalised in forward
+    assert adj.shape == (data.n_med, data.n_med) and set(adj.unique().tolist()) <= {0.0, 1.0}
+    assert (adj.diagonal() == 1).all()
     off_diagonal = (adj > 0) & ~torch.eye(data.n_med, dtype=torch.bool)
     assert {tuple(e) for e in off_diagonal.nonzero().tolist()} == train_pairs
     assert not off_diagonal[a, b] and (a, b) in _pairs([v[2] for p in patients for v in p])

@@ -25,19 +25,10 @@ from recbole_ext.errors import UserError
 from recbole_ext.models.medrec import molerec
 from recbole_ext.models.medrec.molerec import MoleRec, atom_features, bond_features, ogb_graph
 from recbole_ext.testing.medrec_synthetic import evaluate, fit, make_synthetic
+from tests.medrec_official import TINY_SMILES, bce_and_margin, brics, ddi_rate_score, gru, layer_norm, linear
 
 pytest.importorskip("rdkit")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_SMILES = [["CCOC(=O)c1ccccc1", "CCO"], ["CC(=O)Nc1ccc(O)cc1"], ["OC(=O)c1ccccc1"], ["CCN(CC)CC"]]
-
-
-def brics(smiles: str) -> set[str]:
-    from rdkit import Chem
-    from rdkit.Chem import BRICS
-
-    return set(BRICS.BRICSDecompose(Chem.MolFromSmiles(smiles)))
-
 
 @pytest.fixture(scope="module")
 def cohort():
@@ -53,32 +44,9 @@ def tiny_model(cohort, monkeypatch, **cfg):
 
 
 # -- the official computation, transcribed (float64, functional, one call per visit prefix) ----------------------
-def linear(p, name, x):
-    return x @ p[name + ".weight"].T + p[name + ".bias"]
-
-
 def batch_norm(p, name, x):
     mean, var = x.mean(0), x.var(0, unbiased=False)
     return (x - mean) / torch.sqrt(var + 1e-5) * p[name + ".weight"] + p[name + ".bias"]
-
-
-def layer_norm(p, name, x):
-    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    return (x - mean) / torch.sqrt(var + 1e-5) * p[name + ".weight"] + p[name + ".bias"]
-
-
-def gru(p, name, xs):
-    """torch.nn.GRU's cell, written out: gates r, z, n in this order."""
-    h = torch.zeros(p[name + ".weight_hh_l0"].shape[1], dtype=torch.float64)
-    outputs = []
-    for x in xs:
-        gi = p[name + ".weight_ih_l0"] @ x + p[name + ".bias_ih_l0"]
-        gh = p[name + ".weight_hh_l0"] @ h + p[name + ".bias_hh_l0"]
-        (i_r, i_z, i_n), (h_r, h_z, h_n) = gi.chunk(3), gh.chunk(3)
-        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
-        h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
-        outputs.append(h)
-    return torch.stack(outputs), h
 
 
 def official_gnn(p, name, graph, n_layers):
@@ -130,26 +98,8 @@ def official_forward(p, visits, drug, heads, embedding):
     return score, 0.0005 * (prob.t() @ prob).mul(drug["ddi_adj"]).sum()
 
 
-def ddi_rate_score(labels, ddi_A):
-    all_cnt = dd_cnt = 0
-    for i, med_i in enumerate(labels):
-        for j, med_j in enumerate(labels):
-            if j > i:
-                all_cnt += 1
-                dd_cnt += int(ddi_A[med_i, med_j] == 1 or ddi_A[med_j, med_i] == 1)
-    return dd_cnt / all_cnt if all_cnt else 0
-
-
 def official_visit_loss(result, loss_ddi, meds, n_med, ddi_A, target_ddi, coef=2.5):
-    bce_target = torch.zeros(1, n_med, dtype=torch.float64)
-    bce_target[:, meds] = 1
-    multi_target = -torch.ones(1, n_med, dtype=torch.long)
-    for idx, item in enumerate(meds):
-        multi_target[0][idx] = item
-    sigmoid_res = torch.sigmoid(result)
-    loss_bce = F.binary_cross_entropy_with_logits(result, bce_target)
-    loss_multi = F.multilabel_margin_loss(sigmoid_res, multi_target)
-    labels = [int(i) for i in torch.nonzero(sigmoid_res.detach()[0] >= 0.5)]
+    loss_bce, loss_multi, labels = bce_and_margin(result, meds, n_med)
     rate = ddi_rate_score(labels, ddi_A)
     if rate <= target_ddi:
         return 0.95 * loss_bce + 0.05 * loss_multi, rate

@@ -150,7 +150,7 @@ def test_bad_index_settings_are_one_line_errors(feats, settings, message):
         knn_graph(feats, 5, index=KnnIndex(**settings))
 
 
-@pytest.mark.parametrize("model_name", ["MGCN", "MambaRec", "FREEDOM", "LATTICE"])
+@pytest.mark.parametrize("model_name", ["MGCN", "MambaRec", "FREEDOM", "LATTICE", "DRAGON"])
 def test_models_pass_their_knn_keys_to_the_search(model_name, tmp_path, monkeypatch):
     from recbole_ext import registry
     from recbole_ext.testing.multimodal_toy import planted_clusters, toy_config

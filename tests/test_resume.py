@@ -251,3 +251,12 @@ def test_ctrl_c_between_the_resume_state_and_the_status_waits_for_both(tiny, tmp
         signal.signal(signal.SIGINT, previous)
     status = read_status(tmp_path / "r")
     assert (status["state"], status["epochs_done"], status["resume_from_epoch"]) == ("interrupted", 2, 2)
+
+
+def test_model_with_two_optimisers_resumed_equals_uninterrupted_run(one_thread, tmp_path, monkeypatch):
+    # RecVAE under the MMRec protocol: RecBole's RecVAETrainer alternates an encoder and a decoder Adam and points
+    # `optimizer` at either; both moments must come back (before, the resume failed on the optimiser's groups)
+    config = {"epochs": 2, "seed": 7, "state": "ERROR", "show_progress": False}
+    full = run("RecVAE", "synth-mm", {**config, "run_dir": str(tmp_path / "full")})
+    resumed = interrupted_then_resumed(monkeypatch, "RecVAE", "synth-mm", config, 0, tmp_path / "stopped")
+    assert_same_run(resumed, full)

@@ -13,6 +13,8 @@ entry, ``"resume"``:
   history             the trainer's EpochHistory records so far
   train_loss_dict     RecBole's per-epoch losses
   lr_scheduler        the scheduler's ``state_dict`` (MMRecTrainer's per-epoch LambdaLR), or None
+  optimizers          the trainer's other optimisers by attribute name (RecVAETrainer's ``optimizer_encoder`` and
+                      ``optimizer_decoder``), and ``optimizer_is``: which of them ``optimizer`` was when saved
   rng                 torch's (CPU and CUDA), numpy's and Python's global generators, and every generator a data
                       loader or its sampler holds (RecBole's loaders own a ``torch.Generator``, MedRecDataLoader a
                       numpy ``RandomState``): as tensors and ints, never pickled objects
@@ -40,6 +42,14 @@ from recbole_ext.options import NON_NEGATIVE, number_value
 from recbole_ext.run_status import RESUME_FILE, ctrl_c_deferred, mark_running
 
 RESUME_FORMAT = "recbole-ext/resume/1"
+
+
+def other_optimizers(trainer) -> dict[str, torch.optim.Optimizer]:
+    """The optimisers a trainer holds besides ``optimizer``, by attribute name. RecBole's RecVAETrainer keeps one for
+    the encoder and one for the decoder and points ``optimizer`` at either in turn; the base trainer's own
+    ``optimizer`` over all parameters is then replaced, so a resume restores each by name, not ``optimizer``."""
+    return {name: value for name, value in vars(trainer).items()
+            if name != "optimizer" and isinstance(value, torch.optim.Optimizer)}
 
 
 def resume_every(config) -> int:
@@ -151,6 +161,9 @@ class EpochResumeState:
             "history": [dict(entry) for entry in getattr(trainer, "history", [])],
             "train_loss_dict": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
             "lr_scheduler": None if scheduler is None else scheduler.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in other_optimizers(trainer).items()},
+            "optimizer_is": next((name for name, opt in other_optimizers(trainer).items()
+                                  if opt is trainer.optimizer), None),
             "rng": capture_rng(self.loaders),
             "elapsed_s": time.time() - self.started_at,
         }
@@ -163,7 +176,17 @@ class EpochResumeState:
         checkpoint.check_id_maps(state, getattr(trainer, "ext_id_maps", None) or {})
         trainer.model.load_state_dict(state["state_dict"])
         trainer.model.load_other_parameter(checkpoint.other_parameter_of(state))
-        trainer.optimizer.load_state_dict(state["optimizer"])  # before the scheduler, which reads its groups
+        others = other_optimizers(trainer)
+        saved = resume.get("optimizers", {})
+        if set(saved) != set(others):
+            raise UserError(f"the resume state has optimisers {sorted(saved)} and this run's trainer {sorted(others)}",
+                            fix="resume with the configuration and recbole-ext version that started the run")
+        for name, opt in others.items():  # before the scheduler, which reads their groups
+            opt.load_state_dict(saved[name])
+        if resume.get("optimizer_is"):
+            trainer.optimizer = others[resume["optimizer_is"]]
+        else:
+            trainer.optimizer.load_state_dict(state["optimizer"])
         scheduler = getattr(trainer, "lr_scheduler", None)
         if (scheduler is None) != (resume["lr_scheduler"] is None):
             raise UserError("the resume state and this run's trainer disagree on having a learning-rate schedule",

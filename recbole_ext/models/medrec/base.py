@@ -12,8 +12,9 @@ Contract with the medication task (data, trainer, metrics), see ``recbole_ext/da
 The loss (spec cafemed.md §2.1, CausalMed ``training.py``) is computed per visit and averaged over the visits of
 the batch: ``L = beta * (w_bce * BCE + w_mlm * MarginLoss) + (1 - beta) * L_ddi`` where ``beta = 1`` if the visit's
 predicted set (threshold 0.5) has DDI rate <= ``target_ddi`` and ``min(exp(coef * (1 - rate / target_ddi)), 1)``
-otherwise (``ddi_beta: exp``; SafeDrug's ``max(0, 1 + (target_ddi - rate) / kp)`` is ``ddi_beta: linear``). The
-published code takes one optimiser step per visit; here a batch of patients is one step.
+otherwise (``ddi_beta: exp``; SafeDrug's paper's ``max(0, 1 + (target_ddi - rate) / kp)`` is ``ddi_beta: linear``,
+its released code's ``min(0, 1 + (target_ddi - rate) / kp)`` is ``ddi_beta: linear_min``). The published code takes
+one optimiser step per visit; here a batch of patients is one step.
 """
 from __future__ import annotations
 
@@ -98,8 +99,11 @@ class MedRecModel(AbstractRecommender):
         self.ddi_loss_scale = float(config_value(config, "ddi_loss_scale", 0.0005))
         self.target_ddi = float(config_value(config, "target_ddi", 0.06))
         self.ddi_anneal_coef = float(config_value(config, "ddi_anneal_coef", 2.5))
-        # "exp": CausalMed's exp(coef * (1 - rate / target)); "linear": SafeDrug's 1 + (target - rate) / kp.
-        self.ddi_beta = check_choice("ddi_beta", config_value(config, "ddi_beta", "exp"), ("exp", "linear"))
+        # "exp": CausalMed's exp(coef * (1 - rate / target)); "linear": SafeDrug's paper, max(0, 1 + (target - rate)
+        # / kp); "linear_min": SafeDrug's released training script, min(0, ...) (<= 0: the task loss is switched off
+        # or even pushed the wrong way while the DDI rate is above target)
+        self.ddi_beta = check_choice("ddi_beta", config_value(config, "ddi_beta", "exp"),
+                                     ("exp", "linear", "linear_min"))
         self.ddi_kp = float(config_value(config, "ddi_kp", 0.05))
         self.margin_on = check_choice("margin_on", config_value(config, "margin_on", "prob"), ("prob", "logit"))
 
@@ -126,8 +130,10 @@ class MedRecModel(AbstractRecommender):
             rate = set_ddi_rate((prob >= 0.5).to(prob.dtype), self.ddi_adj)
             if self.ddi_beta == "exp":
                 beta = torch.exp(self.ddi_anneal_coef * (1 - rate / self.target_ddi)).clamp(max=1.0)
-            else:
+            elif self.ddi_beta == "linear":
                 beta = (1 + (self.target_ddi - rate) / self.ddi_kp).clamp(min=0.0, max=1.0)
+            else:
+                beta = (1 + (self.target_ddi - rate) / self.ddi_kp).clamp(max=0.0)
             beta = torch.where(rate <= self.target_ddi, torch.ones_like(beta), beta)
         return beta * task + (1 - beta) * ddi_term
 
@@ -151,12 +157,15 @@ class DiagProcHistory(torch.nn.Module):
     """GAMENet/SafeDrug patient encoder: per-visit diagnosis and procedure embedding sums, one GRU each over the
     visits; returns ``[o_d; o_p]`` at every visit, ``[P, T, 2 * hidden]`` (the prefix encoding of each visit).
 
-    Dropout acts on the visit sums, or with ``code_dropout`` on every code embedding before the sum (MoleRec's
-    ``rnn_dropout(embeddings(codes))`` then ``sum``)."""
+    Dropout acts on the visit sums, or with ``code_dropout`` on every code embedding before the sum (SafeDrug's and
+    GAMENet's ``dropout(embeddings(codes))`` then ``sum`` / ``mean``, MoleRec's ``rnn_dropout``). ``pool="mean"``
+    averages a visit's code embeddings instead of summing them (GAMENet)."""
 
-    def __init__(self, n_diag: int, n_proc: int, dim: int, hidden: int, dropout: float, code_dropout: bool = False):
+    def __init__(self, n_diag: int, n_proc: int, dim: int, hidden: int, dropout: float, code_dropout: bool = False,
+                 pool: str = "sum"):
         super().__init__()
         self.code_dropout = code_dropout
+        self.pool = pool
         self.diag_emb = torch.nn.Embedding(n_diag + 1, dim, padding_idx=0)
         self.proc_emb = torch.nn.Embedding(n_proc + 1, dim, padding_idx=0)
         for emb in (self.diag_emb, self.proc_emb):
@@ -167,8 +176,12 @@ class DiagProcHistory(torch.nn.Module):
 
     def visit_sum(self, table: torch.nn.Embedding, codes: torch.Tensor) -> torch.Tensor:
         if self.code_dropout:
-            return (self.dropout(table(codes)) * (codes > 0).unsqueeze(-1)).sum(-2)
-        return self.dropout(embedding_bag_sum(table, codes))
+            out = (self.dropout(table(codes)) * (codes > 0).unsqueeze(-1)).sum(-2)
+        else:
+            out = self.dropout(embedding_bag_sum(table, codes))
+        if self.pool == "mean":  # a visit without codes (padding) stays zero
+            out = out / (codes > 0).sum(-1, keepdim=True).clamp(min=1)
+        return out
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
         o_d, _ = self.diag_gru(self.visit_sum(self.diag_emb, batch.diag))

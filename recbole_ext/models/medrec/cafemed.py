@@ -504,6 +504,9 @@ class CHARM(SumPooling):
 class CafeMed(MedRecModel):
     r"""CafeMed = CausalMed backbone + Causal Weight Generator + CHARM (switchable), DDI-controlled loss."""
     paper = "Ren et al., CafeMed (BIBM 2025, arXiv 2511.14064)"
+    year = 2025
+    uses = "diagnoses, procedures, past medications, causal effects, DDI graph"
+    parity = "no official code: causal effects and RGCN follow CausalMed's code, CWG and CHARM rebuilt from the paper"
 
     # effects are risk differences in [-1, 1]; 'off' switches the CWG pair mask off ('none' would read as unset:
     # the command line parses it to None, which means "follow effect_threshold")
@@ -677,6 +680,9 @@ class CafeMed(MedRecModel):
 class CausalMed(CafeMed):
     r"""The CausalMed backbone (CIKM 2024) as reproduced here: CafeMed with ``use_cwg = use_charm = False``."""
     paper = "Li et al., CausalMed (CIKM 2024)"
+    year = 2024
+    uses = "diagnoses, procedures, past medications, causal effects, DDI graph"
+    parity = "= CafeMed with CWG and CHARM off (`test_medrec_models.py`); causal effects = CausalMed's formula"
 
     forced_options = {"use_cwg": False, "use_charm": False}
 
@@ -684,6 +690,9 @@ class CausalMed(CafeMed):
 class CafeMedNoCWG(CafeMed):
     r"""Ablation "w/o CWG": CafeMed with ``use_cwg = False`` (static causal graph, CHARM kept)."""
     paper = "CafeMed (BIBM 2025) ablation without CWG"
+    year = 2025
+    uses = "diagnoses, procedures, past medications, causal effects, DDI graph"
+    parity = "ablation of CafeMed"
 
     forced_options = {"use_cwg": False}
 
@@ -691,6 +700,9 @@ class CafeMedNoCWG(CafeMed):
 class CafeMedNoCHARM(CafeMed):
     r"""Ablation "w/o CHARM": CafeMed with ``use_charm = False`` (sum pooling, CWG kept)."""
     paper = "CafeMed (BIBM 2025) ablation without CHARM"
+    year = 2025
+    uses = "diagnoses, procedures, past medications, causal effects, DDI graph"
+    parity = "ablation of CafeMed"
 
     forced_options = {"use_charm": False}
 

@@ -78,6 +78,9 @@ def recbole_model_defaults(name: str) -> dict:
 class MedContext(MedRecModel):
     """Scores every medication of every visit with an unchanged RecBole context-aware model."""
     paper = "RecBole context-aware model (option context_model) on visits"
+    year = None
+    uses = "diagnoses, procedures, past medications as context features"
+    parity = "RecBole's own class (`test_medrec_models.py`)"
 
     context_model: str | None = None
     # the wrapped RecBole model's loss may not be a mean over visits: a data-parallel run replicates it
@@ -131,6 +134,9 @@ class _DictConfig(dict):
 class MedFM(MedContext):
     """RecBole's FM (Rendle, ICDM 2010) on visit context features."""
     paper = "Rendle, FM (ICDM 2010), RecBole's class on visits"
+    year = 2010
+    uses = "diagnoses, procedures, past medications as context features"
+    parity = "RecBole's own class (`test_medrec_models.py`)"
 
     context_model = "FM"
 
@@ -138,6 +144,9 @@ class MedFM(MedContext):
 class MedDeepFM(MedContext):
     """RecBole's DeepFM (Guo et al., IJCAI 2017) on visit context features."""
     paper = "Guo et al., DeepFM (IJCAI 2017), RecBole's class on visits"
+    year = 2017
+    uses = "diagnoses, procedures, past medications as context features"
+    parity = "RecBole's own class (`test_medrec_models.py`)"
 
     context_model = "DeepFM"
 
@@ -145,5 +154,8 @@ class MedDeepFM(MedContext):
 class MedWideDeep(MedContext):
     """RecBole's WideDeep (Cheng et al., DLRS 2016) on visit context features."""
     paper = "Cheng et al., Wide & Deep (DLRS 2016), RecBole's class on visits"
+    year = 2016
+    uses = "diagnoses, procedures, past medications as context features"
+    parity = "RecBole's own class (`test_medrec_models.py`)"
 
     context_model = "WideDeep"

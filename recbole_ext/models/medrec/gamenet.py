@@ -2,7 +2,8 @@
 
 Reference: Junyuan Shang, Cao Xiao, Tengfei Ma, Hongyan Li, Jimeng Sun. AAAI 2019.
 
-Two GRUs over per-visit diagnosis / procedure embedding sums give a query per visit. A drug memory bank is the
+Two GRUs over per-visit diagnosis / procedure embedding means (dropout on each code embedding first, as in the
+published code) give a query per visit. A drug memory bank is the
 output of a two-layer GCN over the co-prescription (EHR) graph minus ``lambda`` times a GCN over the DDI graph.
 The query reads the memory bank (fact 1) and a dynamic memory of earlier visits (keys: their queries, values: their
 medication multi-hots, read through the memory bank; fact 2). Output MLP on ``[query; fact1; fact2]``.
@@ -26,11 +27,6 @@ from recbole_ext.options import DROPOUT
 from recbole_ext.options import config_flag, config_value
 
 
-def row_normalise_with_self_loops(adj: torch.Tensor) -> torch.Tensor:
-    adj = adj + torch.eye(adj.shape[0])
-    return adj / adj.sum(-1, keepdim=True)
-
-
 def co_prescription_graph(med_lists, n_med: int) -> torch.Tensor:
     """0/1 ``[n_med, n_med]``: medications prescribed together in at least one training visit."""
     y = visits_to_csr(med_lists, n_med, "medication")
@@ -40,29 +36,42 @@ def co_prescription_graph(med_lists, n_med: int) -> torch.Tensor:
 
 
 class GraphMemory(nn.Module):
-    """Two-layer GCN on identity node features (as GAMENet): ``A relu(A W1) W2``."""
+    """Two-layer GCN on identity node features (GAMENet's ``GraphConvolution``, bias after the propagation):
+    ``A relu(A W1 + b1) W2 + b2`` with ``A`` the row-normalised adjacency with self-loops. ``A`` is normalised
+    in the forward pass from the 0/1 buffer, so a float64 model gets exact row sums (a float32 buffer converted
+    later would keep float32 rounding)."""
 
     def __init__(self, adj: torch.Tensor, dim: int, dropout: float):
         super().__init__()
-        self.register_buffer("adj", row_normalise_with_self_loops(adj), persistent=False)
+        self.register_buffer("adj01", adj + torch.eye(adj.shape[0]), persistent=False)
         self.w1 = nn.Linear(adj.shape[0], dim)
         self.w2 = nn.Linear(dim, dim)
+        bound = 1.0 / dim ** 0.5  # GraphConvolution's init: weights and biases from +-1/sqrt(out_features)
+        for layer in (self.w1, self.w2):
+            nn.init.uniform_(layer.weight, -bound, bound)
+            nn.init.uniform_(layer.bias, -bound, bound)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self) -> torch.Tensor:
-        h = self.dropout(F.relu(self.adj @ self.w1.weight.T + self.w1.bias))
-        return self.adj @ self.w2(h)
+        adj = self.adj01 / self.adj01.sum(-1, keepdim=True)
+        h = self.dropout(F.relu(adj @ self.w1.weight.T + self.w1.bias))
+        return adj @ (h @ self.w2.weight.T) + self.w2.bias
 
 
 class GAMENet(MedRecModel):
     paper = "Shang et al., GAMENet (AAAI 2019)"
+    year = 2019
+    uses = "diagnoses, procedures, past medications, EHR + DDI graphs"
+    parity = ("logits, loss + every gradient = float64 transcription of the official code, annealing branch "
+              "aside (`test_medrec_official_parity.py`)")
     option_bounds = {"gcn_dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size
+        # as published: dropout on every code embedding, then the mean over the visit's codes
         self.history = DiagProcHistory(self.n_diag, self.n_proc, d, 2 * d,
-                                       float(config_value(config, "dropout_prob", 0.5)))
+                                       float(config_value(config, "dropout_prob", 0.5)), code_dropout=True, pool="mean")
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * d, d))
         ehr = co_prescription_graph(dataset.train_visits()[2], self.n_med)
         gcn_dropout = float(config_value(config, "gcn_dropout_prob", 0.3))
@@ -70,7 +79,7 @@ class GAMENet(MedRecModel):
         self.use_ddi_graph = config_flag(config, "use_ddi_graph", True)
         if self.use_ddi_graph:
             self.ddi_gcn = GraphMemory(self.ddi_adj.cpu(), d, gcn_dropout)
-            self.ddi_weight = nn.Parameter(torch.zeros(1))  # lambda, learned as in GAMENet
+            self.ddi_weight = nn.Parameter(torch.empty(1).uniform_(-0.1, 0.1))  # lambda, learned; GAMENet's init
         self.output = nn.Sequential(nn.ReLU(), nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.n_med))
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:

@@ -182,6 +182,9 @@ class SetAttention(nn.Module):
 
 class MoleRec(MedRecModel):
     paper = "Yang et al., MoleRec (WWW 2023)"
+    year = 2023
+    uses = "diagnoses, procedures, past medications, molecular substructures (RDKit), DDI graph"
+    parity = "loss + every gradient = float64 transcription of the official code (`test_medrec_molerec.py`)"
     option_bounds = {"gnn_layers": Bounds(2), "sab_heads": AT_LEAST_ONE, "dropout_prob": DROPOUT}
 
     def __init__(self, config, dataset):

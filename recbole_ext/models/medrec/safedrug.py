@@ -2,16 +2,18 @@
 
 Reference: Chaoqi Yang, Cao Xiao, Fenglong Ma, Lucas Glass, Jimeng Sun. IJCAI 2021.
 
-Patient query from two GRUs over per-visit diagnosis / procedure embedding sums. Two drug encoders:
+Patient query from two GRUs over per-visit diagnosis / procedure embedding sums (dropout on each code embedding).
+Two drug encoders:
 
 * global: a message-passing network over the atom graphs of every molecule (radius-1 Weisfeiler-Lehman
   fingerprints as node labels, explicit hydrogens, ``h <- relu(W h); h <- h + A h`` per layer, sum pooling),
   averaged over the molecules of each ATC3 class; scores ``sigmoid(q . e_m)`` refined by a residual linear layer
   and LayerNorm;
-* local: a bipartite (BRICS substructure -> medication) masked linear layer on ``sigmoid(W q)``.
+* local: a bipartite (BRICS substructure -> medication) masked linear layer without bias on ``sigmoid(W q)``.
 
-Logits = product of the two. Loss: BCE + margin + DDI term with SafeDrug's linear schedule
-``beta = max(0, 1 + (target_ddi - rate) / kp)`` (``ddi_beta: linear``).
+Logits = product of the two. Loss: BCE + margin + DDI term with the released training script's linear schedule
+``beta = min(0, 1 + (target_ddi - rate) / kp)`` above the target (``ddi_beta: linear_min``, default); the paper's
+``max(0, ...)`` is ``ddi_beta: linear``.
 
 Drug resources (MoleRec ``idx2SMILES`` and the 491 BRICS substructures, MIT, see
 ``recbole_ext/resources/drug_maps/molerec/``) are read once at construction; the dataset's ``med_tokens`` must be
@@ -191,6 +193,10 @@ class MolecularEncoder(nn.Module):
 
 class SafeDrug(MedRecModel):
     paper = "Yang et al., SafeDrug (IJCAI 2021)"
+    year = 2021
+    uses = "diagnoses, procedures, past medications, molecules (RDKit), DDI graph"
+    parity = ("logits, loss + every gradient, atom fingerprints = float64 transcription of the official code "
+              "(`test_medrec_official_parity.py`)")
     option_bounds = {"mpnn_layers": AT_LEAST_ONE}
 
     def __init__(self, config, dataset):
@@ -198,7 +204,8 @@ class SafeDrug(MedRecModel):
         super().__init__(config, dataset)
         d = self.embedding_size
         smiles_lists, substructures = medication_smiles(dataset, self.n_med, "SafeDrug")
-        self.history = DiagProcHistory(self.n_diag, self.n_proc, d, d, float(config_value(config, "dropout_prob", 0.5)))
+        self.history = DiagProcHistory(self.n_diag, self.n_proc, d, d, float(config_value(config, "dropout_prob", 0.5)),
+                                       code_dropout=True)  # as published: dropout on each code embedding
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(2 * d, d))
         self.molecules = MolecularEncoder(*molecule_graphs(smiles_lists), d,
                                           int(config_value(config, "mpnn_layers", 2)))
@@ -207,9 +214,9 @@ class SafeDrug(MedRecModel):
         mask = cached_substructure_mask(smiles_lists, substructures)
         self.register_buffer("sub_mask", mask, persistent=False)
         self.bipartite_transform = nn.Linear(d, len(substructures))
+        # the published MaskLinear: weight [n_sub, n_med] drawn from +-1/sqrt(n_med), no bias
         self.bipartite_weight = nn.Parameter(torch.empty(len(substructures), self.n_med))
-        self.bipartite_bias = nn.Parameter(torch.zeros(self.n_med))
-        bound = 1.0 / np.sqrt(len(substructures))
+        bound = 1.0 / np.sqrt(self.n_med)
         nn.init.uniform_(self.bipartite_weight, -bound, bound)
 
     def forward(self, batch: VisitBatch) -> torch.Tensor:
@@ -217,5 +224,5 @@ class SafeDrug(MedRecModel):
         match = torch.sigmoid(q @ self.molecules().T)                            # [P, T, M]
         mpnn_att = self.mpnn_norm(match + self.mpnn_output(match))
         local = torch.sigmoid(self.bipartite_transform(q))                       # [P, T, n_sub]
-        bipartite = local @ (self.bipartite_weight * self.sub_mask.T) + self.bipartite_bias
+        bipartite = local @ (self.bipartite_weight * self.sub_mask.T)
         return bipartite * mpnn_att

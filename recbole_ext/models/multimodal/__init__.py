@@ -8,4 +8,5 @@ MODELS = {
     "LATTICE": "recbole_ext.models.multimodal.lattice:LATTICE",
     "LGMRec": "recbole_ext.models.multimodal.lgmrec:LGMRec",
     "BM3": "recbole_ext.models.multimodal.bm3:BM3",
+    "DRAGON": "recbole_ext.models.multimodal.dragon:DRAGON",
 }

@@ -126,6 +126,16 @@ class MultimodalRecommender(GeneralRecommender):
     def item_knn_graph(self, modality: str, k: int, normalisation: str, index: KnnIndex) -> torch.Tensor:
         return knn_graph(self.raw_feature(modality), k, normalisation, index=index).to_sparse_csr().to(self.device)
 
+    def mixed_knn_graph(self, k: int, normalisation: str, image_weight: float, index: KnnIndex) -> torch.Tensor:
+        """``w * S_image + (1 - w) * S_text`` of the modalities' kNN graphs (the one graph with one modality), CSR
+        (FREEDOM, DRAGON)."""
+        graphs = {m: knn_graph(self.raw_feature(m), k, normalisation, index=index) for m in self.modalities}
+        if len(graphs) == 2:
+            mixed = (image_weight * graphs["image"] + (1.0 - image_weight) * graphs["text"]).coalesce()
+        else:
+            mixed = next(iter(graphs.values()))
+        return mixed.to_sparse_csr().to(self.device)
+
     # ---- retrieval contract ---------------------------------------------------------------------------------
     def compute_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -141,6 +151,10 @@ class MultimodalRecommender(GeneralRecommender):
 
     def train(self, mode: bool = True):
         self._vector_cache = None
+        if mode and not self.training:
+            # RecBole's trainer calls train() at the start of every epoch: a model that redraws something per epoch
+            # (FREEDOM's pruned graph, DRAGON's padded user graph) does it in its next calculate_loss
+            self._needs_resample = True
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):

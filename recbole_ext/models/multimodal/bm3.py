@@ -52,6 +52,9 @@ def _one_minus_mean_cosine(online: torch.Tensor, target: torch.Tensor) -> torch.
 
 class BM3(MultimodalRecommender):
     paper = "Zhou et al., BM3 (WWW 2023)"
+    year = 2023
+    uses = "interactions, image + text features (self-supervised, positives only)"
+    parity = "loss + every gradient = float64 transcription of MMRec's code (`test_multimodal_models_bm3.py`)"
     input_type = InputType.POINTWISE  # positive pairs only: no negative is sampled (MMRec use_neg_sampling: False)
     option_bounds = {"n_layers": NON_NEGATIVE, "dropout": DROPOUT, "cl_weight": NON_NEGATIVE}
 

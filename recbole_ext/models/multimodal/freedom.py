@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import graph_product, lightgcn_mean
-from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_graph, knn_index_from_config
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_index_from_config
 from recbole_ext.models.layers.losses import bpr_logsigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.options import DROPOUT, NON_NEGATIVE, UNIT_INTERVAL
@@ -34,6 +34,9 @@ def require_feature_width(model: str, config, reason: str) -> None:
 
 class FREEDOM(MultimodalRecommender):
     paper = "Zhou & Shen, FREEDOM (ACM MM 2023)"
+    year = 2023
+    uses = "interactions, image + text features (frozen kNN item graph)"
+    parity = "kNN item graph = MMRec's build (`test_multimodal_models_knn.py`)"
     option_bounds = {**KNN_BOUNDS, "n_mm_layers": NON_NEGATIVE, "n_ui_layers": NON_NEGATIVE,
                      "mm_image_weight": UNIT_INTERVAL, "dropout": DROPOUT}
     extra_config_keys = ("feat_embed_dim",)  # MMRec's own key; check_config refuses any value but embedding_size
@@ -71,13 +74,7 @@ class FREEDOM(MultimodalRecommender):
         self.set_graph("masked_adj", None)
         self._needs_resample = True
 
-        graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym", index=self.knn_index) for m in self.modalities}
-        if len(graphs) == 2:
-            w = self.mm_image_weight
-            mixed = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()
-        else:
-            mixed = next(iter(graphs.values()))
-        self.set_graph("mm_adj", mixed.to_sparse_csr().to(self.device))
+        self.set_graph("mm_adj", self.mixed_knn_graph(self.knn_k, "binary_sym", self.mm_image_weight, self.knn_index))
         self.train_feature_tables(not self.freeze_features)
         self.projection = nn.ModuleDict(
             {m: nn.Linear(self.table(m).shape[1], self.feat_embed_dim) for m in self.modalities})
@@ -104,11 +101,6 @@ class FREEDOM(MultimodalRecommender):
         graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n, n),
                                         device=values.device)
         self.masked_adj = graph.coalesce().to_sparse_csr().to(self.norm_adj.dtype)
-
-    def train(self, mode: bool = True):
-        if mode and not self.training:
-            self._needs_resample = True  # RecBole's trainer calls train() at the start of every epoch
-        return super().train(mode)
 
     def encode(self, adj: torch.Tensor):
         h = self.item_id_embedding.weight

@@ -89,6 +89,9 @@ def blockwise_cosine_topk(x: torch.Tensor, k: int, block_elements: int | None = 
 
 class LATTICE(MultimodalRecommender):
     paper = "Zhang et al., LATTICE (ACM MM 2021)"
+    year = 2021
+    uses = "interactions, image + text features (learned item graph)"
+    parity = "graphs, loss + gradients = float64 transcription of MMRec's code (`test_multimodal_models_lattice.py`)"
     # the graph learner's projections get gradients only in the step that rebuilds the item graph (the first of
     # each epoch by default): a data-parallel run must look for unused parameters after every forward
     distributed_unused_parameters = True

@@ -77,6 +77,9 @@ def hypergraph_pass(item_memberships: torch.Tensor, user_memberships: torch.Tens
 
 class LGMRec(MultimodalRecommender):
     paper = "Guo et al., LGMRec (AAAI 2024)"
+    year = 2024
+    uses = "interactions, image + text features (hypergraph)"
+    parity = "loss + every gradient = float64 transcription of MMRec's code (`test_multimodal_models_lgmrec.py`)"
     option_bounds = {"feat_embed_dim": AT_LEAST_ONE, "n_ui_layers": NON_NEGATIVE, "n_mm_layers": NON_NEGATIVE,
                      "n_hyper_layer": AT_LEAST_ONE, "hyper_num": AT_LEAST_ONE, "keep_rate": KEEP_RATE,
                      "alpha": NON_NEGATIVE, "cl_weight": NON_NEGATIVE}

@@ -28,6 +28,9 @@ from recbole_ext.options import config_value
 
 class MambaRec(MGCN):
     paper = "MambaRec (CIKM 2025, arXiv 2509.09114)"
+    year = 2025
+    uses = "interactions, image + text features (trained feature tables)"
+    parity = "loss, gradients, BN state = float64 transcription of the equations (`test_multimodal_models_equiv.py`)"
     default_n_ui_layers = 4
     option_bounds = {"reduction_factor": AT_LEAST_ONE, "mmd_weight": NON_NEGATIVE, "mmd_kernel_bandwidth": POSITIVE,
                      "feature_dropout": DROPOUT}

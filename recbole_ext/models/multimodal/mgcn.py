@@ -26,6 +26,9 @@ REG_DENOMINATORS = ("train_batch_size", "batch")
 
 class MGCN(MultimodalRecommender):
     paper = "Yu et al., MGCN (ACM MM 2023)"
+    year = 2023
+    uses = "interactions, image + text features (trained feature tables)"
+    parity = "kNN item graphs = MMRec's build (`test_multimodal_models_knn.py`)"
     default_n_ui_layers = 2
     option_bounds = {"n_ui_layers": NON_NEGATIVE, **KNN_BOUNDS,
                      "cl_loss": NON_NEGATIVE, "cl_temperature": POSITIVE}

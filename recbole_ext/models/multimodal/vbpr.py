@@ -18,6 +18,9 @@ _BPR_GAMMA = 1e-10  # MMRec's BPRLoss: -log(gamma + sigmoid(pos - neg))
 
 class VBPR(MultimodalRecommender):
     paper = "He & McAuley, VBPR (AAAI 2016)"
+    year = 2016
+    uses = "interactions, image + text features"
+    parity = "none yet"
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = int(config_value(config, "embedding_size", 64))
