@@ -77,7 +77,7 @@ def test_shipped_specs_are_valid():
     mm, med = specs["multimodal"], specs["medrec"]
     assert set(mm.datasets) == {"baby", "sports", "clothing"} and len(mm.seeds) == 5
     assert {m.name for m in mm.models} == {"BPR", "LightGCN", "VBPR", "FREEDOM", "LATTICE", "MGCN", "LGMRec", "BM3",
-                                          "DRAGON", "MambaRec"}
+                                          "DRAGON", "MENTOR", "MambaRec"}
     assert set(med.datasets) == {"mimic3", "mimic4"} and len(med.seeds) == 5
     assert {m.name for m in med.models} == {"CafeMed", "RETAIN", "GAMENet", "SafeDrug", "MoleRec", "MedFM", "MedDeepFM",
                                            "MedWideDeep"}

@@ -84,7 +84,7 @@ def test_a_typo_in_a_leaderboard_spec_names_the_entry():
                       "spec.yaml")
     with pytest.raises(UserError, match=re.escape("spec.yaml: config: 'stoping_step': unknown option, did you mean "
                                                   "'stopping_step'?; spec.yaml: models[0].grid: 'dropout': unknown "
-                                                  "option for RETAIN (an option of BM3, FREEDOM, NNCF)")):
+                                                  "option for RETAIN (an option of BM3, FREEDOM, MENTOR and 1 more)")):
         check_spec_keys(grid)
 
 

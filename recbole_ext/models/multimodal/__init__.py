@@ -9,4 +9,5 @@ MODELS = {
     "LGMRec": "recbole_ext.models.multimodal.lgmrec:LGMRec",
     "BM3": "recbole_ext.models.multimodal.bm3:BM3",
     "DRAGON": "recbole_ext.models.multimodal.dragon:DRAGON",
+    "MENTOR": "recbole_ext.models.multimodal.mentor:MENTOR",
 }
