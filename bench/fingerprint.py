@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MULTIMODAL = ["BPR", "LightGCN", "VBPR", "FREEDOM", "LATTICE", "LGMRec", "BM3", "MGCN", "MambaRec"]
+MULTIMODAL = ["BPR", "LightGCN", "VBPR", "FREEDOM", "LATTICE", "LGMRec", "BM3", "DRAGON", "MENTOR", "MGCN", "MambaRec"]
 MEDICATION = ["CafeMed", "CausalMed", "CafeMedNoCWG", "CafeMedNoCHARM", "RETAIN", "GAMENet", "SafeDrug", "MedContext",
               "MedFM", "MedDeepFM", "MedWideDeep"]
 CASES = [(m, "synth-mm") for m in MULTIMODAL] + [(m, "synth-ehr-small") for m in MEDICATION]

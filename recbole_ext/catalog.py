@@ -75,8 +75,8 @@ def list_models() -> list[dict]:
     ext_names = list(ext_models())
     for name in ext_names:
         cls = resolve_ext_model(name)
-        paper = vars(cls).get("paper") or _first_line(cls.__doc__)  # a model's own, never its base class's
-        own = vars(cls)
+        own = vars(cls)  # a model's own facts, never its base class's
+        paper = own.get("paper") or _first_line(cls.__doc__)
         rows.append({"name": name, "tasks": _tasks_of(cls), "source": "recbole-ext",
                      "type": cls.type.name.lower(), "paper": paper, "vectors": class_supports_vectors(cls),
                      "year": own.get("year"), "uses": own.get("uses"), "parity": own.get("parity")})

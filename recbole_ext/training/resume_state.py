@@ -154,6 +154,7 @@ class EpochResumeState:
         trainer = self.trainer
         scheduler = getattr(trainer, "lr_scheduler", None)
         best = trainer.best_valid_result
+        others = other_optimizers(trainer)
         resume = {
             "format": RESUME_FORMAT, "epoch": int(epoch), "cur_step": int(trainer.cur_step),
             "best_valid_score": float(trainer.best_valid_score),
@@ -161,9 +162,8 @@ class EpochResumeState:
             "history": [dict(entry) for entry in getattr(trainer, "history", [])],
             "train_loss_dict": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
             "lr_scheduler": None if scheduler is None else scheduler.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in other_optimizers(trainer).items()},
-            "optimizer_is": next((name for name, opt in other_optimizers(trainer).items()
-                                  if opt is trainer.optimizer), None),
+            "optimizers": {name: opt.state_dict() for name, opt in others.items()},
+            "optimizer_is": next((name for name, opt in others.items() if opt is trainer.optimizer), None),
             "rng": capture_rng(self.loaders),
             "elapsed_s": time.time() - self.started_at,
         }

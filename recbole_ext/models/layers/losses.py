@@ -1,6 +1,8 @@
 """Losses of the MMRec family, written in the cheapest form that computes the same function."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -8,6 +10,12 @@ import torch.nn.functional as F
 def bpr_logsigmoid(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``mean -log sigmoid(<u,p> - <u,n>)`` (MGCN / FREEDOM / MambaRec form)."""
     return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
+
+
+def bpr_log2sigmoid(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``mean -log2 sigmoid(<u,p> - <u,n>)`` (DRAGON / MENTOR), as the ln form / ln 2: the same function, without
+    ``log2(0)`` once a margin is large."""
+    return bpr_logsigmoid(user, pos, neg) / math.log(2.0)
 
 
 def half_squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:

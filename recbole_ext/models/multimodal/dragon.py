@@ -35,7 +35,6 @@ PAD (RecBole's user 0 and item 0; MMRec has none) takes no part: no edges, no kN
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,13 +44,12 @@ import torch.nn.functional as F
 
 from recbole_ext.models.layers.graph import graph_product, interaction_csr, normalised_bipartite, to_torch_sparse
 from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_index_from_config
-from recbole_ext.models.layers.losses import bpr_logsigmoid
+from recbole_ext.models.layers.losses import bpr_log2sigmoid
 from recbole_ext.models.multimodal.base import MultimodalRecommender
 from recbole_ext.options import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL, config_value
 from recbole_ext.utils.segments import indptr_from_lengths, positions_in_segments
 
 NEIGHBOUR_CAP = 200  # the official builder keeps at most 200 neighbours per user
-_LN2 = math.log(2.0)
 
 
 def user_cooccurrence_lists(inter: sp.spmatrix, n_users: int, cap: int = NEIGHBOUR_CAP):
@@ -214,7 +212,6 @@ class DRAGON(MultimodalRecommender):
             self.pre_epoch_processing()
         users, pos, neg = self.batch_ids(interaction)
         user_all, item_all = self.encode(self.epoch_user_graph)
-        # -mean log2 sigmoid(margin) as -mean ln sigmoid / ln 2: the same function, without log2(0) for large margins
-        bpr = bpr_logsigmoid(user_all[users], item_all[pos], item_all[neg]) / _LN2
+        bpr = bpr_log2sigmoid(user_all[users], item_all[pos], item_all[neg])
         reg = sum(self.preference[m][users].pow(2).mean() for m in self.modalities)
         return bpr + self.reg_weight * (reg + self.modality_weight[1:].pow(2).mean())  # PAD's row left out

@@ -36,7 +36,6 @@ with the tables of the last training batch, one optimiser step old).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 
 from recbole_ext.errors import UserError
 from recbole_ext.models.layers.graph import graph_product
-from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_graph, knn_index_from_config
+from recbole_ext.models.layers.knn import KNN_BOUNDS, knn_index_from_config
+from recbole_ext.models.layers.losses import bpr_log2sigmoid
 from recbole_ext.models.multimodal.base import MODALITIES, MultimodalRecommender
 from recbole_ext.options import AT_LEAST_ONE, DROPOUT, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, config_value
 
@@ -107,11 +107,7 @@ class MENTOR(MultimodalRecommender):
 
         d, dev = self.embedding_size, self.device
         self.set_graph("norm_adj", self.interaction_graphs(dataset, binary=True)[1])
-        graphs = {m: knn_graph(self.raw_feature(m), self.knn_k, "binary_sym", index=self.knn_index)
-                  for m in self.modalities}
-        w = self.mm_image_weight
-        mixed = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()
-        self.set_graph("mm_adj", mixed.to_sparse_csr().to(dev))
+        self.set_graph("mm_adj", self.mixed_knn_graph(self.knn_k, "binary_sym", self.mm_image_weight, self.knn_index))
 
         self.id_feat = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_items, d, device=dev)))
         widths = {m: self.raw_feature(m).shape[1] for m in self.modalities}
@@ -181,8 +177,7 @@ class MENTOR(MultimodalRecommender):
                  for key in _NOISY_ORDER}
         user_r, item_r = self._weighted(v, t)
         u = user_r[users]
-        margin = (u * item_r[pos]).sum(-1) - (u * item_r[neg]).sum(-1)
-        loss = -F.logsigmoid(margin).mean() / math.log(2.0)
+        loss = bpr_log2sigmoid(u, item_r[pos], item_r[neg])
 
         main = self.encoders
         reg = (main["main_image"].preference[users] ** 2).mean() + (main["main_text"].preference[users] ** 2).mean()
